@@ -1,0 +1,335 @@
+"""The Milvus catalog: schema, index, writes and searches, over pymilvus.MilvusClient.
+
+The same code runs against Milvus Lite (a ``.db`` data directory) and a Milvus server
+(``http://host:19530``). Every call has a deadline; an unreachable server surfaces as
+``BackendUnavailable("milvus")`` and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import BackendUnavailable, NotFound, SchemaMismatch
+from .lite_server import LiteServer
+from .settings import MilvusSettings
+
+log = logging.getLogger(__name__)
+
+KEY_MAX = 1024
+LABEL_MAX = 256
+SOURCE_MAX = 2048
+OUTPUT_FIELDS = ["key", "label", "source"]
+_WRITES = frozenset({"create_collection", "create_index", "drop_index", "upsert", "insert", "delete", "flush",
+                     "load_collection", "release_collection", "drop_collection"})
+
+
+@dataclass
+class Hit:
+    id: int
+    key: str
+    label: str
+    source: str
+    distance: float
+    score: float  # cosine similarity of the unit vectors, whatever the metric
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Entry:
+    id: int
+    key: str
+    label: str
+    source: str
+    embedding: np.ndarray | None = None
+
+    def to_row(self) -> dict:
+        if self.embedding is None:
+            raise ValueError("an entry needs its embedding to be written")
+        return {"id": int(self.id), "key": self.key[:KEY_MAX], "label": self.label[:LABEL_MAX],
+                "source": self.source[:SOURCE_MAX], "embedding": np.asarray(self.embedding, np.float32).tolist()}
+
+
+def label_filter(label: str | None) -> str:
+    """A Milvus boolean expression matching one label exactly (safely quoted)."""
+    return f"label == {json.dumps(label)}" if label else ""
+
+
+def resolve_uri(settings: MilvusSettings, *, shared: bool) -> tuple[str, LiteServer | None]:
+    """Where to connect. A server URI is used as is. A Lite data directory with
+    ``lite_server`` on is reached through its shared local server: the running one, else one
+    started now (``shared``: the caller is one of several processes), else the directory is
+    opened in-process (one-shot commands while nothing else runs)."""
+    if not settings.is_lite:
+        return settings.uri, None
+    server = LiteServer(settings.uri)
+    if not settings.lite_server:
+        return settings.uri, server
+    running = server.running_uri()
+    if running:
+        return running, server
+    if shared:
+        return server.start(settings.lite_server_start_timeout_s)[0], server
+    return settings.uri, server
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    import grpc
+    from pymilvus.exceptions import ConnectionConfigException, MilvusException
+
+    if isinstance(exc, ConnectionConfigException):
+        return True
+    if isinstance(exc, grpc.RpcError):
+        return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    if isinstance(exc, MilvusException):
+        text = f"{exc.message}".lower()
+        return exc.code == 2 or any(s in text for s in ("fail connecting", "unavailable", "deadline", "timeout",
+                                                          "connection refused", "server unavailable"))
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+class Catalog:
+    def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
+                 lite: LiteServer | None = None):
+        self.settings = settings
+        self.dim = dim
+        self.uri = uri or settings.uri
+        self.name = settings.collection
+        self._client = None
+        self._lock = threading.Lock()
+        self._ready = False
+        self._write_lock = lite.write_lock if lite is not None else contextlib.nullcontext
+
+    @classmethod
+    def open(cls, settings: MilvusSettings, dim: int, *, shared: bool = False) -> "Catalog":
+        """A catalog for the configured Milvus (see ``resolve_uri`` for ``shared``)."""
+        uri, lite = resolve_uri(settings, shared=shared)
+        return cls(settings, dim, uri=uri, lite=lite)
+
+    # -- connection -------------------------------------------------------------------------
+    @property
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                from pymilvus import MilvusClient
+
+                try:
+                    self._client = MilvusClient(
+                        uri=self.uri, token=self.settings.token.get_secret_value(),
+                        db_name=self.settings.db_name, timeout=self.settings.timeout_s,
+                    )
+                except Exception as exc:
+                    raise self._unavailable(exc) from exc
+            return self._client
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        reason = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+        return BackendUnavailable("milvus", f"{self.uri}: {reason}")
+
+    def _call(self, method: str, *args, **kwargs):
+        """Run one client call with the deadline; map connection failures to 503."""
+        kwargs.setdefault("timeout", self.settings.timeout_s)
+        try:
+            if method in _WRITES:
+                with self._write_lock():
+                    return getattr(self.client, method)(*args, **kwargs)
+            return getattr(self.client, method)(*args, **kwargs)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            if _is_unavailable(exc):
+                self._ready = False  # re-check the collection after the server comes back
+                raise self._unavailable(exc) from exc
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # closing a dead connection may complain; nothing to keep
+                    pass
+                self._client = None
+
+    # -- schema and index -------------------------------------------------------------------
+    def ensure_ready(self) -> "Catalog":
+        """Create the collection and its index if missing, check the dimension, load it."""
+        if self._ready:
+            return self
+        if not self._call("has_collection", self.name):
+            self._create()
+        else:
+            self._check_schema()
+        if not self._call("list_indexes", self.name):
+            self._create_index()
+        self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
+        self._ready = True
+        return self
+
+    def _create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description="Lookalike image embeddings")
+        schema.add_field("id", DataType.INT64, is_primary=True, description="content hash of the image bytes")
+        schema.add_field("key", DataType.VARCHAR, max_length=KEY_MAX, description="object-store key")
+        schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX, description="original name or path")
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
+        self._call("create_collection", self.name, schema=schema,
+                   consistency_level=self.settings.consistency_level)
+        log.info("created collection %s (dim %d)", self.name, self.dim)
+
+    def _check_schema(self) -> None:
+        info = self._call("describe_collection", self.name)
+        fields = {f["name"]: f for f in info["fields"]}
+        missing = {"id", "key", "label", "source", "embedding"} - set(fields)
+        if missing:
+            raise SchemaMismatch(f"collection {self.name!r} lacks fields {sorted(missing)}; "
+                                 "use another milvus.collection or drop it")
+        dim = int(fields["embedding"]["params"]["dim"])
+        if dim != self.dim:
+            raise SchemaMismatch(
+                f"collection {self.name!r} holds {dim}-d vectors but the model gives {self.dim}-d; "
+                "use another milvus.collection for this model, or drop and re-ingest"
+            )
+
+    def _index_params(self):
+        idx = self.settings.index
+        params = self.client.prepare_index_params()
+        # Nested under "params": Milvus Lite silently drops build parameters given flat.
+        params.add_index(field_name="embedding", index_name="embedding", index_type=idx.type,
+                         metric_type=self.settings.metric, params={"params": idx.build_params})
+        return params
+
+    def _create_index(self) -> None:
+        self._call("create_index", self.name, self._index_params(), timeout=self.settings.index.build_timeout_s)
+
+    def build_index(self) -> dict:
+        """(Re)build the index with the configured type and parameters; returns describe_index."""
+        self.ensure_ready()
+        self._call("flush", self.name)
+        self._call("release_collection", self.name)
+        for name in self._call("list_indexes", self.name):
+            self._call("drop_index", self.name, name)
+        self._create_index()
+        self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
+        return self.index_info()
+
+    def index_info(self) -> dict:
+        names = self._call("list_indexes", self.name)
+        if not names:
+            return {}
+        info = self._call("describe_index", self.name, names[0])
+        params = info.get("params")
+        if isinstance(params, str):
+            params = json.loads(params)
+        return {
+            "type": info.get("index_type"),
+            "metric": info.get("metric_type"),
+            "params": {k: int(v) if str(v).isdigit() else v for k, v in (params or {}).items()},
+            "state": info.get("state"),
+            "indexed_rows": info.get("indexed_rows"),
+            "total_rows": info.get("total_rows"),
+        }
+
+    # -- writes -----------------------------------------------------------------------------
+    def upsert(self, entries: Iterable[Entry]) -> int:
+        self.ensure_ready()
+        rows = [e.to_row() for e in entries]
+        step = self.settings.insert_batch_size
+        for i in range(0, len(rows), step):
+            self._call("upsert", self.name, rows[i : i + step])
+        return len(rows)
+
+    def existing_ids(self, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        self.ensure_ready()
+        found: set[int] = set()
+        step = 1000
+        for i in range(0, len(ids), step):
+            chunk = [int(x) for x in ids[i : i + step]]
+            found.update(r["id"] for r in self._call("query", self.name, filter=f"id in {chunk}",
+                                                     output_fields=["id"]))
+        return found
+
+    def delete(self, ids: Sequence[int]) -> int:
+        self.ensure_ready()
+        present = self.existing_ids(ids)
+        if present:
+            self._call("delete", self.name, ids=sorted(present))
+        return len(present)
+
+    def flush(self) -> None:
+        self.ensure_ready()
+        self._call("flush", self.name)
+
+    # -- reads ------------------------------------------------------------------------------
+    def search(self, vectors: np.ndarray, k: int, *, expr: str = "") -> list[list[Hit]]:
+        self.ensure_ready()
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        results = self._call(
+            "search", self.name, data=vectors.tolist(), limit=k, filter=expr, output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": self.settings.metric, "params": self.settings.index.search_params},
+        )
+        return [[self._hit(r) for r in hits] for hits in results]
+
+    def _hit(self, r: dict) -> Hit:
+        entity = r.get("entity", {})
+        distance = float(r["distance"])
+        return Hit(id=int(r["id"]), key=entity.get("key", ""), label=entity.get("label", ""),
+                   source=entity.get("source", ""), distance=distance, score=self.score(distance))
+
+    def score(self, distance: float) -> float:
+        """Cosine similarity of unit vectors from the metric's distance (L2 is squared in Milvus)."""
+        if self.settings.metric == "L2":
+            return 1.0 - distance / 2.0
+        return distance
+
+    def get(self, ids: Sequence[int], *, with_vectors: bool = False) -> list[Entry]:
+        if not ids:
+            return []
+        self.ensure_ready()
+        fields = OUTPUT_FIELDS + (["embedding"] if with_vectors else [])
+        rows = self._call("get", self.name, ids=[int(i) for i in ids], output_fields=fields)
+        return [self._entry(r) for r in rows]
+
+    def get_one(self, id_: int, *, with_vectors: bool = False) -> Entry:
+        found = self.get([id_], with_vectors=with_vectors)
+        if not found:
+            raise NotFound(f"no image with id {id_}")
+        return found[0]
+
+    def list(self, *, offset: int = 0, limit: int = 50, expr: str = "") -> list[Entry]:
+        self.ensure_ready()
+        rows = self._call("query", self.name, filter=expr or "id >= 0", output_fields=["id", *OUTPUT_FIELDS],
+                          offset=offset, limit=limit)
+        return [self._entry(r) for r in rows]
+
+    @staticmethod
+    def _entry(r: dict) -> Entry:
+        vec = r.get("embedding")
+        return Entry(id=int(r["id"]), key=r.get("key", ""), label=r.get("label", ""), source=r.get("source", ""),
+                     embedding=None if vec is None else np.asarray(vec, dtype=np.float32))
+
+    def count(self, *, expr: str = "") -> int:
+        self.ensure_ready()
+        rows = self._call("query", self.name, filter=expr, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def describe(self) -> dict[str, Any]:
+        """Health and shape, for the status route: never raises for a down backend."""
+        base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim}
+        try:
+            return {**base, "healthy": True, "count": self.count(), "index": self.index_info()}
+        except BackendUnavailable as exc:
+            return {**base, "healthy": False, "error": exc.message}

@@ -1,0 +1,150 @@
+"""ImageEncoder: a batch of prepared uint8 images -> L2-normalised float32 vectors.
+
+One callable class, loaded once per process and used by every face: the Serve Embedder,
+the Ray Data ingest actors and the in-process CLI indexer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .models import ModelSpec, get_model
+from .settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_native_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch: read the CPU flags ourselves
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class ImageEncoder:
+    """Lazy: construction is cheap; ``load()`` (or the first ``encode``) builds the model."""
+
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.spec: ModelSpec = get_model(settings.name)
+        self._model = None
+        self._lock = threading.Lock()
+        self.device = "cpu"
+        self.precision = "fp32"
+        self.load_seconds = 0.0
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> "ImageEncoder":
+        with self._lock:
+            if self._model is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        import torch
+
+        started = time.perf_counter()
+        want = self.settings.device
+        if want == "cuda" and not torch.cuda.is_available():
+            from .errors import ConfigurationError
+
+            raise ConfigurationError("model.device is cuda but no CUDA device is visible")
+        self.device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+        precision = self.settings.precision
+        if precision == "auto":
+            if self.device == "cuda":
+                precision = "fp16"
+            else:
+                precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        self.precision = precision
+        if self.device == "cpu":
+            torch.set_num_threads(self.settings.num_threads or available_cpus())
+
+        with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
+            model = self.spec.build(self.settings.weights)
+        model = model.eval().to(self.device)
+        self._channels_last = precision != "fp32" or self.device == "cuda"
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._model = model
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s (%s) in %.1fs", self.spec.name, self.device, precision, self.load_seconds)
+
+    def encode(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """(N, S, S, 3) uint8 at the model's input size -> (N, dim) float32, unit length."""
+        batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+        if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3) or batch.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 images of shape (N, {self.input_size}, {self.input_size}, 3), "
+                f"got {batch.dtype} {batch.shape}"
+            )
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        step = self.settings.batch_size
+        return np.concatenate([self._forward(batch[i : i + step]) for i in range(0, len(batch), step)])
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            if not batch.flags.writeable:  # arrays from PIL are read-only; torch wants to own them
+                batch = batch.copy()
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).float()
+            x = (x - self._mean) / self._std
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.precision == "fp32":
+                features = self._model(x)
+            else:
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                with torch.autocast(device_type=self.device, dtype=dtype):
+                    features = self._model(x)
+            features = torch.nn.functional.normalize(features.float(), dim=1)
+            return features.cpu().numpy().astype(np.float32, copy=False)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "dim": self.dim,
+            "input_size": self.input_size,
+            "device": self.device,
+            "precision": self.precision,
+            "loaded": self.loaded,
+            "weights": self.settings.weights or self.spec.weights_source,
+        }

@@ -1,0 +1,92 @@
+"""Domain errors. Each carries a stable machine code and the HTTP status the API maps it to;
+the ingest report uses the same codes as skip reasons."""
+
+from __future__ import annotations
+
+
+class LookalikeError(Exception):
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+    # Exceptions cross process boundaries (Ray); keep the code through pickling.
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.code, self.__dict__))
+
+
+def _rebuild(cls, message, code, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    err.message, err.code = message, code
+    return err
+
+
+class BadRequest(LookalikeError):
+    status, code = 400, "bad_request"
+
+
+class EmptyInput(BadRequest):
+    code = "empty_input"
+
+
+class Unauthorized(LookalikeError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(LookalikeError):
+    status, code = 404, "not_found"
+
+
+class TooLarge(LookalikeError):
+    """Too many bytes or too many pixels (decompression bombs)."""
+
+    status, code = 413, "too_large"
+
+
+class UnsupportedMedia(LookalikeError):
+    """Not an image, or an image format we do not decode."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidImage(LookalikeError):
+    """Recognised as an image but cannot be decoded (truncated, corrupt, degenerate)."""
+
+    status, code = 422, "invalid_image"
+
+
+class InvalidParameter(LookalikeError):
+    status, code = 422, "invalid_parameter"
+
+
+class BackendUnavailable(LookalikeError):
+    """A backend the request needs is down; names it."""
+
+    status, code = 503, "backend_unavailable"
+
+    def __init__(self, backend: str, reason: str = ""):
+        self.backend = backend
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"{backend} is unavailable{detail}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "backend": self.backend}
+
+
+class ConfigurationError(LookalikeError):
+    """The settings ask for something this installation cannot provide."""
+
+    status, code = 500, "configuration_error"
+
+
+class SchemaMismatch(ConfigurationError):
+    code = "schema_mismatch"

@@ -1,0 +1,145 @@
+"""The one image preprocessing path, shared by the query path and ingest.
+
+bytes -> validated PIL image (size limits, decodable, EXIF-oriented) -> RGB with alpha
+composited on white -> padded to a square on white -> resized to the model's input size
+-> uint8 array (H, W, 3). Normalisation to the model's mean/std happens in the encoder,
+on the batch, so that arrays cross process boundaries at one byte per channel.
+
+Pure Pillow + NumPy: the HTTP ingress uses it without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import EmptyInput, InvalidImage, TooLarge, UnsupportedMedia
+
+# Formats we accept, with the extension used for stored copies.
+EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",  # multi-picture JPEG written by many phone cameras
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
+CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
+                 ".bmp": "image/bmp", ".tif": "image/tiff"}
+BACKGROUND = (255, 255, 255)
+_ID_MASK = (1 << 63) - 1
+
+# We enforce our own pixel limit before decoding; Pillow's global one stays as a backstop.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the encoder, with what the catalog and the store need to know."""
+
+    id: int
+    pixels: np.ndarray  # (size, size, 3) uint8
+    format: str
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.extension]
+
+
+def content_id(data: bytes) -> int:
+    """A 63-bit id from the image bytes: the same file always gets the same id."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") & _ID_MASK
+
+
+def open_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1, draft: int | None = None
+) -> tuple[Image.Image, str]:
+    """Decode and validate; returns a fully loaded, EXIF-oriented image (any mode) and its format.
+
+    ``draft``: the smallest side the caller needs; JPEGs are then decoded at a reduced scale
+    (DCT scaling) that still covers it, which makes large photos several times cheaper.
+    """
+    if not data:
+        raise EmptyInput("the image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise TooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnsupportedMedia("not an image, or an image format that is not supported") from None
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(str(exc)) from None
+    except Exception as exc:  # corrupt headers make Pillow raise many kinds of error
+        raise InvalidImage(f"cannot read the image header: {exc}") from None
+    if img.format not in EXTENSIONS:
+        raise UnsupportedMedia(f"image format {img.format} is not supported; use one of {sorted(EXTENSIONS)}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise TooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if min(width, height) < min_side:
+        raise InvalidImage(f"the image is {width}x{height}; each side must be at least {min_side} pixels")
+    fmt = img.format
+    try:
+        if draft and fmt in ("JPEG", "MPO"):
+            img.draft("RGB", (draft, draft))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(str(exc)) from None
+    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, ValueError, ...
+        raise InvalidImage(f"cannot decode the image: {exc}") from None
+    return img, fmt
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode -> RGB; transparency is composited onto white, 16-bit is scaled down."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), BACKGROUND)
+    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def to_model_input(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> (size, size, 3) uint8: pad to square, then resize."""
+    square = pad_to_square(to_rgb(img))
+    if square.size != (size, size):
+        square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def prepare(data: bytes, *, size: int, max_bytes: int, max_pixels: int, min_side: int = 1) -> PreparedImage:
+    """bytes -> PreparedImage. Raises a LookalikeError subclass on bad input."""
+    img, fmt = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side, draft=size)
+    try:
+        pixels = to_model_input(img, size)
+    except Exception as exc:
+        raise InvalidImage(f"cannot convert the image: {exc}") from None
+    return PreparedImage(id=content_id(data), pixels=pixels, format=fmt)

