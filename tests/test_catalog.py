@@ -1,0 +1,138 @@
+"""The catalog against Milvus Lite and a real Milvus server: same code, same behaviour."""
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from lookalike.catalog import Catalog, Entry, label_filter
+from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
+from lookalike.settings import MilvusSettings
+
+DIM = 32
+
+
+def unit(rng, n):
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=["lite", "server"])
+def milvus(request, tmp_path):
+    """(uri, settings overrides) for a fresh collection on each backend."""
+    if request.param == "lite":
+        return MilvusSettings(uri=str(tmp_path / "t.db"), lite_server=False)
+    server = request.getfixturevalue("milvus_server")
+    return MilvusSettings(uri=server.uri, collection=f"t_{abs(hash(request.node.name)) % 10**8}")
+
+
+def entries(vectors, labels=("a", "b")):
+    return [Entry(id=1000 + i, key=f"k{i}.png", label=labels[i % len(labels)], source=f"src/{i}.png",
+                  embedding=v) for i, v in enumerate(vectors)]
+
+
+def test_roundtrip_search_filter_get_delete(milvus):
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 300)
+    catalog = Catalog.open(milvus, DIM)
+    assert catalog.upsert(entries(vectors)) == 300
+    catalog.flush()
+    assert catalog.count() == 300
+    assert catalog.count(expr=label_filter("a")) == 150
+
+    hits = catalog.search(vectors[7], 5)[0]
+    assert hits[0].id == 1007 and hits[0].key == "k7.png" and hits[0].label == "b"
+    assert hits[0].distance == pytest.approx(0.0, abs=1e-4) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    # L2 distances are squared: score is the cosine similarity of the unit vectors.
+    assert hits[1].score == pytest.approx(float(vectors[7] @ vectors[hits[1].id - 1000]), abs=1e-3)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+
+    filtered = catalog.search(vectors[7], 5, expr=label_filter("a"))[0]
+    assert len(filtered) == 5 and all(h.label == "a" for h in filtered) and 1007 not in {h.id for h in filtered}
+
+    got = catalog.get_one(1003, with_vectors=True)
+    assert got.source == "src/3.png" and np.allclose(got.embedding, vectors[3], atol=1e-5)
+    with pytest.raises(NotFound):
+        catalog.get_one(42)
+
+    assert catalog.delete([1003, 424242]) == 1
+    assert catalog.count() == 299
+    assert catalog.existing_ids([1003, 1004]) == {1004}
+    page = catalog.list(offset=0, limit=10)
+    assert len(page) == 10 and all(isinstance(e.id, int) for e in page)
+    catalog.close()
+
+
+def test_same_image_twice_is_one_entity(milvus):
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 3)
+    catalog = Catalog.open(milvus, DIM)
+    catalog.upsert(entries(vectors))
+    catalog.upsert(entries(vectors))  # the same ids again (same content hash)
+    catalog.flush()
+    assert catalog.count() == 3
+
+
+def test_quoting_in_label_filters(milvus):
+    rng = np.random.default_rng(2)
+    catalog = Catalog.open(milvus, DIM)
+    catalog.upsert(entries(unit(rng, 4), labels=('say "hi"', "back\\slash")))
+    catalog.flush()
+    assert catalog.count(expr=label_filter('say "hi"')) == 2
+    assert catalog.count(expr=label_filter("back\\slash")) == 2
+    assert catalog.count(expr=label_filter('" or id > 0 or label == "')) == 0
+
+
+def test_dimension_mismatch_is_refused(milvus):
+    Catalog.open(milvus, DIM).ensure_ready()
+    with pytest.raises(SchemaMismatch):
+        Catalog.open(milvus, DIM * 2).ensure_ready()
+
+
+@pytest.mark.parametrize("index_type, build", [("IVF_FLAT", {"nlist": 8}), ("IVF_SQ8", {"nlist": 8}),
+                                               ("HNSW", {"M": 8, "efConstruction": 64}), ("FLAT", {})])
+def test_configured_index_is_the_one_built(milvus, index_type, build):
+    settings = milvus.model_copy(update={"index": milvus.index.model_copy(update={
+        "type": index_type, "build": {**milvus.index.build, index_type: build}})})
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 2000)
+    catalog = Catalog.open(settings, DIM)
+    catalog.upsert(entries(vectors))
+    info = catalog.build_index()
+    assert info["type"] == index_type and info["metric"] == "L2"
+    assert info["params"] == build
+    # Still finds each vector itself.
+    assert catalog.search(vectors[11], 1)[0][0].id == 1011
+    if settings.is_lite:
+        _check_lite_index_files(Path(settings.uri), index_type, build)
+
+
+def _check_lite_index_files(data_dir: Path, index_type: str, build: dict):
+    """Milvus Lite drops flat build params silently: read what faiss really built."""
+    manifest = json.loads((data_dir / "collections/images/manifest.json").read_text())
+    spec = manifest["index_specs"]["embedding"]
+    assert spec["build_params"] == build
+    files = sorted(data_dir.glob("collections/images/partitions/*/indexes/*.idx"))
+    if index_type == "FLAT":
+        assert spec["index_type"] == "FLAT"
+        return
+    assert files, "no index files were written"
+    raw = faiss.read_index(str(files[-1]))  # keep a reference: downcast does not own it
+    index = faiss.downcast_index(raw)
+    if index_type.startswith("IVF"):
+        assert index.nlist == build["nlist"]
+    else:
+        assert index.hnsw.efConstruction == build["efConstruction"]
+        assert index.hnsw.nb_neighbors(1) == build["M"]
+
+
+def test_unreachable_milvus_is_backend_unavailable():
+    from .support.servers import free_port
+
+    catalog = Catalog(MilvusSettings(uri=f"http://127.0.0.1:{free_port()}", timeout_s=2), DIM)
+    with pytest.raises(BackendUnavailable) as info:
+        catalog.count()
+    assert info.value.backend == "milvus" and info.value.status == 503
+    assert catalog.describe()["healthy"] is False

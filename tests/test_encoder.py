@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from lookalike.encoder import ImageEncoder
+from lookalike.errors import ConfigurationError
+from lookalike.images import prepare
+from lookalike.settings import ModelSettings
+
+from .support.images import CLASSES, draw, encode
+
+LIMITS = dict(max_bytes=5_000_000, max_pixels=10_000_000)
+
+
+def _pixels(size, seeds):
+    out = []
+    for seed in seeds:
+        label = list(CLASSES)[seed % len(CLASSES)]
+        shape, colour = CLASSES[label]
+        out.append(prepare(encode(draw(shape, colour, seed=seed)), size=size, **LIMITS).pixels)
+    return np.stack(out)
+
+
+def test_pretrained_default_gives_unit_vectors_and_is_batch_independent(encoder):
+    assert encoder.dim == 1280 and encoder.spec.name == "efficientnet-lite0"
+    batch = _pixels(encoder.input_size, range(6))
+    vectors = encoder.encode(batch)
+    assert vectors.shape == (6, 1280) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    alone = encoder.encode(batch[2:3])
+    assert float(alone[0] @ vectors[2]) > 0.999  # the same image alone or in a batch
+
+
+def test_pretrained_features_separate_classes(encoder):
+    # Two drawings of one class are closer than drawings of different classes: real weights.
+    circles = _pixels(encoder.input_size, [0, 6])  # seeds 0 and 6 are both "circles"
+    others = _pixels(encoder.input_size, [1, 2, 3])
+    a, b = encoder.encode(circles)
+    same = float(a @ b)
+    different = max(float(a @ o) for o in encoder.encode(others))
+    assert same > different
+
+
+def test_rejects_wrongly_shaped_input(encoder):
+    with pytest.raises(ValueError):
+        encoder.encode(np.zeros((1, 100, 100, 3), np.uint8))
+    assert encoder.encode(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 1280)
+
+
+def test_fp32_and_bf16_agree(encoder):
+    fp32 = ImageEncoder(ModelSettings(precision="fp32")).load()
+    batch = _pixels(224, range(3))
+    cos = np.sum(fp32.encode(batch) * ImageEncoder(ModelSettings(precision="bf16")).load().encode(batch), axis=1)
+    assert cos.min() > 0.98
+
+
+def test_resnet50_loads_a_local_weights_file(tmp_path):
+    import torch
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet50.pth"
+    # A DataParallel-style checkpoint: keys prefixed "module." under "state_dict".
+    torch.save({"state_dict": {f"module.{k}": v for k, v in resnet50(weights=None).state_dict().items()}}, path)
+    enc = ImageEncoder(ModelSettings(name="resnet50", weights=str(path), precision="fp32")).load()
+    vectors = enc.encode(_pixels(224, range(2)))
+    assert vectors.shape == (2, 2048) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_resnet50_without_weights_names_both_ways_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache; no internet here
+    enc = ImageEncoder(ModelSettings(name="resnet50"))
+    with pytest.raises(ConfigurationError) as info:
+        enc.load()
+    message = str(info.value)
+    assert "LOOKALIKE_MODEL__WEIGHTS" in message and "hub/checkpoints" in message
+
+
+def test_missing_weights_file_and_unknown_model():
+    with pytest.raises(ConfigurationError):
+        ImageEncoder(ModelSettings(name="resnet50", weights="/nonexistent/w.pth")).load()
+    with pytest.raises(ConfigurationError):
+        ImageEncoder(ModelSettings(name="vgg-nope"))

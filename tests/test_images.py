@@ -1,0 +1,84 @@
+import io
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike import errors
+from lookalike.images import content_id, open_image, prepare
+
+from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
+
+LIMITS = dict(max_bytes=5_000_000, max_pixels=10_000_000, min_side=8)
+
+
+def test_prepare_gives_model_sized_uint8_and_content_id():
+    data = encode(draw("circle", (200, 0, 0), seed=1, size=300), "PNG")
+    prepared = prepare(data, size=224, **LIMITS)
+    assert prepared.pixels.shape == (224, 224, 3) and prepared.pixels.dtype == np.uint8
+    assert prepared.format == "PNG" and prepared.extension == ".png" and prepared.content_type == "image/png"
+    assert prepared.id == content_id(data) and 0 <= prepared.id < 2**63
+    assert prepared.id != content_id(data + b"\0")
+
+
+def test_exif_orientation_is_applied():
+    # A wide image whose EXIF says "rotate 90": decoded upright it is tall.
+    img = Image.new("RGB", (120, 60), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 60, 60))  # left half blue
+    oriented, fmt = open_image(jpeg_with_orientation(img, 6), **LIMITS)
+    assert fmt == "JPEG"
+    assert oriented.size == (60, 120)
+    top = np.asarray(oriented.convert("RGB"))[5, 30]
+    assert top[2] > 200 and top[0] < 60  # the blue half is now on top
+
+
+def test_alpha_is_composited_on_white_and_padding_is_white():
+    rgba = Image.new("RGBA", (100, 50), (0, 0, 0, 0))  # fully transparent, wide
+    rgba.paste((0, 0, 0, 255), (40, 10, 60, 40))  # an opaque black block
+    pixels = prepare(encode(rgba, "PNG"), size=64, **LIMITS).pixels
+    assert (pixels[0, 0] == 255).all()  # padding (top band) is white
+    assert (pixels[20, 5] >= 250).all()  # transparent area became white, not black
+    assert (pixels[32, 32] < 30).all()  # the opaque block stays black
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "LA", "CMYK", "I;16"])
+def test_any_mode_becomes_rgb(mode):
+    img = draw("square", (10, 120, 200), seed=3).convert("RGB")
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)  # 16-bit grey
+    else:
+        img = img.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode in ("LA",) else "PNG")
+    data = encode(img, fmt)
+    assert Image.open(io.BytesIO(data)).mode.startswith(mode[0])
+    pixels = prepare(data, size=32, **LIMITS).pixels
+    assert pixels.shape == (32, 32, 3)
+    assert pixels.min() < 128 < pixels.max()  # the drawing survived the conversion
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"", errors.EmptyInput),
+    (b"GIF89a not really", errors.UnsupportedMedia),
+    (b"plain text, not an image" * 4, errors.UnsupportedMedia),
+    (truncated_jpeg(), errors.InvalidImage),
+    (png_with_size(20_000, 20_000), errors.TooLarge),
+    (encode(Image.new("RGB", (4, 4))), errors.InvalidImage),
+    (encode(Image.new("RGB", (10, 10)), "PDF"), errors.UnsupportedMedia),
+])
+def test_bad_input_raises_a_clear_domain_error(data, error):
+    with pytest.raises(error) as info:
+        prepare(data, size=32, **LIMITS)
+    assert 400 <= info.value.status < 500 and info.value.message
+
+
+def test_byte_limit():
+    data = encode(draw("circle", (1, 2, 3), seed=2), "PNG")
+    with pytest.raises(errors.TooLarge):
+        prepare(data, size=32, max_bytes=len(data) - 1, max_pixels=10**7)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_consistently():
+    big = draw("triangle", (0, 150, 0), seed=4, size=400).resize((2400, 2400))
+    data = encode(big, "JPEG", quality=90)
+    a = prepare(data, size=224, **LIMITS).pixels
+    b = prepare(data, size=224, **LIMITS).pixels
+    assert np.array_equal(a, b)  # deterministic: the same bytes give the same pixels

@@ -1,0 +1,84 @@
+"""The in-process indexer (lookalike index): counts, skips with reasons, idempotent re-runs."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from lookalike.catalog import Catalog
+from lookalike.indexer import index_items
+from lookalike.sources import iter_folder
+from lookalike.store import make_store
+
+from .conftest import REPO, make_settings
+from .support.images import broken_files
+
+
+def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root, encoder):
+    source = tmp_path / "source"
+    shutil.copytree(gallery_root, source)
+    expected_skips = broken_files(source / "broken")
+    shutil.copy(source / "circles" / "circles_0.png", source / "squares" / "copy_of_circle.png")
+    (source / ".hidden").mkdir()
+    shutil.copy(source / "rings" / "rings_1.jpg", source / ".hidden" / "ignored.jpg")
+    (source / "notes.txt").write_text("not an image extension: not listed")
+    n_good = sum(1 for p in gallery_root.rglob("*") if p.is_file())
+
+    settings = make_settings(tmp_path, milvus={"lite_server": False})
+    catalog = Catalog.open(settings.milvus, encoder.dim)
+    store = make_store(settings.store)
+    items = list(iter_folder(source))
+    assert len(items) == n_good + len(expected_skips) + 1
+    assert {i.label for i in items} == {"circles", "squares", "triangles", "stripes", "checkers", "rings", "broken"}
+
+    report = index_items(items, settings, encoder=encoder, catalog=catalog, store=store)
+    assert report.indexed == n_good and report.total == len(items)
+    assert len(report.duplicates) == 1 and report.duplicates[0]["path"].endswith("copy_of_circle.png")
+    assert {s["path"].rsplit("/", 1)[1]: s["code"] for s in report.skipped} == expected_skips
+    assert catalog.count() == n_good
+    assert len(list(store.keys())) == n_good
+
+    # Search finds each indexed image itself first, with its label.
+    path = source / "triangles" / "triangles_3.jpg"
+    from lookalike.images import prepare
+
+    prepared = prepare(path.read_bytes(), size=encoder.input_size, **settings.images.model_dump())
+    hit = catalog.search(encoder.encode(prepared.pixels[None]), 3)[0][0]
+    assert hit.id == prepared.id and hit.label == "triangles" and hit.source == str(path)
+    assert store.get(hit.key) == path.read_bytes()
+
+    again = index_items(iter_folder(source), settings, encoder=encoder, catalog=catalog, store=store)
+    assert again.indexed == 0 and again.already_present == n_good
+    assert catalog.count() == n_good
+    catalog.close()
+
+
+def test_cli_index_search_status(tmp_path, gallery_root):
+    env_settings = {"LOOKALIKE_MILVUS__URI": str(tmp_path / "cli.db"),
+                    "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "images")}
+    import os
+
+    env = {**os.environ, **env_settings}
+    cli = [sys.executable, "-m", "lookalike.cli"]
+    report = tmp_path / "report.json"
+    run = subprocess.run([*cli, "index", str(gallery_root), "--report", str(report)], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "30 indexed" in run.stdout
+    data = json.loads(report.read_text())
+    assert data["indexed"] == 30 and data["skipped"] == 0 and data["images_per_s"] > 0
+    assert set(data["stage_seconds"]) >= {"read", "decode", "embed", "write"}
+
+    query = gallery_root / "stripes" / "stripes_2.png"
+    run = subprocess.run([*cli, "search", str(query), "-k", "3"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    hits = json.loads(run.stdout)
+    assert hits[0]["source"] == str(query) and hits[0]["label"] == "stripes"
+    assert hits[0]["url"].startswith("/images/") and np.isclose(hits[0]["score"], 1.0, atol=1e-3)
+
+    run = subprocess.run([*cli, "status"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    status = json.loads(run.stdout)
+    assert run.returncode == 0 and status["milvus"]["count"] == 30 and status["milvus"]["healthy"]
