@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -70,6 +71,7 @@ def resolve_uri(settings: MilvusSettings, *, shared: bool) -> tuple[str, LiteSer
     opened in-process (one-shot commands while nothing else runs)."""
     if not settings.is_lite:
         return settings.uri, None
+    Path(settings.uri).parent.mkdir(parents=True, exist_ok=True)
     server = LiteServer(settings.uri)
     if not settings.lite_server:
         return settings.uri, server
@@ -146,7 +148,9 @@ class Catalog:
             raise
         except Exception as exc:
             if _is_unavailable(exc):
-                self._ready = False  # re-check the collection after the server comes back
+                # Start afresh next time: a new connection, and the collection checked again.
+                self._ready = False
+                self.close()
                 raise self._unavailable(exc) from exc
             raise
 

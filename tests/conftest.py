@@ -6,8 +6,10 @@ namespace, which also proves no test talks to anything else.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lookalike.ray_env import use_local_ray_env
@@ -18,7 +20,9 @@ from lookalike.encoder import ImageEncoder  # noqa: E402
 from lookalike.settings import Settings, load_settings  # noqa: E402
 
 from .support.images import make_gallery  # noqa: E402
-from .support.servers import HOST, MilvusStandalone, SeaweedS3, free_port, in_isolated_netns  # noqa: E402
+from .support.servers import (  # noqa: E402
+    HOST, LiteServerProcess, MilvusStandalone, SeaweedS3, free_port, in_isolated_netns,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "lookalike.yaml"
@@ -93,3 +97,74 @@ def serve_url(ray_cluster) -> str:
 def pytest_report_header(config):
     return f"network namespace: {'loopback only' if in_isolated_netns() else 'host (Milvus server tests skip)'}"
 
+
+
+# -- the Serve application ----------------------------------------------------------------------
+# Replicas take no CPU reservation here so two apps fit the 2-core test machine.
+TEST_OPTIONS = {name: {"ray_actor_options": {"num_cpus": 0}} for name in ("Embedder", "Searcher", "Ingress")}
+
+
+@dataclass
+class App:
+    url: str  # base URL, route prefix included
+    settings: Settings
+    gallery: dict[str, list[Path]]
+    key: str | None = None
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kwargs)
+
+
+def deploy(name: str, route_prefix: str, settings: Settings) -> None:
+    from ray import serve
+
+    from deployments.app import build_from_settings
+
+    serve.run(build_from_settings(settings, TEST_OPTIONS), name=name, route_prefix=route_prefix)
+
+
+@pytest.fixture(scope="session")
+def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
+    """The default stack: Milvus Lite through its shared server, local image store, API key on
+    writes; the generated gallery indexed beforehand with the in-process indexer."""
+    from lookalike.catalog import Catalog
+    from lookalike.indexer import index_items
+    from lookalike.lite_server import LiteServer
+    from lookalike.sources import iter_folder
+    from lookalike.store import make_store
+
+    settings = make_settings(workdir / "api", api={"api_key": API_KEY})
+    catalog = Catalog.open(settings.milvus, encoder.dim, shared=True)  # starts the shared server
+    report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
+                         store=make_store(settings.store))
+    assert report.indexed == sum(len(v) for v in gallery.values())
+    catalog.close()
+    deploy("main", "/", settings)
+    yield App(url=serve_url, settings=settings, gallery=gallery, key=API_KEY)
+    from ray import serve
+
+    serve.delete("main")
+    LiteServer(settings.milvus.uri).stop()
+
+
+@pytest.fixture(scope="session")
+def lite_process(workdir):
+    """A Milvus Lite server the tests may kill and restart (same port, same data)."""
+    server = LiteServerProcess(workdir / "s3app.db").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api_s3(serve_url, workdir, gallery, s3_server, lite_process) -> App:
+    """A second app on /s3: a Milvus server URI (the restartable Lite process) and the S3 store."""
+    settings = make_settings(workdir / "api_s3", milvus={"uri": lite_process.uri, "timeout_s": 5},
+                             store={"backend": "s3", "s3": {
+                                 "endpoint": s3_server.endpoint, "bucket": "gallery",
+                                 "access_key": s3_server.access_key, "secret_key": s3_server.secret_key}})
+    deploy("s3", "/s3", settings)
+    yield App(url=serve_url + "/s3", settings=settings, gallery=gallery)
+    from ray import serve
+
+    serve.delete("s3")

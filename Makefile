@@ -1,0 +1,59 @@
+# Lookalike — the two commands of the README, and their parts.
+#   make run     venv + packages, sample gallery, index it, serve on http://127.0.0.1:8000
+#   make test    the whole test suite (in a loopback-only network namespace where possible)
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+# The torch/torchvision pair to install (x86_64 + Python 3.11 here: a CUDA build that also
+# runs on the CPU). Override for other machines, e.g. TORCH_PKGS="torch torchvision".
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+# The folder to index for `make run` (<label>/<image> layout). The default is a sample
+# built from Debian's openclipart-png.
+GALLERY   ?= data/gallery
+OPENCLIPART := /usr/share/openclipart/png
+PYTEST_ARGS ?=
+
+.PHONY: install run index serve gallery test system-deps clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PKGS)
+	$(BIN)/pip install -q -e '.[test]'
+	# The standalone Milvus server for the server-side tests (only its binary; no client pins).
+	$(BIN)/pip install -q --no-deps milvus==2.3.5
+	touch $@
+
+# Debian packages: the sample gallery's images (and, for the tests, what they need).
+system-deps:
+	@if [ ! -d $(OPENCLIPART) ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q openclipart-png >/dev/null; \
+	  else sudo apt-get install -y -q openclipart-png >/dev/null; fi; fi
+
+gallery: install system-deps
+	@if [ "$(GALLERY)" = "data/gallery" ]; then $(BIN)/lookalike gallery --out data/gallery; fi
+
+index: gallery
+	$(BIN)/lookalike index $(GALLERY) --report data/index-report.json
+
+serve: install
+	$(BIN)/lookalike serve
+
+run: index serve
+
+# In a network namespace with only loopback (unshare), every test is provably local and the
+# Milvus server tests can run (that server binds all interfaces). Falls back to the host
+# network where namespaces are not allowed; those tests then skip.
+test: install
+	@if unshare -rn true 2>/dev/null; then \
+	  unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \
+	else \
+	  echo "unshare not permitted here: running on the host network"; $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	fi
+
+clean:
+	-$(BIN)/lookalike lite-server stop
+	rm -rf data

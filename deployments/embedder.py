@@ -1,0 +1,42 @@
+"""Embedder: the ImageEncoder behind @serve.batch, on the GPU when the replica has one.
+
+Requests carry prepared uint8 arrays (the ingress decoded and validated them), so a bad
+upload can never spoil a batch. Batch size and wait come from the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+from ray import serve
+
+from lookalike.encoder import ImageEncoder
+from lookalike.settings import Settings
+
+
+@serve.deployment(name="Embedder", max_ongoing_requests=64)
+class Embedder:
+    def __init__(self, settings: Settings):
+        self.encoder = ImageEncoder(settings.model).load()
+        self.embed_batch.set_max_batch_size(settings.serve.batch_max_size)
+        self.embed_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
+        self.batch_sizes: Counter[int] = Counter()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self.batch_sizes[len(images)] += 1
+        # The forward pass runs off the event loop so the replica keeps queueing requests.
+        vectors = await asyncio.to_thread(self.encoder.encode, np.stack(images))
+        return list(vectors)
+
+    async def embed(self, image: np.ndarray) -> np.ndarray:
+        return await self.embed_batch(image)
+
+    def info(self) -> dict:
+        return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+
+    def check_health(self) -> None:
+        if not self.encoder.loaded:
+            raise RuntimeError("the model is not loaded")

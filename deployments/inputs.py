@@ -1,0 +1,205 @@
+"""Reading what a client sent: the image (multipart, JSON base64, JSON URL, raw body) and the
+query parameters, each bounded and validated. Bad input raises a LookalikeError (4xx)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from lookalike.errors import BadRequest, EmptyInput, InvalidParameter, TooLarge, UnsupportedMedia
+from lookalike.settings import Settings
+
+FORM_FIELD = "image"
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class Payload:
+    """A parsed request: the image bytes (if any) and the other fields, as strings."""
+
+    image: bytes | None = None
+    name: str = ""
+    url: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+
+def body_limit(settings: Settings) -> int:
+    # base64 in JSON costs 4/3 of the image; allow the form/JSON framing around it.
+    return math.ceil(settings.images.max_bytes * 4 / 3) + _MULTIPART_OVERHEAD
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+        if declared > limit:
+            raise TooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette re-reads a cached body when parsing forms
+    return body
+
+
+def decode_base64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidParameter("'image' must be a base64 string")
+    if text.startswith("data:"):  # a data URL, as browsers' FileReader produces
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("'image' is not valid base64") from None
+
+
+async def read_payload(request: Request, settings: Settings, *, require_image: bool = True) -> Payload:
+    """Parse multipart/form-data, application/json or a raw image/* body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, body_limit(settings))
+    payload = Payload(fields=dict(request.query_params))
+    if content_type == "multipart/form-data":
+        await _read_multipart(request, payload)
+    elif content_type in ("application/json", "text/json") or (not content_type and body[:1] in (b"{", b"[")):
+        _read_json(body, payload)
+    elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        payload.image = body
+    elif not body:
+        if require_image:
+            raise EmptyInput("the request has no body; send an image")
+    else:
+        raise UnsupportedMedia(
+            f"Content-Type {content_type or '(none)'} is not accepted; send multipart/form-data with an "
+            "'image' file, application/json with 'image' (base64) or 'url', or a raw image/* body"
+        )
+    if require_image and payload.image is None and payload.url is None:
+        raise InvalidParameter(
+            "no image in the request: send a multipart file field 'image', JSON {\"image\": base64} "
+            "or {\"url\": \"http...\"}, or a raw image/* body"
+        )
+    if payload.image is not None and not payload.image:
+        raise EmptyInput("the image is empty (0 bytes)")
+    return payload
+
+
+async def _read_multipart(request: Request, payload: Payload) -> None:
+    try:
+        form = await request.form(max_files=4, max_fields=32)
+    except Exception as exc:  # malformed multipart body
+        raise BadRequest(f"cannot parse the multipart body: {exc}") from None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key == FORM_FIELD:
+                payload.image = await value.read()
+                payload.name = value.filename or ""
+        else:
+            payload.fields[key] = value
+    if payload.image is None and isinstance(payload.fields.get(FORM_FIELD), str):
+        payload.image = decode_base64(payload.fields.pop(FORM_FIELD))
+    if "url" in payload.fields:
+        payload.url = str(payload.fields.pop("url"))
+
+
+def _read_json(body: bytes, payload: Payload) -> None:
+    if not body.strip():
+        raise EmptyInput("the request body is empty; send JSON with 'image' or 'url'")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the JSON body must be an object")
+    if data.get("image") is not None:
+        payload.image = decode_base64(data.pop("image"))
+    if data.get("url") is not None:
+        payload.url = str(data.pop("url"))
+    payload.name = str(data.pop("key", "") or data.pop("name", "") or "")
+    payload.fields.update({k: v for k, v in data.items() if v is not None})
+
+
+# -- parameters -----------------------------------------------------------------------------
+def int_param(payload: Payload, name: str, default: int, *, low: int, high: int) -> int:
+    raw = payload.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+        if isinstance(raw, float) and raw != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"'{name}' must be an integer") from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"'{name}' must be between {low} and {high}; got {value}")
+    return value
+
+
+def float_param(payload: Payload, name: str, *, low: float, high: float) -> float | None:
+    raw = payload.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"'{name}' must be a number") from None
+    if not (low <= value <= high):
+        raise InvalidParameter(f"'{name}' must be between {low} and {high}")
+    return value
+
+
+def label_param(payload: Payload, name: str = "filter", *, max_len: int = 256) -> str | None:
+    raw = payload.get(name)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or len(raw) > max_len:
+        raise InvalidParameter(f"'{name}' must be a label of at most {max_len} characters")
+    return raw
+
+
+def id_param(raw: str) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"image id must be an integer; got {raw!r}") from None
+    if not 0 <= value < 2**63:
+        raise InvalidParameter("image id out of range")
+    return value
+
+
+async def fetch_image(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+    """GET an image by URL (http/https only), refusing more than ``max_bytes``."""
+    import httpx
+
+    if not url.lower().startswith(("http://", "https://")):
+        raise InvalidParameter("'url' must be an http:// or https:// URL")
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, max_redirects=3,
+                                     trust_env=False) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise BadRequest(f"fetching the URL returned HTTP {response.status_code}", code="url_fetch_failed")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f"the image at the URL exceeds {max_bytes} bytes")
+                    chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise BadRequest(f"cannot fetch the URL: {type(exc).__name__}: {exc}", code="url_fetch_failed") from None
+    return b"".join(chunks)

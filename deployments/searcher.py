@@ -1,0 +1,83 @@
+"""Searcher: owns the Milvus client. Searches, writes, index builds and status.
+
+Milvus calls block, so they run in worker threads; writes from one replica are serialised
+(and, for the embedded Milvus Lite, across processes by the catalog's write lock). If Milvus
+is down at start-up the replica still starts and answers 503 until it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+
+from lookalike.catalog import Catalog, Entry, label_filter
+from lookalike.errors import BackendUnavailable
+from lookalike.models import get_model
+from lookalike.settings import Settings
+
+log = logging.getLogger("ray.serve")
+
+
+def _entry_dict(entry: Entry) -> dict:
+    return {"id": entry.id, "key": entry.key, "label": entry.label, "source": entry.source}
+
+
+@serve.deployment(name="Searcher", max_ongoing_requests=64)
+class Searcher:
+    def __init__(self, settings: Settings):
+        self.catalog = Catalog.open(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        self._write = asyncio.Lock()
+        try:
+            self.catalog.ensure_ready()
+        except BackendUnavailable as exc:
+            log.warning("starting without Milvus: %s", exc.message)
+
+    async def _run(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def search(self, vector: np.ndarray, k: int, label: str | None = None, min_score: float | None = None,
+                     exclude_id: int | None = None) -> list[dict]:
+        limit = k + (1 if exclude_id is not None else 0)
+        hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label)))[0]
+        out = [h.to_dict() for h in hits if h.id != exclude_id]
+        if min_score is not None:
+            out = [h for h in out if h["score"] >= min_score]
+        return out[:k]
+
+    async def similar(self, image_id: int, k: int, label: str | None = None,
+                      min_score: float | None = None) -> list[dict]:
+        entry = await self._run(self.catalog.get_one, image_id, with_vectors=True)
+        return await self.search(entry.embedding, k, label, min_score, exclude_id=image_id)
+
+    async def get(self, image_id: int) -> dict:
+        return _entry_dict(await self._run(self.catalog.get_one, image_id))
+
+    async def exists(self, image_id: int) -> bool:
+        return bool(await self._run(self.catalog.existing_ids, [image_id]))
+
+    async def add(self, entry: dict) -> None:
+        async with self._write:
+            await self._run(self.catalog.upsert, [Entry(**entry)])
+
+    async def delete(self, image_id: int) -> dict:
+        """Remove one entry; returns it (the caller removes the stored object)."""
+        async with self._write:
+            entry = await self._run(self.catalog.get_one, image_id)
+            await self._run(self.catalog.delete, [image_id])
+        return _entry_dict(entry)
+
+    async def list(self, offset: int, limit: int, label: str | None = None) -> dict:
+        expr = label_filter(label)
+        entries = await self._run(self.catalog.list, offset=offset, limit=limit, expr=expr)
+        total = await self._run(self.catalog.count, expr=expr)
+        return {"items": [_entry_dict(e) for e in entries], "offset": offset, "limit": limit, "total": total}
+
+    async def build_index(self) -> dict:
+        async with self._write:
+            return await self._run(self.catalog.build_index)
+
+    async def status(self) -> dict:
+        return await self._run(self.catalog.describe)

@@ -1,0 +1,275 @@
+"""The HTTP API through Serve's proxy: a real Ray cluster, the real model, Milvus Lite, the
+local store (app "main") and an S3 server with a Milvus that the tests stop (app "s3")."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import pytest
+
+from lookalike.images import content_id
+
+from .support.images import draw, encode, png_with_size, truncated_jpeg
+
+
+def _file(app, label, i=0):
+    return app.gallery[label][i]
+
+
+def _search(client, data: bytes, name="q.png", **params):
+    return client.post("/api/v1/search", files={"image": (name, data, "image/png")}, params=params)
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    with api.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def anon(api):
+    with httpx.Client(base_url=api.url, timeout=60) as c:
+        yield c
+
+
+# -- searching -------------------------------------------------------------------------------
+@pytest.mark.parametrize("label, i", [("circles", 0), ("stripes", 3), ("rings", 4), ("checkers", 1)])
+def test_search_returns_the_query_image_first_with_a_working_url(api, anon, label, i):
+    path = _file(api, label, i)
+    data = path.read_bytes()
+    r = _search(anon, data, k=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    first = body["results"][0]
+    assert first["id"] == str(content_id(data)) and first["label"] == label and first["source"] == str(path)
+    assert first["score"] == pytest.approx(1.0, abs=1e-3) and len(body["results"]) == 5
+    assert [h["label"] for h in body["results"][:3]] == [label] * 3  # its class-mates come next
+    image = anon.get(first["url"])
+    assert image.status_code == 200 and image.content == data
+    assert set(body["timings"]) >= {"decode_ms", "embed_ms", "search_ms", "total_ms"}
+    timing = r.headers["server-timing"]
+    assert "decode;dur=" in timing and "embed;dur=" in timing and "search;dur=" in timing
+
+
+def test_search_by_json_base64_data_url_raw_body_and_url(api, anon):
+    path = _file(api, "triangles", 2)
+    data = path.read_bytes()
+    want = str(content_id(data))
+    b64 = base64.b64encode(data).decode()
+    responses = [
+        anon.post("/api/v1/search", json={"image": b64, "k": 2}),
+        anon.post("/api/v1/search", json={"image": f"data:image/jpeg;base64,{b64}"}),
+        anon.post("/api/v1/search?k=2", content=data, headers={"content-type": "image/jpeg"}),
+    ]
+    stored_url = api.url + responses[0].json()["results"][0]["url"]
+    responses.append(anon.post("/api/v1/search", json={"url": stored_url}))
+    for r in responses:
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["id"] == want
+    assert len(responses[0].json()["results"]) == 2
+    assert "fetch_ms" in responses[3].json()["timings"]
+
+
+def test_k_default_and_bounds(api, anon):
+    data = _file(api, "squares").read_bytes()
+    assert len(_search(anon, data).json()["results"]) == api.settings.api.top_k_default
+    assert len(_search(anon, data, k=30).json()["results"]) == 30
+    for bad in (0, 101, "abc", 2.5):
+        r = _search(anon, data, k=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", bad
+
+
+def test_filter_and_min_score(api, anon):
+    data = _file(api, "circles").read_bytes()
+    r = _search(anon, data, k=10, filter="squares")
+    labels = [h["label"] for h in r.json()["results"]]
+    assert len(labels) == 5 and set(labels) == {"squares"}
+    assert _search(anon, data, filter="no-such-label").json()["results"] == []
+    only_self = _search(anon, data, k=10, min_score=0.999).json()["results"]
+    assert [h["id"] for h in only_self] == [str(content_id(data))]
+    assert _search(anon, data, min_score=3).status_code == 422
+
+
+def test_more_like_this(api, anon):
+    data = _file(api, "rings", 2).read_bytes()
+    image_id = str(content_id(data))
+    r = anon.get(f"/api/v1/images/{image_id}/similar", params={"k": 4})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert len(results) == 4 and image_id not in {h["id"] for h in results}
+    assert results[0]["label"] == "rings"
+    assert anon.get("/api/v1/images/12345/similar").status_code == 404
+    assert anon.get("/api/v1/images/not-a-number/similar").status_code == 422
+
+
+# -- writing -------------------------------------------------------------------------------
+def test_add_is_idempotent_then_delete_removes_entry_and_object(api, client, anon):
+    data = encode(draw("circle", (250, 200, 0), seed=4242), "PNG")
+    image_id = str(content_id(data))
+    before = client.get("/api/v1/status").json()["count"]
+
+    first = client.post("/api/v1/images", files={"image": ("sun.png", data, "image/png")}, data={"label": "sun"})
+    assert first.status_code == 201, first.text
+    assert first.json()["created"] is True and first.json()["id"] == image_id and first.json()["label"] == "sun"
+    again = client.post("/api/v1/images", json={"image": base64.b64encode(data).decode(), "label": "sun"})
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert client.get("/api/v1/status").json()["count"] == before + 1  # one entity, not two
+
+    hit = _search(anon, data, k=1).json()["results"][0]
+    assert hit["id"] == image_id and hit["label"] == "sun" and hit["source"] == "sun.png"
+    assert anon.get(hit["url"]).content == data
+    assert anon.get(f"/api/v1/images/{image_id}").json()["key"] == hit["key"]
+
+    deleted = client.delete(f"/api/v1/images/{image_id}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == image_id
+    assert anon.get(f"/api/v1/images/{image_id}").status_code == 404
+    assert anon.get(hit["url"]).status_code == 404
+    assert client.delete(f"/api/v1/images/{image_id}").status_code == 404
+    assert client.get("/api/v1/status").json()["count"] == before
+
+
+def test_write_routes_need_the_api_key(api, anon):
+    data = encode(draw("square", (1, 1, 1), seed=99), "PNG")
+    for method, path, kwargs in [
+        ("POST", "/api/v1/images", {"files": {"image": ("x.png", data, "image/png")}}),
+        ("DELETE", f"/api/v1/images/{content_id(_file(api, 'circles').read_bytes())}", {}),
+        ("POST", "/api/v1/index", {}),
+        ("POST", "/insert/", {"json": {"key": "x.png", "image": base64.b64encode(data).decode()}}),
+        ("POST", "/indexing/", {}),
+    ]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+            r = anon.request(method, path, headers=headers, **kwargs)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert anon.get("/api/v1/images", params={"limit": 1}).status_code == 200  # reads stay open
+    ok = anon.post("/api/v1/index", headers={"X-API-Key": api.key})
+    assert ok.status_code == 200
+
+
+def test_list_pages_and_index_and_status(api, client):
+    total = sum(len(v) for v in api.gallery.values())
+    page = client.get("/api/v1/images", params={"limit": 7, "offset": 0}).json()
+    assert len(page["items"]) == 7 and page["total"] >= total
+    assert all(item["url"].startswith("/images/") for item in page["items"])
+    labelled = client.get("/api/v1/images", params={"filter": "stripes", "limit": 50}).json()
+    assert labelled["total"] == 5 and {i["label"] for i in labelled["items"]} == {"stripes"}
+    assert client.get("/api/v1/images", params={"limit": 0}).status_code == 422
+
+    index = client.post("/api/v1/index").json()["index"]
+    assert index["type"] == "HNSW" and index["params"] == {"M": 16, "efConstruction": 200}
+
+    status = client.get("/api/v1/status").json()
+    assert status["status"] == "ok" and status["count"] >= total and status["dimension"] == 1280
+    assert status["model"]["name"] == "efficientnet-lite0" and status["model"]["loaded"] is True
+    assert status["milvus"]["healthy"] and status["store"]["backend"] == "local"
+    assert status["index"]["type"] == "HNSW"
+
+
+# -- the seed's routes -----------------------------------------------------------------------
+def test_seed_routes(api, client, anon):
+    data = _file(api, "checkers", 2).read_bytes()
+    b64 = base64.b64encode(data).decode()
+    r = anon.post("/search/", json={"key": "checkers_2.jpg", "image": f"data:image/jpeg;base64,{b64}"})
+    body = r.json()
+    assert r.status_code == 200 and body["ok"] is True
+    first = anon.get(body["image1"])
+    assert first.status_code == 200 and first.content == data
+    assert f"image{api.settings.api.top_k_default}" in body
+    assert body["embedding_time"] > 0 and body["search_time"] > 0
+
+    new = encode(draw("triangle", (0, 0, 0), seed=777), "PNG")
+    inserted = client.post("/insert/", json={"key": "dark.png", "image": base64.b64encode(new).decode()})
+    assert inserted.status_code == 200 and inserted.json()["ok"] and inserted.json()["id"] == str(content_id(new))
+    assert client.post("/indexing/").json()["ok"] is True
+    status = anon.get("/status/").json()
+    assert status["ok"] is True and status["count"] >= 31
+    client.delete(f"/api/v1/images/{content_id(new)}")
+
+    bad = anon.post("/search/", json={"key": "x", "image": "%%% not base64"})
+    assert bad.status_code == 400 and bad.json()["ok"] is False and bad.json()["error"]["code"] == "bad_request"
+
+
+# -- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, status, code", [
+    ({}, 400, "empty_input"),
+    ({"files": {"image": ("e.png", b"", "image/png")}}, 400, "empty_input"),
+    ({"files": {"image": ("t.txt", b"hello, not an image" * 20, "text/plain")}}, 415, "unsupported_media_type"),
+    ({"files": {"image": ("t.jpg", truncated_jpeg(), "image/jpeg")}}, 422, "invalid_image"),
+    ({"files": {"photo": ("p.png", b"x", "image/png")}}, 422, "invalid_parameter"),
+    ({"json": {"picture": "abc"}}, 422, "invalid_parameter"),
+    ({"json": {"image": 12}}, 422, "invalid_parameter"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_request"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+    ({"files": {"image": ("b.png", png_with_size(30_000, 30_000), "image/png")}}, 413, "too_large"),
+    ({"json": {"url": "file:///etc/passwd"}}, 422, "invalid_parameter"),
+    ({"json": {"url": "http://127.0.0.1:9/nothing-listens-here.png"}}, 400, "url_fetch_failed"),
+])
+def test_bad_input_gets_a_clear_4xx_json_error(anon, kwargs, status, code):
+    r = anon.post("/api/v1/search", **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"]
+
+
+def test_oversized_upload_is_refused_before_reading_it(api, anon):
+    too_big = b"\0" * (api.settings.images.max_bytes * 2)
+    r = anon.post("/api/v1/search", content=too_big, headers={"content-type": "image/png"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_unknown_routes_methods_and_keys(anon):
+    assert anon.get("/api/v1/nothing").json()["error"]["code"] == "not_found"
+    r = anon.get("/api/v1/search")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert anon.get("/images/0000000000000000.png").status_code == 404
+    traversal = anon.get("/images/..%2f..%2fconfig%2flookalike.yaml")
+    assert 400 <= traversal.status_code < 500 and "error" in traversal.json()
+    assert anon.get("/healthz").json() == {"ok": True}
+
+
+# -- the S3 app: object-store URLs and a Milvus that goes down ----------------------------------
+def test_s3_store_urls(api_s3):
+    with api_s3.client() as c:
+        data = _file(api_s3, "stripes", 1).read_bytes()
+        r = c.post("/api/v1/images", files={"image": ("s.jpg", data, "image/jpeg")}, data={"label": "stripes"})
+        assert r.status_code in (200, 201), r.text
+        hit = _search(c, data, k=1).json()["results"][0]
+        assert hit["id"] == str(content_id(data))
+        assert hit["url"].startswith(f"http://{api_s3.settings.store.s3.endpoint}/gallery/")
+        assert "X-Amz-Signature" in hit["url"]
+        assert httpx.get(hit["url"]).content == data  # presigned GET straight from S3
+        redirect = c.get(f"/images/{hit['key']}", follow_redirects=False)
+        assert redirect.status_code == 307 and "X-Amz-Signature" in redirect.headers["location"]
+        assert c.get("/api/v1/status").json()["store"] == {
+            "backend": "s3", "endpoint": api_s3.settings.store.s3.endpoint, "bucket": "gallery", "healthy": True}
+
+
+def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_process):
+    with api_s3.client() as c:
+        data = _file(api_s3, "circles", 3).read_bytes()
+        c.post("/api/v1/images", files={"image": ("c.png", data, "image/png")}, data={"label": "circles"})
+        assert _search(c, data, k=1).status_code == 200
+        lite_process.stop()
+        try:
+            r = _search(c, data, k=1)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["backend"] == "milvus" and "milvus" in r.json()["error"]["message"]
+            new = encode(draw("ring", (9, 9, 9), seed=31337), "PNG")
+            w = c.post("/api/v1/images", files={"image": ("n.png", new, "image/png")})
+            assert w.status_code == 503
+            status = c.get("/api/v1/status")
+            assert status.status_code == 200 and status.json()["status"] == "degraded"
+            assert status.json()["milvus"]["healthy"] is False
+            assert c.get("/healthz").status_code == 200  # the service itself keeps running
+        finally:
+            lite_process.start()
+        deadline = time.monotonic() + 60
+        while True:  # the Searcher reconnects on its own
+            r = _search(c, data, k=1)
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["id"] == str(content_id(data))  # nothing was lost

@@ -1,0 +1,66 @@
+"""The README's run path: `lookalike index` then `lookalike serve` (which runs `serve run` on
+the Serve config file and owns the shared Milvus Lite server), a search over HTTP, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from lookalike.images import content_id
+from lookalike.lite_server import LiteServer
+
+from .conftest import REPO
+from .support.servers import free_port, wait_for
+
+
+def test_index_then_serve_then_search_then_stop(tmp_path, gallery_root):
+    data = tmp_path / "data"
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images")}
+    for key in ("RAY_ADDRESS",):
+        env.pop(key, None)
+    cli = [str(Path(sys.executable).with_name("lookalike"))]
+    indexed = subprocess.run([*cli, "index", str(gallery_root)], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert indexed.returncode == 0, indexed.stderr
+
+    config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    serve_config = tmp_path / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([*cli, "serve", "--serve-config", str(serve_config)], env=env, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    lite = LiteServer(data / "lookalike.db")
+    try:
+        def ready() -> bool:
+            return httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok"
+
+        wait_for(ready, 240, "lookalike serve", proc)
+        assert lite.running_uri() is not None  # the command started the shared Lite server
+        query = gallery_root / "rings" / "rings_3.jpg"
+        started = time.perf_counter()
+        r = httpx.post(f"{url}/api/v1/search", files={"image": query.open("rb")}, timeout=60)
+        assert r.status_code == 200, r.text
+        first = r.json()["results"][0]
+        assert first["id"] == str(content_id(query.read_bytes())) and first["label"] == "rings"
+        assert httpx.get(url + first["url"]).content == query.read_bytes()
+        print(f"first search through `lookalike serve`: {1000 * (time.perf_counter() - started):.0f} ms")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert code == 0 or code == -signal.SIGTERM or code == 130, (tmp_path / "serve.log").read_text()[-3000:]
+    assert lite.running_uri() is None and not lite.state_file.exists()  # it stopped what it started
