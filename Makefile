@@ -1,5 +1,5 @@
 # Lookalike — the two commands of the README, and their parts.
-#   make run     venv + packages, sample gallery, index it, serve on http://127.0.0.1:8000
+#   make run     venv + packages, sample gallery, ingest it (Ray Data), serve on http://127.0.0.1:8000
 #   make test    the whole test suite (in a loopback-only network namespace where possible)
 
 PYTHON    ?= python3
@@ -37,7 +37,7 @@ gallery: install system-deps
 	@if [ "$(GALLERY)" = "data/gallery" ]; then $(BIN)/lookalike gallery --out data/gallery; fi
 
 index: gallery
-	$(BIN)/lookalike index $(GALLERY) --report data/index-report.json
+	$(BIN)/python -m ingest $(GALLERY) --report data/ingest-report.json
 
 serve: install
 	$(BIN)/lookalike serve

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -244,6 +245,17 @@ class Catalog:
             "indexed_rows": info.get("indexed_rows"),
             "total_rows": info.get("total_rows"),
         }
+
+    def wait_for_index(self, timeout_s: float) -> dict:
+        """Wait until the index covers every flushed row (or the timeout); returns index_info."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.index_info()
+            raw = self._call("describe_index", self.name, "embedding") if info else {}
+            done = not info or (raw.get("pending_index_rows", 0) == 0 and info.get("state") in ("Finished", None))
+            if done or time.monotonic() > deadline:
+                return info
+            time.sleep(0.5)
 
     # -- writes -----------------------------------------------------------------------------
     def upsert(self, entries: Iterable[Entry]) -> int:

@@ -28,15 +28,15 @@ def _open_core(settings: Settings):
 
 def cmd_index(args, settings: Settings) -> int:
     from .indexer import index_items
-    from .sources import iter_folder, iter_list_file
+    from .sources import Source
 
-    source = Path(args.source)
-    items = iter_folder(source) if source.is_dir() else iter_list_file(source)
+    source = Source.parse(args.source)
     encoder, catalog, store = _open_core(settings)
     encoder.load()
     log.info("indexing %s with %s (%s, %s) into %s", source, encoder.spec.name, encoder.device, encoder.precision,
              catalog.uri)
-    report = index_items(items, settings, encoder=encoder, catalog=catalog, store=store,
+    report = index_items(source.items(settings), settings, encoder=encoder, catalog=catalog, store=store,
+                         read=source.reader(settings),
                          progress=lambda r: log.info("... %d seen, %d indexed", r.total, r.indexed))
     catalog.close()
     if args.report:
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-config", default="config/serve.yaml", help="Serve config file")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("index", help="index a folder tree (<label>/<file>) or a list file, in-process")
+    p = sub.add_parser("index", help="index a folder tree (<label>/<file>), a list file or s3://bucket/prefix, "
+                                     "in-process (for large sets: python -m ingest)")
     p.add_argument("source")
     p.add_argument("--report", help="write the JSON report here")
     p.set_defaults(func=cmd_index)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .catalog import Catalog, Entry
 from .encoder import ImageEncoder
-from .errors import LookalikeError
+from .errors import LookalikeError, NotFound
 from .images import PreparedImage, prepare
 from .settings import Settings
 from .sources import SourceItem
@@ -40,6 +40,8 @@ class Report:
     skipped: list[dict] = field(default_factory=list)  # {"path", "code", "message"}
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # what ran: source, target, final count, index
+    path: str = ""  # where the JSON report was written
 
     @property
     def images_per_s(self) -> float:
@@ -57,7 +59,7 @@ class Report:
             "duplicates": len(self.duplicates), "skipped": len(self.skipped), "skipped_by_reason": dict(reasons),
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
-            "skipped_files": self.skipped, "duplicate_files": self.duplicates,
+            "run": self.extra, "skipped_files": self.skipped, "duplicate_files": self.duplicates,
         }
 
     def summary(self) -> str:
@@ -65,26 +67,46 @@ class Report:
                 f"{len(self.skipped)} skipped of {self.total} in {self.seconds:.1f}s ({self.images_per_s:.1f} img/s)")
 
 
+@dataclass
+class NewImage:
+    """An embedded image on its way into the gallery."""
+
+    id: int
+    data: bytes
+    extension: str
+    content_type: str
+    vector: np.ndarray
+    label: str
+    source: str
+    key: str = ""  # set when the original already lives in the store (nothing to upload)
+
+    @classmethod
+    def of(cls, prepared: PreparedImage, data: bytes, vector: np.ndarray, label: str, source: str) -> "NewImage":
+        return cls(prepared.id, data, prepared.extension, prepared.content_type, vector, label, source)
+
+
 class GalleryWriter:
-    """Store the originals, then upsert the entries."""
+    """Store the originals, then upsert the entries: an entry never points at a missing object,
+    and a write cut short is finished by running it again (ids and keys are content hashes)."""
 
     def __init__(self, catalog: Catalog, store: ImageStore):
         self.catalog = catalog
         self.store = store
 
-    def write(self, items: Sequence[tuple[PreparedImage, bytes, np.ndarray, str, str]]) -> list[Entry]:
-        """items: (prepared, original bytes, vector, label, source)."""
+    def write(self, images: Sequence[NewImage]) -> list[Entry]:
         entries = []
-        for prepared, data, vector, label, source in items:
-            key = object_key(prepared.id, prepared.extension)
-            self.store.put(key, data, prepared.content_type)
-            entries.append(Entry(id=prepared.id, key=key, label=label, source=source, embedding=vector))
+        for image in images:
+            key = image.key or object_key(image.id, image.extension)
+            if not image.key:
+                self.store.put(key, image.data, image.content_type)
+            entries.append(Entry(id=image.id, key=key, label=image.label, source=image.source, embedding=image.vector))
         self.catalog.upsert(entries)
         return entries
 
 
 def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: ImageEncoder, catalog: Catalog,
-                store: ImageStore, progress: Callable[[Report], None] | None = None) -> Report:
+                store: ImageStore, read: Callable[[str], bytes] = lambda path: Path(path).read_bytes(),
+                progress: Callable[[Report], None] | None = None) -> Report:
     """The in-process indexer: sequential reading and decoding, batched embedding."""
     report = Report()
     writer = GalleryWriter(catalog, store)
@@ -93,7 +115,7 @@ def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: Ima
     batch: list[SourceItem] = []
 
     def flush_batch() -> None:
-        _index_batch(batch, settings, encoder, catalog, writer, report, seen)
+        _index_batch(batch, settings, encoder, catalog, writer, report, seen, read)
         batch.clear()
         if progress:
             progress(report)
@@ -112,13 +134,13 @@ def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: Ima
 
 
 def _index_batch(batch: list[SourceItem], settings: Settings, encoder: ImageEncoder, catalog: Catalog,
-                 writer: GalleryWriter, report: Report, seen: dict[int, str]) -> None:
+                 writer: GalleryWriter, report: Report, seen: dict[int, str], read: Callable[[str], bytes]) -> None:
     ready: list[tuple[PreparedImage, bytes, SourceItem]] = []
     for item in batch:
         with timed(report, "read"):
             try:
-                data = Path(item.path).read_bytes()
-            except OSError as exc:
+                data = read(item.path)
+            except (OSError, NotFound) as exc:  # a backend outage is not a bad file: it aborts the run
                 report.skip(item.path, "unreadable", f"{type(exc).__name__}: {exc}")
                 continue
         with timed(report, "decode"):
@@ -141,7 +163,7 @@ def _index_batch(batch: list[SourceItem], settings: Settings, encoder: ImageEnco
     with timed(report, "embed"):
         vectors = encoder.encode(np.stack([p.pixels for p, _, _ in ready]))
     with timed(report, "write"):
-        writer.write([(p, data, vec, item.label, item.path) for (p, data, item), vec in zip(ready, vectors)])
+        writer.write([NewImage.of(p, data, vec, item.label, item.path) for (p, data, item), vec in zip(ready, vectors)])
     report.indexed += len(ready)
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
+from .sources import IMAGE_EXTENSIONS
+
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"
 DEFAULT_CONFIG = Path("config") / "lookalike.yaml"
@@ -171,6 +173,29 @@ class ServeSettings(_Section):
     handle_timeout_s: float = 30.0
 
 
+class IngestSettings(_Section):
+    """The Ray Data ingest job (python -m ingest)."""
+
+    read_batch_size: int = Field(default=32, ge=1)  # files per read+decode task call
+    # Read tasks and embedding actors must differ in resources, or Ray Data fuses decoding into
+    # the embedding actors and loses the parallel decode.
+    read_task_cpus: float = Field(default=0.25, gt=0)
+    embed_actors: int = Field(default=0, ge=0)  # 0: one per GPU, or 1 without GPUs
+    embed_actor_cpus: float = Field(default=1.0, ge=0)
+    embed_actor_gpus: float = Field(default=-1, ge=-1)  # -1: 1 when the cluster has GPUs, else 0
+    write_actors: int = Field(default=1, ge=1)
+    write_batch_size: int = Field(default=128, ge=1)
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    exclude_extensions: list[str] = Field(default_factory=list)
+    index_wait_s: float = 600.0  # wait this long at the end for the index to cover new rows
+    report_dir: str = "data/reports"
+
+    @field_validator("report_dir")
+    @classmethod
+    def _resolve_dir(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -182,6 +207,7 @@ class Settings(BaseSettings):
     images: ImageLimits = Field(default_factory=ImageLimits)
     api: ApiSettings = Field(default_factory=ApiSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,12 +1,16 @@
 """Where images to index come from: a folder tree (``<label>/<file>``, the ImageNet layout),
-a list file, or an S3 bucket/prefix. Listing only; reading the bytes is the caller's job."""
+a list file, or an S3 bucket/prefix (``s3://bucket/prefix``). ``Source`` lists the items and
+reads their bytes; both the in-process indexer and the Ray Data ingest use it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -82,3 +86,51 @@ def iter_keys(keys: Iterable[str], prefix: str = "", *, include: tuple[str, ...]
 
 def _lower(exts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in exts)
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "folder" | "list" | "s3"
+    location: str  # a local path, or the bucket
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> "Source":
+        if spec.startswith("s3://"):
+            bucket, _, prefix = spec[5:].partition("/")
+            if not bucket:
+                raise ValueError(f"no bucket in {spec!r}; use s3://bucket/prefix")
+            return cls("s3", bucket, prefix)
+        path = Path(spec).expanduser().resolve()
+        if path.is_dir():
+            return cls("folder", str(path))
+        if path.is_file():
+            return cls("list", str(path))
+        raise FileNotFoundError(f"no such folder or list file: {spec}")
+
+    def __str__(self) -> str:
+        return f"s3://{self.location}/{self.prefix}" if self.kind == "s3" else self.location
+
+    def items(self, settings: "Settings") -> Iterator[SourceItem]:
+        filters = dict(include=tuple(settings.ingest.extensions), exclude=tuple(settings.ingest.exclude_extensions))
+        if self.kind == "folder":
+            return iter_folder(self.location, **filters)
+        if self.kind == "list":
+            return iter_list_file(self.location, **filters)
+        return iter_keys(self._s3(settings).keys(self.prefix), self.prefix, **filters)
+
+    def reader(self, settings: "Settings") -> Callable[[str], bytes]:
+        """A function reading one item's bytes (an S3 client is made once per reader)."""
+        if self.kind == "s3":
+            return self._s3(settings).get
+        return lambda path: Path(path).read_bytes()
+
+    def in_store(self, settings: "Settings") -> bool:
+        """The source is the image store's own bucket: originals are already where they belong."""
+        s3 = settings.store.s3
+        return self.kind == "s3" and settings.store.backend == "s3" and self.location == s3.bucket
+
+    def _s3(self, settings: "Settings"):
+        from .store import S3Store
+
+        return S3Store(settings.store.s3.model_copy(update={"bucket": self.location}), create_bucket=False)

@@ -126,7 +126,7 @@ class LocalStore(ImageStore):
 class S3Store(ImageStore):
     backend = "s3"
 
-    def __init__(self, settings: S3Settings):
+    def __init__(self, settings: S3Settings, *, create_bucket: bool = True):
         import urllib3
         from minio import Minio
 
@@ -142,6 +142,7 @@ class S3Store(ImageStore):
             secret_key=settings.secret_key.get_secret_value() or None, secure=settings.secure,
             region=settings.region or None, http_client=http,
         )
+        self._create_bucket = create_bucket
         self._bucket_ready = False
 
     def _guard(self, fn, *args, **kwargs):
@@ -163,6 +164,8 @@ class S3Store(ImageStore):
         from minio.error import S3Error
 
         if not self._guard(self.client.bucket_exists, bucket_name=self.bucket):
+            if not self._create_bucket:
+                raise NotFound(f"no bucket {self.bucket!r} at {self.settings.endpoint}")
             try:
                 self._guard(self.client.make_bucket, bucket_name=self.bucket, location=self.settings.region or None)
             except S3Error as exc:  # another process created it first

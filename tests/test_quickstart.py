@@ -1,5 +1,6 @@
-"""The README's run path: `lookalike index` then `lookalike serve` (which runs `serve run` on
-the Serve config file and owns the shared Milvus Lite server), a search over HTTP, a clean stop."""
+"""The README's run path (make run): `python -m ingest` on a gallery, then `lookalike serve`
+(which runs `serve run` on the Serve config file and owns the shared Milvus Lite server), a
+search over HTTP, a clean stop."""
 
 from __future__ import annotations
 
@@ -20,16 +21,18 @@ from .conftest import REPO
 from .support.servers import free_port, wait_for
 
 
-def test_index_then_serve_then_search_then_stop(tmp_path, gallery_root):
+def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
     data = tmp_path / "data"
     env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
            "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images")}
     for key in ("RAY_ADDRESS",):
         env.pop(key, None)
     cli = [str(Path(sys.executable).with_name("lookalike"))]
-    indexed = subprocess.run([*cli, "index", str(gallery_root)], env=env, cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
-    assert indexed.returncode == 0, indexed.stderr
+    ingested = subprocess.run([sys.executable, "-m", "ingest", str(gallery_root), "--report",
+                               str(data / "ingest-report.json")], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert ingested.returncode == 0, ingested.stderr[-3000:]
+    assert "ingest: 30 indexed" in ingested.stdout
 
     config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
     port = free_port()

@@ -1,0 +1,58 @@
+"""python -m ingest SOURCE [options]
+
+SOURCE: a folder tree (<label>/<image>), a list file (one path per line, optional TAB label),
+or s3://bucket/prefix. Runs locally (starting Ray) or, under `ray job submit`, on the
+cluster in RAY_ADDRESS. Writes a JSON report and prints a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lookalike.errors import LookalikeError
+from lookalike.settings import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source")
+    parser.add_argument("--config", help="settings YAML (default $LOOKALIKE_CONFIG or config/lookalike.yaml)")
+    parser.add_argument("--report", help="JSON report path (default: ingest.report_dir/ingest-<time>.json)")
+    parser.add_argument("--limit", type=int, help="only the first N files of the listing")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (model.batch_size)")
+    parser.add_argument("--embed-actors", type=int, help="embedding actors (default: one per GPU, else 1)")
+    parser.add_argument("--write-actors", type=int, help="upload + upsert actors")
+    parser.add_argument("--include", help="comma-separated extensions to take, e.g. .jpg,.png")
+    parser.add_argument("--exclude", help="comma-separated extensions to leave out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    overrides: dict = {"model": {}, "ingest": {}}
+    if args.batch_size:
+        overrides["model"]["batch_size"] = args.batch_size
+    if args.embed_actors:
+        overrides["ingest"]["embed_actors"] = args.embed_actors
+    if args.write_actors:
+        overrides["ingest"]["write_actors"] = args.write_actors
+    if args.include:
+        overrides["ingest"]["extensions"] = [e.strip() for e in args.include.split(",") if e.strip()]
+    if args.exclude:
+        overrides["ingest"]["exclude_extensions"] = [e.strip() for e in args.exclude.split(",") if e.strip()]
+
+    from .pipeline import run_ingest
+
+    try:
+        report = run_ingest(args.source, load_settings(args.config, overrides=overrides), report_path=args.report,
+                            limit=args.limit)
+    except (LookalikeError, FileNotFoundError, ValueError) as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
+    print(f"ingest: {report.summary()}; report: {report.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

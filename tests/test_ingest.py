@@ -1,0 +1,208 @@
+"""The Ray Data ingest: counts and report, idempotent re-runs, resume after a kill, S3 sources,
+the same vector as the served query, and `ray job submit` against a local head node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ingest.pipeline import run_ingest
+from lookalike.catalog import Catalog
+from lookalike.images import content_id
+from lookalike.lite_server import LiteServer
+from lookalike.settings import S3Settings
+from lookalike.store import S3Store, make_store
+
+from .conftest import REPO, make_settings
+from .support.images import CLASSES, broken_files, draw, encode, make_gallery
+from .support.servers import HOST, free_port, wait_for
+
+
+def _count(settings) -> int:
+    catalog = Catalog.open(settings.milvus, 1280)
+    try:
+        return catalog.count()
+    finally:
+        catalog.close()
+
+
+def test_ingest_folder_report_and_idempotent_rerun(ray_cluster, tmp_path, gallery_root):
+    source = tmp_path / "source"
+    shutil.copytree(gallery_root, source)
+    expected_skips = broken_files(source / "broken")
+    shutil.copy(source / "rings" / "rings_0.png", source / "circles" / "same_bytes_as_a_ring.png")
+    (source / ".cache").mkdir()
+    shutil.copy(source / "rings" / "rings_1.jpg", source / ".cache" / "hidden.jpg")
+    n_good = 30
+    settings = make_settings(tmp_path, ingest={"read_batch_size": 8, "write_batch_size": 8})
+
+    report = run_ingest(str(source), settings, report_path=str(tmp_path / "report.json"))
+    assert report.total == n_good + len(expected_skips) + 1
+    assert report.indexed == n_good and report.already_present == 0
+    # The first path (in sorted order) is the one indexed; later copies are duplicates of it.
+    assert report.duplicates == [{"path": str(source / "rings" / "rings_0.png"),
+                                  "same_as": str(source / "circles" / "same_bytes_as_a_ring.png")}]
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert {Path(s["path"]).name: s["code"] for s in data["skipped_files"]} == expected_skips
+    assert all(s["message"] for s in data["skipped_files"])
+    assert data["indexed"] == n_good and data["images_per_s"] > 0
+    assert set(data["stage_seconds"]) >= {"read", "decode", "lookup", "embed", "write", "index"}
+    assert data["run"]["count"] == n_good and data["run"]["index"]["type"] == "HNSW"
+    assert LiteServer(settings.milvus.uri).running_uri() is None  # it stopped the server it started
+    assert len(list(make_store(settings.store).keys())) == n_good
+
+    again = run_ingest(str(source), settings, report_path=str(tmp_path / "again.json"))
+    assert again.indexed == 0 and again.already_present == n_good and len(again.duplicates) == 1
+    assert _count(settings) == n_good
+
+
+def test_ingested_image_gives_the_served_query_vector(ray_cluster, api, tmp_path):
+    """Ingest (Ray Data actors) and search (Serve Embedder) share one pipeline: same bytes,
+    same vector, so the ingested image comes back at distance ~0."""
+    folder = tmp_path / "new"
+    (folder / "hearts").mkdir(parents=True)
+    images = []
+    for i in range(3):
+        path = folder / "hearts" / f"h{i}.jpg"
+        path.write_bytes(encode(draw("triangle", (200, 30, 120), seed=5000 + i, size=300), "JPEG", quality=88))
+        images.append(path)
+    report = run_ingest(str(folder), api.settings, report_path=str(tmp_path / "r.json"))
+    assert report.indexed == 3
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        for path in images:
+            r = client.post("/api/v1/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                            params={"k": 1})
+            hit = r.json()["results"][0]
+            assert hit["id"] == str(content_id(path.read_bytes())) and hit["label"] == "hearts"
+            assert hit["distance"] < 1e-4
+        for path in images:  # leave the shared app as it was
+            client.delete(f"/api/v1/images/{content_id(path.read_bytes())}", headers={"X-API-Key": api.key})
+
+
+def test_ingest_from_s3(ray_cluster, tmp_path, s3_server):
+    s3 = {"endpoint": s3_server.endpoint, "access_key": s3_server.access_key, "secret_key": s3_server.secret_key}
+    source_store = S3Store(S3Settings(**s3, bucket="photos"))
+    uploaded = {}
+    for c, (label, (shape, colour)) in enumerate(list(CLASSES.items())[:3]):
+        for i in range(3):
+            data = encode(draw(shape, colour, seed=9000 + 10 * c + i), "PNG")
+            key = f"2026/{label}/{i}.png"
+            source_store.put(key, data, "image/png")
+            uploaded[key] = data
+    source_store.put("2026/notes/readme.txt", b"not an image", "text/plain")
+    source_store.put("2026/.trash/old.png", uploaded["2026/circles/0.png"], "image/png")
+
+    # Into another bucket: the originals are copied under content-addressed keys.
+    settings = make_settings(tmp_path / "copy", store={"backend": "s3", "s3": {**s3, "bucket": "gallery-copy"}})
+    report = run_ingest("s3://photos/2026", settings, report_path=str(tmp_path / "copy.json"))
+    assert report.total == 9 and report.indexed == 9 and not report.skipped
+    catalog = Catalog.open(settings.milvus, 1280)
+    entry = catalog.get_one(content_id(uploaded["2026/squares/1.png"]))
+    assert entry.label == "squares" and entry.source == "2026/squares/1.png" and entry.key.endswith(".png")
+    assert make_store(settings.store).get(entry.key) == uploaded["2026/squares/1.png"]
+    catalog.close()
+
+    # From the store's own bucket: nothing is uploaded, entries point at the existing objects.
+    settings = make_settings(tmp_path / "in-place", store={"backend": "s3", "s3": {**s3, "bucket": "photos"}})
+    report = run_ingest("s3://photos/2026", settings, report_path=str(tmp_path / "in-place.json"))
+    assert report.indexed == 9
+    catalog = Catalog.open(settings.milvus, 1280)
+    assert catalog.get_one(content_id(uploaded["2026/triangles/2.png"])).key == "2026/triangles/2.png"
+    catalog.close()
+    assert sorted(source_store.keys()) == sorted([*uploaded, "2026/notes/readme.txt", "2026/.trash/old.png"])
+
+
+def _ingest_cmd(source: Path, report: Path) -> list[str]:
+    return [sys.executable, "-m", "ingest", str(source), "--report", str(report)]
+
+
+def test_killed_midway_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    source = tmp_path / "many"
+    files = make_gallery(source, per_class=40)  # 240 images
+    n = sum(len(v) for v in files.values())
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(tmp_path / "data" / "m.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "data" / "images"),
+           "LOOKALIKE_INGEST__READ_BATCH_SIZE": "4", "LOOKALIKE_INGEST__WRITE_BATCH_SIZE": "4",
+           "LOOKALIKE_MODEL__BATCH_SIZE": "4"}
+    env.pop("RAY_ADDRESS", None)
+    settings = make_settings(tmp_path / "data", milvus={"uri": str(tmp_path / "data" / "m.db")})
+    lite = LiteServer(settings.milvus.uri)
+    proc = subprocess.Popen(_ingest_cmd(source, tmp_path / "first.json"), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: lite.running_uri() is not None and 0 < _count(settings), 240, "first writes", proc)
+        count_at_kill = _count(settings)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        proc.wait(timeout=30)
+        assert count_at_kill < n, "the job finished before it could be killed"
+
+        rerun = subprocess.run(_ingest_cmd(source, tmp_path / "second.json"), env=env, cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        report = json.loads((tmp_path / "second.json").read_text())
+        assert report["run"]["count"] == n  # every image exactly once: none lost, none twice
+        assert report["indexed"] + report["already_present"] == n
+        assert report["already_present"] >= count_at_kill
+        assert "ingest: " in rerun.stdout and "indexed" in rerun.stdout
+        assert len(list(make_store(settings.store).keys())) == n
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        lite.stop()
+
+
+def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+         f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://{HOST}:{dashboard_port}"
+    try:
+        wait_for(lambda: httpx.get(f"{address}/api/version", timeout=2).status_code == 200, 120, "Ray head", head)
+        runtime_env = {"env_vars": {"LOOKALIKE_MILVUS__URI": str(tmp_path / "job" / "m.db"),
+                                    "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "job" / "images")}}
+        report = tmp_path / "job-report.json"
+        cmd = [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={REPO}",
+               f"--runtime-env-json={json.dumps(runtime_env)}", "--", "python", "-m", "ingest", str(gallery_root),
+               "--report", str(report)]
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard answers before the node's job agent has registered
+            submit = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in submit.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout and "ingest: 30 indexed" in submit.stdout
+        data = json.loads(report.read_text())
+        assert data["indexed"] == 30 and data["run"]["count"] == 30
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("spec", ["/no/such/folder", "s3://"])
+def test_bad_source_is_a_clear_error(spec):
+    result = subprocess.run([sys.executable, "-m", "ingest", spec], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("ingest: ")
