@@ -14,7 +14,7 @@ GALLERY   ?= data/gallery
 OPENCLIPART := /usr/share/openclipart/png
 PYTEST_ARGS ?=
 
-.PHONY: install run index serve gallery test system-deps clean
+.PHONY: install run index serve gallery test system-deps test-deps clean
 
 install: $(BIN)/.installed
 
@@ -27,11 +27,21 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps milvus==2.3.5
 	touch $@
 
-# Debian packages: the sample gallery's images (and, for the tests, what they need).
+# Debian packages: the sample gallery's images.
 system-deps:
 	@if [ ! -d $(OPENCLIPART) ] && command -v apt-get >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q openclipart-png >/dev/null; \
 	  else sudo apt-get install -y -q openclipart-png >/dev/null; fi; fi
+
+# Debian packages the tests need: Chromium for the web page (never a browser download) and
+# iproute2 for the loopback-only network namespace.
+test-deps:
+	@pkgs=""; [ -x /usr/bin/chromium ] || pkgs="chromium chromium-driver"; \
+	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
+	if [ -n "$$pkgs" ] && command -v apt-get >/dev/null; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get install -y -q $$pkgs >/dev/null || \
+	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkgs >/dev/null; }; fi
 
 gallery: install system-deps
 	@if [ "$(GALLERY)" = "data/gallery" ]; then $(BIN)/lookalike gallery --out data/gallery; fi
@@ -47,7 +57,7 @@ run: index serve
 # In a network namespace with only loopback (unshare), every test is provably local and the
 # Milvus server tests can run (that server binds all interfaces). Falls back to the host
 # network where namespaces are not allowed; those tests then skip.
-test: install
+test: install test-deps
 	@if unshare -rn true 2>/dev/null; then \
 	  unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \
 	else \

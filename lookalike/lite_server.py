@@ -96,8 +96,8 @@ class LiteServer:
             if uri:
                 return uri, False
             port = _free_port()
-            cmd = [sys.executable, "-m", "milvus_lite.cmdline", "server", "--data-dir", str(self.data_dir),
-                   "--host", HOST, "--port", str(port)]
+            cmd = [sys.executable, "-m", "lookalike.lite_server", "--data-dir", str(self.data_dir),
+                   "--port", str(port)]
             with open(self.log_file, "ab") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
@@ -120,8 +120,8 @@ class LiteServer:
             if not state or not _pid_alive(state["pid"]):
                 return False
             pid = state["pid"]
-            # SIGINT is the server's graceful path: it drains requests and closes the DB.
-            for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGKILL, 5.0)):
+            # SIGTERM: the server drains requests and closes the DB (see serve_forever).
+            for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
@@ -157,3 +157,31 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def serve_forever(data_dir: str, port: int, host: str = HOST) -> None:
+    """The server process. SIGTERM or SIGINT stop it cleanly: drain requests, close the DB.
+
+    (`milvus-lite server` itself only shuts down cleanly on a KeyboardInterrupt, which its
+    blocked main thread may not see; so we run the same server under our own signal wait.)
+    """
+    from milvus_lite.adapter.grpc.server import start_server_in_thread
+
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # inherited by the server's threads
+    server, db, bound = start_server_in_thread(data_dir, host=host, port=port)
+    print(f"milvus-lite server for {data_dir} on {host}:{bound} (pid {os.getpid()})", flush=True)
+    received = signal.sigwait(stop_signals)
+    print(f"stopping on signal {received}", flush=True)
+    server.stop(grace=5).wait()
+    db.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lookalike.lite_server")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    cli = parser.parse_args()
+    serve_forever(cli.data_dir, cli.port)

@@ -25,7 +25,7 @@ from lookalike.store import S3Store, make_store
 
 from .conftest import REPO, make_settings
 from .support.images import CLASSES, broken_files, draw, encode, make_gallery
-from .support.servers import HOST, free_port, wait_for
+from .support.servers import HOST, free_ports, wait_for
 
 
 def _count(settings) -> int:
@@ -162,7 +162,8 @@ def test_killed_midway_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
-    gcs_port, dashboard_port = free_port(), free_port()
+    # Every port explicit: the session's own Ray cluster already holds the default agent ports.
+    gcs_port, dashboard_port, agent_port, agent_grpc, env_agent, metrics, client = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
@@ -170,6 +171,9 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
          f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={agent_port}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+         f"--ray-client-server-port={client}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://{HOST}:{dashboard_port}"

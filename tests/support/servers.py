@@ -171,8 +171,8 @@ class LiteServerProcess:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "LiteServerProcess":
-        cmd = [sys.executable, "-m", "milvus_lite.cmdline", "server", "--data-dir", str(self.data_dir),
-               "--host", HOST, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "lookalike.lite_server", "--data-dir", str(self.data_dir),
+               "--port", str(self.port)]
         log = open(self.data_dir.with_name(self.data_dir.name + ".log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -186,5 +186,5 @@ class LiteServerProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc, signal.SIGINT)
+            stop_process(self.proc, signal.SIGTERM)
             self.proc = None

@@ -1,0 +1,228 @@
+// Lookalike's page: no build step, no dependencies. Talks to the /api/v1 routes next to it.
+"use strict";
+
+const MAX_SIDE = 600;          // big photos are downscaled in the browser before upload
+const MAX_UPLOAD = 2 * 1024 * 1024;
+const $ = (id) => document.getElementById(id);
+const api = (path) => new URL(path, document.baseURI);
+
+let lastQuery = null;          // re-run when K or the label filter changes
+
+// -- errors -------------------------------------------------------------------------------
+const FRIENDLY = {
+  empty_input: "That file is empty.",
+  unsupported_media_type: "That is not an image we can read (try JPEG, PNG, WebP, GIF, BMP or TIFF).",
+  invalid_image: "That image is damaged or truncated and cannot be decoded.",
+  too_large: "That image is too large.",
+  backend_unavailable: "The search backend is down; try again shortly.",
+  unauthorized: "This action needs the API key.",
+  not_found: "Not found.",
+  url_fetch_failed: "The image at that URL could not be fetched.",
+};
+
+function showError(err) {
+  const box = $("message");
+  box.textContent = err.message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("message").hidden = true;
+  $("message").textContent = "";
+}
+
+class ApiError extends Error {}
+
+async function call(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (e) {
+    throw new ApiError("Cannot reach the Lookalike service: " + e.message);
+  }
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON: a proxy error page */ }
+  if (!response.ok) {
+    const e = body && body.error;
+    const friendly = e && FRIENDLY[e.code];
+    const detail = e ? e.message + (e.backend ? ` (backend: ${e.backend})` : "") : response.statusText;
+    throw new ApiError(`${friendly ? friendly + " " : ""}${detail} [HTTP ${response.status}]`);
+  }
+  return body;
+}
+
+// -- queries ------------------------------------------------------------------------------
+function params() {
+  const p = new URLSearchParams({ k: $("k").value });
+  const label = $("filter").value.trim();
+  if (label) p.set("filter", label);
+  return p;
+}
+
+async function run(query) {
+  lastQuery = query;
+  clearError();
+  document.body.classList.add("busy");
+  try {
+    let body;
+    if (query.kind === "similar") {
+      body = await call(api(`api/v1/images/${encodeURIComponent(query.id)}/similar?${params()}`));
+    } else {
+      const form = new FormData();
+      if (query.kind === "file") form.append("image", query.blob, query.name);
+      else form.append("url", query.url);
+      body = await call(api(`api/v1/search?${params()}`), { method: "POST", body: form });
+    }
+    render(body, query);
+    refreshStatus();
+  } catch (e) {
+    showError(e);
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+// Downscale big photos (longest side MAX_SIDE, JPEG) on a white background — the server
+// composites transparency on white too — so uploads stay small without changing results.
+async function prepareUpload(file) {
+  if (!file.type.startsWith("image/") || file.type === "image/gif") return file;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (_) {
+    return file;  // let the server explain what is wrong with it
+  }
+  const scale = MAX_SIDE / Math.max(bitmap.width, bitmap.height);
+  if (scale >= 1 && file.size <= MAX_UPLOAD) { bitmap.close(); return file; }
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * Math.min(scale, 1)));
+  canvas.height = Math.max(1, Math.round(bitmap.height * Math.min(scale, 1)));
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9));
+  return blob || file;
+}
+
+async function searchFile(file) {
+  if (!file) return;
+  const preview = $("preview");
+  if (file.type.startsWith("image/")) {
+    if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+    preview.src = URL.createObjectURL(file);
+    preview.alt = `Your image: ${file.name || "pasted image"}`;
+    preview.hidden = false;
+  } else {
+    preview.hidden = true;
+  }
+  const blob = await prepareUpload(file);
+  await run({ kind: "file", blob, name: file.name || "pasted.png", title: file.name || "your image" });
+}
+
+// -- rendering ----------------------------------------------------------------------------
+function render(body, query) {
+  const list = $("results");
+  list.replaceChildren();
+  const results = body.results || [];
+  $("results-title").textContent = query.kind === "similar"
+    ? `More like ${query.title}` : `Results for ${query.title}`;
+  $("empty").hidden = results.length > 0;
+  $("empty").textContent = results.length ? "" : "No matches (try another label filter or a lower K).";
+  const template = $("card");
+  results.forEach((hit, i) => {
+    const card = template.content.firstElementChild.cloneNode(true);
+    if (i === 0) card.classList.add("first");
+    card.dataset.id = hit.id;
+    const link = card.querySelector("a");
+    link.href = hit.url;
+    link.setAttribute("aria-label", `Open ${hit.label || "image"} (match ${i + 1}) full size`);
+    const img = card.querySelector("img");
+    img.src = hit.url;
+    img.alt = hit.label ? `${hit.label} (match ${i + 1})` : `match ${i + 1}`;
+    card.querySelector(".label").textContent = hit.label || "—";
+    card.querySelector(".score").textContent =
+      `score ${hit.score.toFixed(3)} · distance ${hit.distance.toFixed(3)}`;
+    const button = card.querySelector(".similar");
+    button.setAttribute("aria-label", `More like match ${i + 1}${hit.label ? " (" + hit.label + ")" : ""}`);
+    button.addEventListener("click", () =>
+      run({ kind: "similar", id: hit.id, title: hit.label ? `this ${hit.label}` : "this image" }));
+    list.appendChild(card);
+  });
+  const t = body.timings || {};
+  const parts = [];
+  if (t.fetch_ms !== undefined) parts.push(`fetch ${t.fetch_ms} ms`);
+  if (t.decode_ms !== undefined) parts.push(`decode ${t.decode_ms} ms`);
+  if (t.embed_ms !== undefined) parts.push(`embed ${t.embed_ms} ms`);
+  if (t.search_ms !== undefined) parts.push(`search ${t.search_ms} ms`);
+  $("timings").textContent = parts.join(" · ");
+}
+
+async function refreshStatus() {
+  try {
+    const s = await call(api("api/v1/status"));
+    $("status-count").textContent = s.count === null || s.count === undefined ? "?" : s.count.toLocaleString("en");
+    $("status-count").dataset.count = s.count ?? "";
+    const m = s.model || {};
+    $("status-model").textContent = m.name
+      ? `${m.name} · ${s.dimension}-d · ${m.device || "?"}/${m.precision || "?"}` : "unavailable";
+    const ix = s.index || {};
+    const ixParams = Object.entries(ix.params || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    $("status-index").textContent = ix.type ? `${ix.type} (${ix.metric}${ixParams ? ", " + ixParams : ""})` : "—";
+    const health = $("status-health");
+    health.replaceChildren();
+    for (const [name, part] of [["milvus", s.milvus], ["store", s.store], ["model", s.model]]) {
+      const span = document.createElement("span");
+      const up = part && part.healthy;
+      span.className = "health" + (up ? "" : " down");
+      span.textContent = `${name} ${up ? "up" : "down"}`;
+      if (!up && part && part.error) span.title = part.error;
+      health.appendChild(span);
+    }
+  } catch (e) {
+    $("status-health").textContent = e.message;
+  }
+}
+
+// -- input: click, keyboard, drag and drop, paste, URL -----------------------------------
+function init() {
+  const drop = $("drop");
+  const file = $("file");
+  drop.addEventListener("click", () => file.click());
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); file.click(); }
+  });
+  file.addEventListener("change", () => { searchFile(file.files[0]); file.value = ""; });
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const dropped = e.dataTransfer && e.dataTransfer.files[0];
+    if (dropped) searchFile(dropped);
+    else showError(new Error("Drop an image file (not a link or text)."));
+  });
+  document.addEventListener("paste", (e) => {
+    const items = Array.from((e.clipboardData && e.clipboardData.items) || []);
+    const item = items.find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (!item) return;  // ordinary text pastes into inputs go on as usual
+    e.preventDefault();
+    searchFile(item.getAsFile());
+  });
+  $("url-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const url = $("url").value.trim();
+    if (url) run({ kind: "url", url, title: url.split("/").pop() || url });
+  });
+  const rerun = () => { if (lastQuery) run(lastQuery); };
+  $("k").addEventListener("change", rerun);
+  $("filter").addEventListener("change", rerun);
+  refreshStatus();
+  setInterval(refreshStatus, 30000);
+  document.body.dataset.ready = "true";  // handlers are attached
+}
+
+document.addEventListener("DOMContentLoaded", init);

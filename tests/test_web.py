@@ -1,0 +1,225 @@
+"""The web page, end to end in headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import time
+
+import httpx
+import pytest
+
+from lookalike.images import content_id
+
+from .support.images import draw, encode
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, api):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    open_page(page, api.url)
+    yield page
+    context.close()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def _first_card(page):
+    page.wait_for_selector("#results .card")
+    return page.locator("#results .card").first
+
+
+def _results_for(page, path) -> str:
+    """Wait for a result list whose first card is the given image; returns its id."""
+    want = str(content_id(path.read_bytes()))
+    page.wait_for_function("id => document.querySelector('#results .card')?.dataset.id === id", arg=want)
+    return want
+
+
+def _drop_file_js(selector: str, name: str, mime: str, data: bytes, event: str = "drop") -> str:
+    b64 = base64.b64encode(data).decode()
+    target = "document" if selector == "document" else f"document.querySelector('{selector}')"
+    make_event = (f"new DragEvent('drop', {{dataTransfer: dt, bubbles: true, cancelable: true}})" if event == "drop"
+                  else "new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true})")
+    return f"""() => {{
+        const bytes = Uint8Array.from(atob('{b64}'), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], '{name}', {{type: '{mime}'}}));
+        {target}.dispatchEvent({make_event});
+    }}"""
+
+
+def test_upload_by_click_shows_the_image_first_with_timings(page, api, tmp_path):
+    path = api.gallery["stripes"][2]
+    with page.expect_file_chooser() as chooser:
+        page.click("#drop")
+    chooser.value.set_files(str(path))
+    _results_for(page, path)
+    first = _first_card(page)
+    assert first.locator(".label").inner_text() == "stripes"
+    assert "score 1.000" in first.locator(".score").inner_text()
+    assert page.locator("#results .card").count() == 10
+    timings = page.locator("#timings").inner_text()
+    assert "decode" in timings and "embed" in timings and "search" in timings
+    href = first.locator("a").get_attribute("href")
+    assert httpx.get(api.url + href).content == path.read_bytes()  # the link opens the full image
+    assert page.locator("#message").is_hidden()
+    # Every result thumbnail actually loaded.
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.complete)")
+    assert page.evaluate("() => [...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+
+
+def test_drag_and_drop_and_paste(page, api):
+    dropped = api.gallery["checkers"][1]
+    page.evaluate(_drop_file_js("#drop", dropped.name, "image/jpeg", dropped.read_bytes()))
+    _results_for(page, dropped)
+    pasted = api.gallery["triangles"][0]
+    page.evaluate(_drop_file_js("document", "pasted.png", "image/png", pasted.read_bytes(), event="paste"))
+    _results_for(page, pasted)
+    assert page.locator("#preview").is_visible()
+
+
+def test_k_selector_and_label_filter(page, api):
+    path = api.gallery["circles"][0]
+    page.set_input_files("#file", str(path))
+    _results_for(page, path)
+    page.select_option("#k", "5")
+    page.wait_for_function("() => document.querySelectorAll('#results .card').length === 5")
+    page.fill("#filter", "squares")
+    page.locator("#filter").press("Enter")
+    page.locator("#k").focus()  # change fires on blur
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results .label')].every(l => l.textContent === 'squares')")
+    assert page.locator("#results .card").count() == 5
+
+
+def test_more_like_this(page, api):
+    path = api.gallery["rings"][1]
+    page.set_input_files("#file", str(path))
+    _results_for(page, path)
+    second = page.locator("#results .card").nth(1)
+    clicked = second.get_attribute("data-id")
+    second.locator(".similar").click()
+    page.wait_for_function("() => document.querySelector('#results-title').textContent.startsWith('More like')")
+    page.wait_for_function("id => document.querySelector('#results .card')?.dataset.id !== id", arg=clicked)
+    ids = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert clicked not in ids and len(ids) == 10
+    assert _first_card(page).locator(".label").inner_text() == "rings"
+
+
+def test_search_by_url(page, api):
+    path = api.gallery["squares"][4]
+    key = f"{content_id(path.read_bytes()):016x}{path.suffix}"  # content-addressed
+    page.fill("#url", f"{api.url}/images/{key}")
+    page.click("#url-form button")
+    _results_for(page, path)
+
+
+def test_errors_are_shown_never_silent(page, api):
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                          "buffer": b"these are notes, not a picture\n" * 5}])
+    message = page.locator("#message")
+    message.wait_for(state="visible")
+    assert "not an image" in message.inner_text() and "415" in message.inner_text()
+    page.set_input_files("#file", files=[{"name": "broken.jpg", "mimeType": "image/jpeg",
+                                          "buffer": api.gallery["rings"][1].read_bytes()[:300]}])
+    page.wait_for_function("() => document.querySelector('#message').textContent.includes('422')")
+    # A successful search clears the message.
+    page.set_input_files("#file", str(api.gallery["circles"][2]))
+    _results_for(page, api.gallery["circles"][2])
+    assert message.is_hidden()
+
+
+def test_backend_down_is_reported(browser, api_s3, lite_process):
+    context = browser.new_context()
+    page = context.new_page()
+    open_page(page, api_s3.url)  # the S3 app, served under /s3/
+    page.wait_for_function("() => document.querySelector('#status-health').textContent.includes('milvus up')")
+    lite_process.stop()
+    try:
+        page.set_input_files("#file", str(api_s3.gallery["circles"][0]))
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('503')",
+                               timeout=60_000)
+        text = page.locator("#message").inner_text()
+        assert "backend: milvus" in text and "down" in text
+        page.wait_for_function("() => document.querySelector('#status-health').textContent.includes('milvus down')")
+    finally:
+        lite_process.start()
+        context.close()
+    deadline = time.monotonic() + 60
+    while httpx.get(api_s3.url + "/api/v1/status").json()["milvus"]["healthy"] is not True:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_status_panel_matches_the_api(page, api):
+    status = httpx.get(api.url + "/api/v1/status").json()
+    page.wait_for_function("() => document.querySelector('#status-count').dataset.count !== undefined")
+    assert page.locator("#status-count").get_attribute("data-count") == str(status["count"])
+    assert status["model"]["name"] in page.locator("#status-model").inner_text()
+    assert f"{status['dimension']}-d" in page.locator("#status-model").inner_text()
+    assert status["index"]["type"] in page.locator("#status-index").inner_text()
+    assert page.locator("#status-health").inner_text().count(" up") == 3
+
+
+def test_big_photo_is_downscaled_before_upload_and_still_found(page, api):
+    big = encode(draw("square", (30, 110, 30), seed=8080, size=400).resize((2400, 1800)), "JPEG", quality=95)
+    added = httpx.post(api.url + "/api/v1/images", files={"image": ("big.jpg", big, "image/jpeg")},
+                       data={"label": "big"}, headers={"X-API-Key": api.key})
+    assert added.status_code == 201
+    uploads = []
+    page.on("request", lambda r: uploads.append(len(r.post_data_buffer or b""))
+            if r.url.endswith("/api/v1/search?k=10") else None)
+    try:
+        page.set_input_files("#file", files=[{"name": "big.jpg", "mimeType": "image/jpeg", "buffer": big}])
+        page.wait_for_selector("#results .card")
+        first = _first_card(page)
+        assert first.get_attribute("data-id") == added.json()["id"]  # the same photo, found from 600 px
+        assert float(first.locator(".score").inner_text().split()[1]) > 0.95
+        assert uploads and max(uploads) < len(big) / 3
+    finally:
+        httpx.delete(f"{api.url}/api/v1/images/{added.json()['id']}", headers={"X-API-Key": api.key})
+
+
+def test_keyboard_and_phone_width(browser, api):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    open_page(page, api.url)
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 375  # no sideways scrolling
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "drop"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(api.gallery["rings"][0]))
+    _results_for(page, api.gallery["rings"][0])
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 375
+    # Result buttons are reachable by keyboard and act on Enter.
+    page.locator("#results .card .similar").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#results-title').textContent.startsWith('More like')")
+    context.close()
