@@ -8,7 +8,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -48,15 +48,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("invalid Content-Length header") from None
         if declared > limit:
             raise TooLarge(f"the request body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_capped(request.stream(), limit, "the request body")
     request._body = body  # Starlette re-reads a cached body when parsing forms
     return body
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
+    """Join a byte stream, refusing (413) as soon as it grows past ``limit``."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"{what} exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def decode_base64(text: Any) -> bytes:
@@ -194,12 +199,6 @@ async def fetch_image(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise BadRequest(f"fetching the URL returned HTTP {response.status_code}", code="url_fetch_failed")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLarge(f"the image at the URL exceeds {max_bytes} bytes")
-                    chunks.append(chunk)
+                return await read_capped(response.aiter_bytes(), max_bytes, "the image at the URL")
     except httpx.HTTPError as exc:
         raise BadRequest(f"cannot fetch the URL: {type(exc).__name__}: {exc}", code="url_fetch_failed") from None
-    return b"".join(chunks)

@@ -1,7 +1,6 @@
 """The in-process indexer (lookalike index): counts, skips with reasons, idempotent re-runs."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,17 +12,12 @@ from lookalike.sources import iter_folder
 from lookalike.store import make_store
 
 from .conftest import REPO, make_settings
-from .support.images import broken_files
+from .support.images import messy_source
 
 
 def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root, encoder):
     source = tmp_path / "source"
-    shutil.copytree(gallery_root, source)
-    expected_skips = broken_files(source / "broken")
-    shutil.copy(source / "circles" / "circles_0.png", source / "squares" / "copy_of_circle.png")
-    (source / ".hidden").mkdir()
-    shutil.copy(source / "rings" / "rings_1.jpg", source / ".hidden" / "ignored.jpg")
-    (source / "notes.txt").write_text("not an image extension: not listed")
+    expected_skips, copy, _ = messy_source(source, gallery_root)
     n_good = sum(1 for p in gallery_root.rglob("*") if p.is_file())
 
     settings = make_settings(tmp_path, milvus={"lite_server": False})
@@ -35,7 +29,8 @@ def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root
 
     report = index_items(items, settings, encoder=encoder, catalog=catalog, store=store)
     assert report.indexed == n_good and report.total == len(items)
-    assert len(report.duplicates) == 1 and report.duplicates[0]["path"].endswith("copy_of_circle.png")
+    # Sequential and in path order: the copy (circles/...) comes first, the original is the duplicate.
+    assert report.duplicates == [{"path": str(source / "rings" / "rings_0.png"), "same_as": str(copy)}]
     assert {s["path"].rsplit("/", 1)[1]: s["code"] for s in report.skipped} == expected_skips
     assert catalog.count() == n_good
     assert len(list(store.keys())) == n_good

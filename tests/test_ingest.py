@@ -24,7 +24,7 @@ from lookalike.settings import S3Settings
 from lookalike.store import S3Store, make_store
 
 from .conftest import REPO, make_settings
-from .support.images import CLASSES, broken_files, draw, encode, make_gallery
+from .support.images import CLASSES, draw, encode, make_gallery, messy_source
 from .support.servers import HOST, free_ports, wait_for
 
 
@@ -38,11 +38,7 @@ def _count(settings) -> int:
 
 def test_ingest_folder_report_and_idempotent_rerun(ray_cluster, tmp_path, gallery_root):
     source = tmp_path / "source"
-    shutil.copytree(gallery_root, source)
-    expected_skips = broken_files(source / "broken")
-    shutil.copy(source / "rings" / "rings_0.png", source / "circles" / "same_bytes_as_a_ring.png")
-    (source / ".cache").mkdir()
-    shutil.copy(source / "rings" / "rings_1.jpg", source / ".cache" / "hidden.jpg")
+    expected_skips, copy, original = messy_source(source, gallery_root)
     n_good = 30
     settings = make_settings(tmp_path, ingest={"read_batch_size": 8, "write_batch_size": 8})
 
@@ -50,8 +46,7 @@ def test_ingest_folder_report_and_idempotent_rerun(ray_cluster, tmp_path, galler
     assert report.total == n_good + len(expected_skips) + 1
     assert report.indexed == n_good and report.already_present == 0
     # The first path (in sorted order) is the one indexed; later copies are duplicates of it.
-    assert report.duplicates == [{"path": str(source / "rings" / "rings_0.png"),
-                                  "same_as": str(source / "circles" / "same_bytes_as_a_ring.png")}]
+    assert report.duplicates == [{"path": str(original), "same_as": str(copy)}]
     data = json.loads((tmp_path / "report.json").read_text())
     assert {Path(s["path"]).name: s["code"] for s in data["skipped_files"]} == expected_skips
     assert all(s["message"] for s in data["skipped_files"])

@@ -103,3 +103,19 @@ def broken_files(root: Path) -> dict[str, str]:
     for name, (data, _) in cases.items():
         (root / name).write_bytes(data)
     return {name: code for name, (_, code) in cases.items()}
+
+
+def messy_source(target: Path, gallery_root: Path) -> tuple[dict[str, str], Path, Path]:
+    """The gallery plus every kind of bad file, a copy of one image under another label, a
+    hidden folder and a non-image extension. Returns (expected skip codes by file name,
+    the copy, the file it copies)."""
+    import shutil
+
+    shutil.copytree(gallery_root, target)
+    expected_skips = broken_files(target / "broken")
+    original, copy = target / "rings" / "rings_0.png", target / "circles" / "same_bytes_as_a_ring.png"
+    shutil.copy(original, copy)
+    (target / ".cache").mkdir()
+    shutil.copy(target / "rings" / "rings_1.jpg", target / ".cache" / "hidden.jpg")
+    (target / "notes.txt").write_text("not an image extension: not listed")
+    return expected_skips, copy, original
