@@ -56,8 +56,15 @@ class Entry:
     def to_row(self) -> dict:
         if self.embedding is None:
             raise ValueError("an entry needs its embedding to be written")
-        return {"id": int(self.id), "key": self.key[:KEY_MAX], "label": self.label[:LABEL_MAX],
-                "source": self.source[:SOURCE_MAX], "embedding": np.asarray(self.embedding, np.float32).tolist()}
+        return {"id": int(self.id), "key": _clip(self.key, KEY_MAX), "label": _clip(self.label, LABEL_MAX),
+                "source": _clip(self.source, SOURCE_MAX),
+                "embedding": np.asarray(self.embedding, np.float32).tolist()}
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """VARCHAR limits count UTF-8 bytes: cut there without splitting a character."""
+    data = text.encode()
+    return text if len(data) <= max_bytes else data[:max_bytes].decode(errors="ignore")
 
 
 def label_filter(label: str | None) -> str:
@@ -244,6 +251,7 @@ class Catalog:
             "state": info.get("state"),
             "indexed_rows": info.get("indexed_rows"),
             "total_rows": info.get("total_rows"),
+            "pending_index_rows": info.get("pending_index_rows", 0),
         }
 
     def wait_for_index(self, timeout_s: float) -> dict:
@@ -251,8 +259,7 @@ class Catalog:
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.index_info()
-            raw = self._call("describe_index", self.name, "embedding") if info else {}
-            done = not info or (raw.get("pending_index_rows", 0) == 0 and info.get("state") in ("Finished", None))
+            done = not info or (info["pending_index_rows"] == 0 and info["state"] in ("Finished", None))
             if done or time.monotonic() > deadline:
                 return info
             time.sleep(0.5)

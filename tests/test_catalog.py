@@ -136,3 +136,13 @@ def test_unreachable_milvus_is_backend_unavailable():
         catalog.count()
     assert info.value.backend == "milvus" and info.value.status == 503
     assert catalog.describe()["healthy"] is False
+
+
+def test_long_unicode_fields_are_clipped_to_the_varchar_byte_limits(milvus):
+    rng = np.random.default_rng(4)
+    label = "猫" * 200  # 600 bytes in UTF-8, over the 256-byte column
+    catalog = Catalog.open(milvus, DIM)
+    catalog.upsert([Entry(id=7, key="k.png", label=label, source="s" * 5000, embedding=unit(rng, 1)[0])])
+    got = catalog.get_one(7)
+    assert got.label == "猫" * 85 and len(got.label.encode()) <= 256
+    assert len(got.source) == 2048
