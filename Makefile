@@ -13,6 +13,8 @@ TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 GALLERY   ?= data/gallery
 OPENCLIPART := /usr/share/openclipart/png
 PYTEST_ARGS ?=
+# Tests run as in an activated virtualenv (a Ray job's `python` is this environment's).
+TEST_PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install run index serve gallery test system-deps test-deps clean
 
@@ -59,9 +61,10 @@ run: index serve
 # network where namespaces are not allowed; those tests then skip.
 test: install test-deps
 	@if unshare -rn true 2>/dev/null; then \
-	  unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \
+	  PATH="$(TEST_PATH)" unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \
 	else \
-	  echo "unshare not permitted here: running on the host network"; $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	  echo "unshare not permitted here: running on the host network"; \
+	  PATH="$(TEST_PATH)" $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	fi
 
 clean:

@@ -160,7 +160,8 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
     # Every port explicit: the session's own Ray cluster already holds the default agent ports.
     gcs_port, dashboard_port, agent_port, agent_grpc, env_agent, metrics, client = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ}
+    # As in an activated virtualenv: the job's `python` must be this environment's.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
