@@ -115,11 +115,17 @@ def cmd_serve(args, settings: Settings) -> int:
     # handling even if ours is ignored (started in the background), and forward TERM/INT.
     proc = subprocess.Popen([str(serve_bin), "run", args.serve_config], env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    forward = lambda signum, frame: proc.send_signal(signal.SIGINT)  # noqa: E731
+    stopping = []
+
+    def forward(signum, frame):
+        stopping.append(signum)
+        proc.send_signal(signal.SIGINT)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
     finally:
         if started:
             lite.stop()

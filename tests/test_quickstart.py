@@ -65,5 +65,5 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    assert code == 0 or code == -signal.SIGTERM or code == 130, (tmp_path / "serve.log").read_text()[-3000:]
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
     assert lite.running_uri() is None and not lite.state_file.exists()  # it stopped what it started
