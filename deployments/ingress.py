@@ -149,11 +149,8 @@ class Ingress:
     def _prepare(self, data: bytes) -> PreparedImage:
         return prepare(data, size=self.model.input_size, **self.settings.images.model_dump())
 
-    def _url(self, key: str) -> str:
-        return self.store.url(key)
-
     def _public(self, item: dict) -> dict:
-        return {**item, "id": str(item["id"]), "url": self._url(item["key"])}
+        return {**item, "id": str(item["id"]), "url": self.store.url(item["key"])}
 
     def _query_params(self, payload: Payload) -> tuple[int, str | None, float | None]:
         api = self.settings.api

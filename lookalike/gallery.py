@@ -9,11 +9,10 @@ are left out, and so are images over the pixel limit (some are ~168 Mpx).
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 from PIL import Image
-
-from . import images as _images  # noqa: F401  (its Pillow warning filter: we check sizes ourselves)
 
 OPENCLIPART = Path("/usr/share/openclipart/png")
 EXCLUDED = {"computer/icons", "shapes/stars"}
@@ -21,8 +20,10 @@ EXCLUDED = {"computer/icons", "shapes/stars"}
 
 def _usable(path: Path, max_pixels: int) -> bool:
     try:
-        with Image.open(path) as img:
-            return img.size[0] * img.size[1] <= max_pixels
+        with warnings.catch_warnings():  # we check the size ourselves
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.size[0] * img.size[1] <= max_pixels
     except Exception:
         return False
 

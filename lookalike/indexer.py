@@ -13,7 +13,6 @@ import time
 from contextlib import contextmanager
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -23,7 +22,7 @@ from .encoder import ImageEncoder
 from .errors import LookalikeError, NotFound
 from .images import PreparedImage, prepare
 from .settings import Settings
-from .sources import SourceItem
+from .sources import SourceItem, read_file
 from .store import ImageStore, object_key
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class GalleryWriter:
 
 
 def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: ImageEncoder, catalog: Catalog,
-                store: ImageStore, read: Callable[[str], bytes] = lambda path: Path(path).read_bytes(),
+                store: ImageStore, read: Callable[[str], bytes] = read_file,
                 progress: Callable[[Report], None] | None = None) -> Report:
     """The in-process indexer: sequential reading and decoding, batched embedding."""
     report = Report()

@@ -21,6 +21,10 @@ class SourceItem:
     label: str  # the first folder below the root, or ""
 
 
+def read_file(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def _hidden(parts: Iterable[str]) -> bool:
     return any(part.startswith(".") for part in parts)
 
@@ -121,9 +125,7 @@ class Source:
 
     def reader(self, settings: "Settings") -> Callable[[str], bytes]:
         """A function reading one item's bytes (an S3 client is made once per reader)."""
-        if self.kind == "s3":
-            return self._s3(settings).get
-        return lambda path: Path(path).read_bytes()
+        return self._s3(settings).get if self.kind == "s3" else read_file
 
     def in_store(self, settings: "Settings") -> bool:
         """The source is the image store's own bucket: originals are already where they belong."""

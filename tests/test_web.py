@@ -63,7 +63,7 @@ def _results_for(page, path) -> str:
 def _drop_file_js(selector: str, name: str, mime: str, data: bytes, event: str = "drop") -> str:
     b64 = base64.b64encode(data).decode()
     target = "document" if selector == "document" else f"document.querySelector('{selector}')"
-    make_event = (f"new DragEvent('drop', {{dataTransfer: dt, bubbles: true, cancelable: true}})" if event == "drop"
+    make_event = ("new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})" if event == "drop"
                   else "new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true})")
     return f"""() => {{
         const bytes = Uint8Array.from(atob('{b64}'), c => c.charCodeAt(0));
