@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 from .sources import IMAGE_EXTENSIONS
@@ -26,6 +26,14 @@ _REPO_CONFIG = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
 
 IndexType = Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"]
 Metric = Literal["L2", "IP", "COSINE"]
+
+
+def _absolute(value: str) -> str:
+    """A local path made absolute against the working directory ("" stays unset)."""
+    return str(Path(value).expanduser().resolve()) if value else ""
+
+
+LocalPath = Annotated[str, AfterValidator(_absolute)]
 
 
 class _Section(BaseModel):
@@ -93,24 +101,19 @@ class MilvusSettings(_Section):
     @field_validator("uri")
     @classmethod
     def _resolve_lite_path(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve()) if is_lite_uri(value) else value
+        return _absolute(value) if is_lite_uri(value) else value
 
 
 class ModelSettings(_Section):
     name: str = "efficientnet-lite0"
     # A local weights file (.pth / .pt state dict). Empty: the model's own source
     # (the package's bundled file, or torchvision's weights enum / hub cache).
-    weights: str = ""
+    weights: LocalPath = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: fp16 on CUDA; bf16 autocast + channels_last on CPUs with native bf16; else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_threads: int = Field(default=0, ge=0)  # 0: the CPUs this process may use
     batch_size: int = Field(default=32, ge=1)
-
-    @field_validator("weights")
-    @classmethod
-    def _resolve_weights(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve()) if value else ""
 
 
 class S3Settings(_Section):
@@ -131,13 +134,8 @@ class S3Settings(_Section):
 
 class StoreSettings(_Section):
     backend: Literal["local", "s3"] = "local"
-    local_dir: str = "data/images"
+    local_dir: LocalPath = "data/images"
     s3: S3Settings = Field(default_factory=S3Settings)
-
-    @field_validator("local_dir")
-    @classmethod
-    def _resolve_dir(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve())
 
 
 class ImageLimits(_Section):
@@ -188,12 +186,7 @@ class IngestSettings(_Section):
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     exclude_extensions: list[str] = Field(default_factory=list)
     index_wait_s: float = 600.0  # wait this long at the end for the index to cover new rows
-    report_dir: str = "data/reports"
-
-    @field_validator("report_dir")
-    @classmethod
-    def _resolve_dir(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve())
+    report_dir: LocalPath = "data/reports"
 
 
 class Settings(BaseSettings):
