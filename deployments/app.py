@@ -33,7 +33,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 def build_from_settings(settings: Settings, options: dict[str, dict] | None = None) -> Application:
     """``options``: per-deployment ``.options()`` (the Serve config file does this at deploy time)."""
     options = options or {}
-    if settings.milvus.is_lite and settings.milvus.lite_server:
+    if settings.milvus.shared_lite_dir:
         # Replicas are separate processes: make sure they find one shared Lite server.
         uri, _ = resolve_uri(settings.milvus, shared=True)
         log.info("Milvus Lite %s is served at %s", settings.milvus.uri, uri)

@@ -20,7 +20,7 @@ import ray
 
 from lookalike.catalog import Catalog
 from lookalike.indexer import Report
-from lookalike.lite_server import LiteServer
+from lookalike.lite_server import serving
 from lookalike.models import get_model
 from lookalike.ray_env import use_local_ray_env
 from lookalike.settings import Settings
@@ -94,10 +94,8 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
     started = time.perf_counter()
     source = Source.parse(spec)
     connect_ray()
-    lite = LiteServer(settings.milvus.uri) if settings.milvus.is_lite and settings.milvus.lite_server else None
-    owns_lite = lite is not None and lite.running_uri() is None
     report = Report()
-    try:
+    with serving(settings.milvus.shared_lite_dir, settings.milvus.lite_server_start_timeout_s):
         catalog = Catalog.open(settings.milvus, get_model(settings.model.name).dim, shared=True)
         catalog.ensure_ready()
         listed = time.perf_counter()
@@ -114,12 +112,10 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         index = catalog.wait_for_index(settings.ingest.index_wait_s)
         report.stage_seconds["index"] = time.perf_counter() - finishing
         report.seconds = time.perf_counter() - started
-        report.extra.update({"source": str(source), "milvus": settings.milvus.uri, "collection": settings.milvus.collection,
-                             "count": catalog.count(), "index": index, "model": settings.model.name})
+        report.extra.update({"source": str(source), "milvus": settings.milvus.uri,
+                             "collection": settings.milvus.collection, "count": catalog.count(), "index": index,
+                             "model": settings.model.name})
         catalog.close()
-    finally:
-        if owns_lite:
-            lite.stop()
     path = Path(report_path) if report_path else Path(settings.ingest.report_dir) / (
         "ingest-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)

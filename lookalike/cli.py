@@ -99,36 +99,30 @@ def cmd_lite_server(args, settings: Settings) -> int:
 
 def cmd_serve(args, settings: Settings) -> int:
     """`serve run` the Serve config; own the shared Milvus Lite server while it runs."""
-    from .lite_server import LiteServer
+    from .lite_server import serving
     from .ray_env import use_local_ray_env
 
     env = use_local_ray_env(dict(os.environ))
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
-    lite, started = None, False
-    if settings.milvus.is_lite and settings.milvus.lite_server:
-        lite = LiteServer(settings.milvus.uri)
-        uri, started = lite.start(settings.milvus.lite_server_start_timeout_s)
-        log.info("Milvus Lite %s served at %s", settings.milvus.uri, uri)
-    serve_bin = Path(sys.executable).with_name("serve")
-    # `serve run` shuts Serve and its local Ray down on SIGINT; give it SIGINT's default
-    # handling even if ours is ignored (started in the background), and forward TERM/INT.
-    proc = subprocess.Popen([str(serve_bin), "run", args.serve_config], env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    stopping = []
+    with serving(settings.milvus.shared_lite_dir, settings.milvus.lite_server_start_timeout_s) as uri:
+        if uri:
+            log.info("Milvus Lite %s served at %s", settings.milvus.uri, uri)
+        serve_bin = Path(sys.executable).with_name("serve")
+        # `serve run` shuts Serve and its local Ray down on SIGINT; give it SIGINT's default
+        # handling even if ours is ignored (started in the background), and forward TERM/INT.
+        proc = subprocess.Popen([str(serve_bin), "run", args.serve_config], env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        stopping = []
 
-    def forward(signum, frame):
-        stopping.append(signum)
-        proc.send_signal(signal.SIGINT)
+        def forward(signum, frame):
+            stopping.append(signum)
+            proc.send_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    try:
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
         code = proc.wait()
-        return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
-    finally:
-        if started:
-            lite.stop()
+    return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,6 +159,23 @@ def _reap(pid: int) -> None:
         pass
 
 
+@contextmanager
+def serving(data_dir: str | os.PathLike | None, timeout_s: float = 60.0):
+    """While the block runs, the Lite data directory is served to other processes (yields the
+    URI; None when ``data_dir`` is None). A server this started is stopped at the end; one that
+    was already running is left to its owner."""
+    if data_dir is None:
+        yield None
+        return
+    server = LiteServer(data_dir)
+    uri, started = server.start(timeout_s)
+    try:
+        yield uri
+    finally:
+        if started:
+            server.stop()
+
+
 def serve_forever(data_dir: str, port: int, host: str = HOST) -> None:
     """The server process. SIGTERM or SIGINT stop it cleanly: drain requests, close the DB.
 

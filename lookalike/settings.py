@@ -98,6 +98,11 @@ class MilvusSettings(_Section):
     def is_lite(self) -> bool:
         return is_lite_uri(self.uri)
 
+    @property
+    def shared_lite_dir(self) -> str | None:
+        """The Lite data directory that other processes reach through a lite server, if any."""
+        return self.uri if self.is_lite and self.lite_server else None
+
     @field_validator("uri")
     @classmethod
     def _resolve_lite_path(cls, value: str) -> str:
