@@ -28,6 +28,7 @@ KEY_MAX = 1024
 LABEL_MAX = 256
 SOURCE_MAX = 2048
 OUTPUT_FIELDS = ["key", "label", "source"]
+_READS = frozenset({"search", "query", "get"})
 _WRITES = frozenset({"create_collection", "create_index", "drop_index", "upsert", "insert", "delete", "flush",
                      "load_collection", "release_collection", "drop_collection"})
 
@@ -147,6 +148,8 @@ class Catalog:
     def _call(self, method: str, *args, **kwargs):
         """Run one client call with the deadline; map connection failures to 503."""
         kwargs.setdefault("timeout", self.settings.timeout_s)
+        if method in _READS:
+            kwargs.setdefault("consistency_level", self.settings.consistency_level)
         try:
             if method in _WRITES:
                 with self._write_lock():
@@ -297,12 +300,15 @@ class Catalog:
         self._call("flush", self.name)
 
     # -- reads ------------------------------------------------------------------------------
-    def search(self, vectors: np.ndarray, k: int, *, expr: str = "") -> list[list[Hit]]:
+    def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None) -> list[list[Hit]]:
+        """Top-``k`` per vector. ``params``: search parameters for this call (``ef``, ``nprobe``)
+        instead of the configured ones for the index type."""
         self.ensure_ready()
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        params = self.settings.index.search_params if params is None else params
         results = self._call(
             "search", self.name, data=vectors.tolist(), limit=k, filter=expr, output_fields=OUTPUT_FIELDS,
-            search_params={"metric_type": self.settings.metric, "params": self.settings.index.search_params},
+            search_params={"metric_type": self.settings.metric, "params": params},
         )
         return [[self._hit(r) for r in hits] for hits in results]
 

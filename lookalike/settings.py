@@ -86,7 +86,10 @@ class MilvusSettings(_Section):
     collection: str = "images"
     metric: Metric = "L2"
     index: IndexSettings = Field(default_factory=IndexSettings)
-    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    # Reads (search, query, get) at this level. Session: a client sees its own writes at once
+    # without waiting for the cluster's next time tick; Strong makes every search on a Milvus
+    # server wait for one (~200 ms, measured by benchmarks/vector_search.py).
+    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Session"
     timeout_s: float = 10.0
     insert_batch_size: int = Field(default=256, ge=1)
     # Milvus Lite opens a data directory in one process only. With this on, every process

@@ -65,6 +65,21 @@ def test_roundtrip_search_filter_get_delete(milvus):
     catalog.close()
 
 
+def test_a_client_reads_its_own_writes_at_once(milvus):
+    """Reads run at Session consistency (a search on a server does not wait for the next time
+    tick, which Strong does: ~200 ms each), and still see the client's own writes unflushed."""
+    assert milvus.consistency_level == "Session"
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 40)
+    catalog = Catalog.open(milvus, DIM)
+    catalog.upsert(entries(vectors[:20]))
+    catalog.search(vectors[0], 1)
+    catalog.upsert(entries(vectors)[20:])  # no flush
+    assert catalog.search(vectors[33], 1)[0][0].id == 1033
+    assert catalog.existing_ids([1033, 1039]) == {1033, 1039}
+    catalog.close()
+
+
 def test_same_image_twice_is_one_entity(milvus):
     rng = np.random.default_rng(1)
     vectors = unit(rng, 3)
