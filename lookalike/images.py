@@ -1,8 +1,8 @@
 """The one image preprocessing path, shared by the query path and ingest.
 
 bytes -> validated PIL image (size limits, decodable, EXIF-oriented) -> RGB with alpha
-composited on white -> padded to a square on white -> resized to the model's input size
--> uint8 array (H, W, 3). Normalisation to the model's mean/std happens in the encoder,
+composited on white -> fitted to the model's square input (by default: longest side resized to
+it, then padded on white; ``images.fit``) -> uint8 array (H, W, 3). Normalisation to the model's mean/std happens in the encoder,
 on the batch, so that arrays cross process boundaries at one byte per channel.
 
 Pure Pillow + NumPy: the HTTP ingress uses it without importing torch.
@@ -117,29 +117,46 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def pad_to_square(img: Image.Image) -> Image.Image:
+FITS = ("pad", "crop", "stretch")
+
+
+def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def fit_square(img: Image.Image, size: int, fit: str = "pad") -> Image.Image:
+    """An RGB image -> size x size. ``pad``: the whole picture, longest side scaled to ``size``,
+    then centred on white (memory follows the output, not the input's aspect ratio); ``crop``:
+    shortest side scaled to ``size``, the centre cut out; ``stretch``: scaled to the square."""
     width, height = img.size
-    if width == height:
-        return img
-    side = max(width, height)
-    canvas = Image.new("RGB", (side, side), BACKGROUND)
-    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
+    if fit == "stretch":
+        return _resize(img, (size, size))
+    scale = size / (max(width, height) if fit == "pad" else min(width, height))
+    scaled = _resize(img, (max(1, round(width * scale)), max(1, round(height * scale))))
+    w, h = scaled.size
+    if fit == "crop":
+        left, top = (w - size) // 2, (h - size) // 2
+        return scaled.crop((left, top, left + size, top + size))
+    if (w, h) == (size, size):
+        return scaled
+    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    canvas.paste(scaled, ((size - w) // 2, (size - h) // 2))
     return canvas
 
 
-def to_model_input(img: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> (size, size, 3) uint8: pad to square, then resize."""
-    square = pad_to_square(to_rgb(img))
-    if square.size != (size, size):
-        square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return np.asarray(square, dtype=np.uint8)
+def to_model_input(img: Image.Image, size: int, fit: str = "pad") -> np.ndarray:
+    """Any image -> (size, size, 3) uint8 RGB."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    return np.asarray(fit_square(to_rgb(img), size, fit), dtype=np.uint8)
 
 
-def prepare(data: bytes, *, size: int, max_bytes: int, max_pixels: int, min_side: int = 1) -> PreparedImage:
+def prepare(data: bytes, *, size: int, max_bytes: int, max_pixels: int, min_side: int = 1,
+            fit: str = "pad") -> PreparedImage:
     """bytes -> PreparedImage. Raises a LookalikeError subclass on bad input."""
     img, fmt = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side, draft=size)
     try:
-        pixels = to_model_input(img, size)
+        pixels = to_model_input(img, size, fit)
     except Exception as exc:
         raise InvalidImage(f"cannot convert the image: {exc}") from None
     return PreparedImage(id=content_id(data), pixels=pixels, format=fmt)

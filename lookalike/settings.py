@@ -147,9 +147,15 @@ class StoreSettings(_Section):
 
 
 class ImageLimits(_Section):
+    """The one preprocessing's limits and its fit to the model's square input."""
+
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=50_000_000, ge=1)
     min_side: int = Field(default=8, ge=1)
+    # pad: the whole picture on white; crop: the centre square; stretch: squashed. Compared by
+    # benchmarks/quality.py (docs/benchmarks.md). Changing it changes every vector: re-ingest
+    # into a new collection.
+    fit: Literal["pad", "crop", "stretch"] = "pad"
 
 
 class ApiSettings(_Section):

@@ -82,3 +82,26 @@ def test_large_jpeg_is_decoded_at_reduced_scale_consistently():
     a = prepare(data, size=224, **LIMITS).pixels
     b = prepare(data, size=224, **LIMITS).pixels
     assert np.array_equal(a, b)  # deterministic: the same bytes give the same pixels
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop", "stretch"])
+def test_every_fit_gives_the_model_square(fit):
+    wide = Image.new("RGB", (300, 100), (0, 0, 0))
+    pixels = prepare(encode(wide, "PNG"), size=64, fit=fit, **LIMITS).pixels
+    assert pixels.shape == (64, 64, 3)
+    black = (pixels < 30).all(axis=2).mean()
+    # pad keeps the whole picture (a third of the square, white around it); crop and stretch fill it.
+    assert black == pytest.approx(1 / 3, abs=0.03) if fit == "pad" else black == 1.0
+
+
+def test_pad_scales_before_padding_so_memory_follows_the_output(monkeypatch):
+    """A 20000x8 strip must never be padded to a 20000x20000 canvas (400 Mpx, 1.2 GB)."""
+    from lookalike import images
+
+    strip = encode(Image.new("RGB", (20000, 8), (0, 0, 0)))
+    made = []
+    real_new = Image.new
+    monkeypatch.setattr(images.Image, "new", lambda mode, size, *a, **k: made.append(size) or real_new(mode, size, *a, **k))
+    pixels = prepare(strip, size=224, fit="pad", **LIMITS).pixels
+    assert pixels.shape == (224, 224, 3)
+    assert made and max(w * h for w, h in made) <= 224 * 224
