@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .settings import CONFIG_ENV, Settings, load_settings
 
 log = logging.getLogger("lookalike")
@@ -58,6 +60,86 @@ def cmd_search(args, settings: Settings) -> int:
     catalog.close()
     print(json.dumps([{**h.to_dict(), "id": str(h.id), "url": store.url(h.key)} for h in hits], indent=2))
     return 0
+
+
+def cmd_eval(args, settings: Settings) -> int:
+    """Index a labelled folder tree, then measure retrieval quality through the index (the
+    service over HTTP with --url, else the configured Milvus in-process) and exactly."""
+    from .evaluation import evaluate, load_gallery
+    from .indexer import index_items
+    from .sources import iter_folder
+
+    items = list(iter_folder(args.dir))
+    encoder, catalog, store = _open_core(settings)
+    encoder.load()
+    report = index_items(items, settings, encoder=encoder, catalog=catalog, store=store)
+    log.info("gallery: %s", report.summary())
+    gallery = load_gallery(items)
+    if len(gallery.class_sizes) < 2:
+        print("lookalike eval needs a labelled tree: DIR/<label>/<image>, two labels or more", file=sys.stderr)
+        return 2
+    found = {e.id: e.embedding for start in range(0, len(gallery.ids), 500)
+             for e in catalog.get(gallery.ids[start:start + 500], with_vectors=True)}
+    gallery.vectors = np.stack([found[i] for i in gallery.ids])
+    embed = _embedder(encoder, settings)
+    search = _http_searcher(args.url, args.timeout) if args.url else _index_searcher(catalog, embed)
+    result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k)
+    result["through"] = args.url or f"in-process: {catalog.uri}"
+    catalog.close()
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(result, indent=2))
+    print(format_eval(result))
+    return 0
+
+
+def _embedder(encoder, settings: Settings):
+    from .images import prepare
+
+    def embed(datas):
+        limits = settings.images.model_dump()
+        return encoder.encode(np.stack([prepare(d, size=encoder.input_size, **limits).pixels for d in datas]))
+
+    return embed
+
+
+def _index_searcher(catalog, embed):
+    def search(data: bytes, k: int):
+        return [(h.id, h.label) for h in catalog.search(embed([data]), k)[0]]
+
+    return search
+
+
+def _http_searcher(url: str, timeout: float):
+    import httpx
+
+    client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def search(data: bytes, k: int):
+        response = client.post("/api/v1/search", params={"k": k}, files={"image": ("query", data)})
+        if response.status_code != 200:
+            raise SystemExit(f"lookalike eval: {url} answered {response.status_code}: {response.text[:300]}")
+        return [(int(h["id"]), h["label"]) for h in response.json()["results"]]
+
+    return search
+
+
+def format_eval(result: dict) -> str:
+    k = result["k"]
+    lines = [f"{result['gallery']} images, {result['classes']} classes, k={k}, through {result['through']}",
+             f"{'':10}{'P@1':>8}{f'P@{k}':>8}{f'mAP@{k}':>9}"]
+    for name in ("index", "exact"):
+        if name in result:
+            m = result[name]
+            lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
+    if "copies" in result:
+        lines.append(f"\n{'copy detection':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
+        for kind, r in result["copies"].items():
+            idx = r.get("index", {})
+            lines.append(f"{kind:18}{idx.get('recall_at_1', float('nan')):10.3f}"
+                         f"{idx.get('recall_at_5', float('nan')):10.3f}"
+                         f"{r['exact']['recall_at_1']:10.3f}{r['exact']['recall_at_5']:10.3f}")
+    return "\n".join(lines)
 
 
 def cmd_status(args, settings: Settings) -> int:
@@ -145,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help="only this label")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="retrieval quality over a labelled folder tree (P@1, P@10, mAP@10, "
+                                    "copy detection), through the index and exactly")
+    p.add_argument("dir", help="DIR/<label>/<image>; indexed first (already present images are skipped)")
+    p.add_argument("--url", help="search through the running service (e.g. http://127.0.0.1:8000); "
+                                 "default: the configured Milvus in-process")
+    p.add_argument("--queries", type=int, default=0, help="query this many images (0: every one)")
+    p.add_argument("--copies", type=int, default=100, help="edited copies of this many images (0: none)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--report", help="write the JSON report here")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("status", help="backend health, entity count, index, model")
     p.set_defaults(func=cmd_status)

@@ -1,0 +1,224 @@
+"""Retrieval quality over a labelled folder tree (``lookalike eval DIR``).
+
+Every image of the tree is a query against all the others (leave-one-out): a result is
+relevant when its label is the query's. Reports P@1, P@10, mAP@10 and per-class P@10, twice:
+through the index (the running service over HTTP, or the configured Milvus in-process) and
+with exact search over the very same stored vectors, so the index's cost in quality shows.
+
+Copy detection: edited copies of some gallery images (crop, rotation, JPEG quality, grayscale,
+downscale, text overlay), which are not in the gallery, are searched; recall@1 / recall@5 is
+how often the original comes back first / in the top 5, per edit kind.
+
+The metrics and the edits are pure functions over arrays and bytes; ``evaluate`` wires them
+to a gallery, an encoder and a searcher.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from .images import content_id
+
+K = 10
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def retrieval_metrics(query_labels: Sequence[str], result_labels: Sequence[Sequence[str]],
+                      class_sizes: dict[str, int], k: int = K) -> dict:
+    """P@1, P@k, mAP@k and per-class P@k. ``class_sizes``: images per label in the gallery
+    (the query itself included), which bounds how many relevant results a query can have."""
+    p1, pk, apk = [], [], []
+    per_class: dict[str, list[float]] = defaultdict(list)
+    for label, results in zip(query_labels, result_labels):
+        rel = [r == label for r in list(results)[:k]]
+        p1.append(float(rel[0]) if rel else 0.0)
+        pk.append(sum(rel) / k)
+        per_class[label].append(sum(rel) / k)
+        possible = min(k, max(class_sizes.get(label, 1) - 1, 0))
+        hits, ap = 0, 0.0
+        for i, r in enumerate(rel, start=1):
+            if r:
+                hits += 1
+                ap += hits / i
+        apk.append(ap / possible if possible else 0.0)
+    return {"queries": len(pk), "p_at_1": _mean(p1), f"p_at_{k}": _mean(pk), f"map_at_{k}": _mean(apk),
+            "per_class": {c: _mean(v) for c, v in sorted(per_class.items())}}
+
+
+def copy_recall(ranks: Sequence[int | None]) -> dict:
+    """``ranks``: the original's 1-based rank among the results, or None if absent."""
+    n = len(ranks)
+    return {"queries": n, "recall_at_1": _mean([r is not None and r <= 1 for r in ranks]),
+            "recall_at_5": _mean([r is not None and r <= 5 for r in ranks])}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(float(np.mean(values)), 4) if values else 0.0
+
+
+def exact_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: Sequence[int | None] = ()
+                ) -> np.ndarray:
+    """Indices of the ``k`` most similar gallery rows per query (cosine = dot of unit vectors);
+    ``exclude[i]``: a gallery row query ``i`` must not return (itself)."""
+    sims = queries @ gallery.T
+    for i, row in enumerate(exclude):
+        if row is not None:
+            sims[i, row] = -np.inf
+    k = min(k, gallery.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1)
+    return np.take_along_axis(top, order, 1)
+
+
+# -- edited copies ---------------------------------------------------------------------------------
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    (img if img.mode in ("RGB", "L") else img.convert("RGB")).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "P"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def _crop(img: Image.Image) -> Image.Image:  # keep the central 70 % of each side
+    w, h = img.size
+    return img.crop((int(w * 0.15), int(h * 0.15), int(w * 0.85), int(h * 0.85)))
+
+
+def _text(img: Image.Image) -> Image.Image:  # a caption band across the lower part
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    band = max(12, h // 8)
+    draw.rectangle((0, h - 2 * band, w, h - band), fill=(0, 0, 0))
+    draw.text((w // 20, h - 2 * band + band // 4), "LOOKALIKE © 2026 sample text", fill=(255, 255, 0))
+    return out
+
+
+EDITS: dict[str, Callable[[Image.Image], bytes]] = {
+    "crop_70": lambda img: _jpeg(_crop(img)),
+    "rotate_15": lambda img: _jpeg(img.rotate(15, resample=Image.Resampling.BICUBIC, expand=True,
+                                              fillcolor=(255, 255, 255))),
+    "jpeg_q15": lambda img: _jpeg(img, 15),
+    "grayscale": lambda img: _jpeg(ImageOps.grayscale(img)),
+    "downscale_25": lambda img: _jpeg(img.resize((max(8, img.width // 4), max(8, img.height // 4)),
+                                                 Image.Resampling.BILINEAR)),
+    "text_overlay": lambda img: _jpeg(_text(img)),
+}
+
+
+def edited_copies(data: bytes) -> dict[str, bytes]:
+    """Each edit kind applied to one image (transparency flattened on white first)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = _on_white(ImageOps.exif_transpose(img))
+        return {name: edit(img) for name, edit in EDITS.items()}
+
+
+# -- running an evaluation ------------------------------------------------------------------------
+class Searcher(Protocol):
+    """Top-k search through the index: (image bytes, k) -> [(id, label)]."""
+
+    def __call__(self, data: bytes, k: int) -> list[tuple[int, str]]: ...
+
+
+@dataclass
+class Gallery:
+    """The labelled images, one per distinct content (the first path wins), with their vectors."""
+
+    ids: list[int]
+    labels: list[str]
+    paths: list[str]
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @property
+    def class_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = defaultdict(int)
+        for label in self.labels:
+            sizes[label] += 1
+        return dict(sizes)
+
+
+def load_gallery(items, read: Callable[[str], bytes] = lambda p: open(p, "rb").read()) -> Gallery:
+    ids, labels, paths, seen = [], [], [], set()
+    for item in items:
+        if not item.label:
+            continue
+        cid = content_id(read(item.path))
+        if cid in seen:
+            continue
+        seen.add(cid)
+        ids.append(cid)
+        labels.append(item.label)
+        paths.append(item.path)
+    return Gallery(ids, labels, paths)
+
+
+def pick(n: int, total: int, seed: int = 0) -> list[int]:
+    """``n`` of ``range(total)`` (all when n is 0 or larger), deterministically."""
+    if not n or n >= total:
+        return list(range(total))
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
+def evaluate(gallery: Gallery, *, search: Searcher | None, embed: Callable[[Sequence[bytes]], np.ndarray],
+             queries: int = 0, copies: int = 0, k: int = K, seed: int = 0,
+             read: Callable[[str], bytes] = lambda p: open(p, "rb").read()) -> dict:
+    """Quality through ``search`` (the index; skipped when None) and exact over ``gallery.vectors``.
+
+    ``embed``: image bytes -> unit vectors through the same pipeline (for the edited copies)."""
+    chosen = pick(queries, len(gallery.ids), seed)
+    q_labels = [gallery.labels[i] for i in chosen]
+    out: dict = {"gallery": len(gallery.ids), "classes": len(gallery.class_sizes), "k": k}
+    started = time.perf_counter()
+    top = exact_top_k(gallery.vectors[chosen], gallery.vectors, k, exclude=chosen)
+    out["exact"] = retrieval_metrics(q_labels, [[gallery.labels[j] for j in row] for row in top],
+                                     gallery.class_sizes, k)
+    if search is not None:
+        results = []
+        for i in chosen:
+            hits = [h for h in search(read(gallery.paths[i]), k + 1) if h[0] != gallery.ids[i]][:k]
+            results.append([label for _, label in hits])
+        out["index"] = retrieval_metrics(q_labels, results, gallery.class_sizes, k)
+    if copies:
+        out["copies"] = copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def copy_detection(gallery: Gallery, *, search: Searcher | None, embed, n: int, seed: int = 0,
+                   read=lambda p: open(p, "rb").read()) -> dict:
+    originals = pick(n, len(gallery.ids), seed + 1)
+    edited = {i: edited_copies(read(gallery.paths[i])) for i in originals}
+    out: dict = {}
+    for kind in EDITS:
+        datas = [edited[i][kind] for i in originals]
+        vectors = embed(datas)
+        top = exact_top_k(vectors, gallery.vectors, 5)
+        exact_ranks = [_rank(i, row) for i, row in zip(originals, top.tolist())]
+        out[kind] = {"exact": copy_recall(exact_ranks)}
+        if search is not None:
+            ranks = []
+            for i, data in zip(originals, datas):
+                ids = [hid for hid, _ in search(data, 5)]
+                ranks.append(ids.index(gallery.ids[i]) + 1 if gallery.ids[i] in ids else None)
+            out[kind]["index"] = copy_recall(ranks)
+    return out
+
+
+def _rank(target: int, row: list[int]) -> int | None:
+    return row.index(target) + 1 if target in row else None
