@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # Tests run as in an activated virtualenv (a Ray job's `python` is this environment's).
 TEST_PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run index serve gallery test system-deps test-deps clean
+.PHONY: install run index serve gallery test system-deps test-deps bench bench-data clean
 
 install: $(BIN)/.installed
 
@@ -66,6 +66,25 @@ test: install test-deps
 	  echo "unshare not permitted here: running on the host network"; \
 	  PATH="$(TEST_PATH)" $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	fi
+
+# The benchmarks (docs/benchmarks.md): each writes JSON, a Markdown table and PNG plots to
+# BENCH_OUT. About 75 minutes on a 2-vCPU machine, most of it vector search at 1M vectors.
+BENCH_OUT ?= docs/benchmarks
+bench: install bench-data
+	$(BIN)/python -m benchmarks.embedding --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.vector_search --out $(BENCH_OUT)
+	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.http_load --out $(BENCH_OUT)
+	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.quality --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.summary --results $(BENCH_OUT)
+
+# Debian packages with the benchmarks' labelled images: openclipart and Fashion-MNIST.
+bench-data:
+	@pkgs=""; [ -d $(OPENCLIPART) ] || pkgs="openclipart-png"; \
+	[ -d /usr/share/datasets/fashion-mnist ] || pkgs="$$pkgs dataset-fashion-mnist"; \
+	if [ -n "$$pkgs" ] && command -v apt-get >/dev/null; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get install -y -q $$pkgs >/dev/null || \
+	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkgs >/dev/null; }; fi
 
 clean:
 	-$(BIN)/lookalike lite-server stop

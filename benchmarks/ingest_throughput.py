@@ -11,7 +11,7 @@ the ratios, not the absolute numbers):
 Images: N (default 2000) from Debian's openclipart-png, either as they are (PNG) or converted
 once to ImageNet-like JPEGs (longest side 500 px, quality 90; the seed's data set is ImageNet).
 
-    python benchmarks/ingest_throughput.py [--n 2000] [--format jpeg|png] [--out benchmarks/results]
+    python -m benchmarks.ingest_throughput [--n 2000] [--format jpeg|png] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import random_weights
 from lookalike.catalog import Catalog, Entry
 from lookalike.encoder import ImageEncoder
 from lookalike.gallery import OPENCLIPART
@@ -121,17 +122,6 @@ def ray_data(folder: Path, settings, work: Path) -> dict:
             "embed_stage_images_per_s": processed / report.stage_seconds["embed"],
             "overhead_s": report.seconds - report.stage_seconds["embed"],
             "stage_seconds": dict(report.stage_seconds)}
-
-
-def random_weights(model: str) -> str:
-    """A random-init state dict for models whose real weights cannot be downloaded here."""
-    import torch
-    import torchvision
-
-    path = Path(tempfile.gettempdir()) / f"lookalike-bench-{model}-random.pth"
-    if not path.exists():
-        torch.save(getattr(torchvision.models, model)(weights=None).state_dict(), path)
-    return str(path)
 
 
 def main() -> None:

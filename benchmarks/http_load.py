@@ -1,0 +1,257 @@
+"""End-to-end HTTP search, side by side with the original design, in one run.
+
+  original design   benchmarks/baseline_server.py: one process, a thread per request, each
+                    upload embedded alone in fp32, then Milvus
+  lookalike         the Ray Serve application exactly as `make run` deploys it (config/serve.yaml:
+                    Ingress -> Embedder with @serve.batch -> Searcher), bf16 on this CPU
+  lookalike, no batching  the same with serve.batch_max_size = 1
+
+All three search the same Milvus Lite collection (the sample gallery, indexed once) through
+the shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of
+gallery images, top 5 (the original's K), to 127.0.0.1 only. Reports QPS, p50/p95/p99, errors,
+the Embedder's mean batch size, and where a request's time goes (the server's decode / embed /
+search, and everything else: HTTP, proxies, handle calls, queueing).
+
+    python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import yaml
+
+from benchmarks.common import REPO, Results, markdown_table, openclipart_set
+from benchmarks.loadgen import payloads, run_load
+from lookalike.ray_env import use_local_ray_env
+
+K = 5
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict]:
+    """Per-deployment options from the Serve config, as `serve run config/serve.yaml` applies them."""
+    app = yaml.safe_load(path.read_text())["applications"][0]
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app["deployments"]}
+
+
+def prepare_gallery(settings, gallery: Path) -> None:
+    """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
+    from lookalike.catalog import Catalog
+    from lookalike.encoder import ImageEncoder
+    from lookalike.indexer import index_items
+    from lookalike.sources import iter_folder
+    from lookalike.store import make_store
+
+    encoder = ImageEncoder(settings.model).load()
+    catalog = Catalog.open(settings.milvus, encoder.dim, shared=True)
+    report = index_items(iter_folder(gallery), settings, encoder=encoder, catalog=catalog,
+                         store=make_store(settings.store))
+    catalog.close()
+    print(f"gallery: {report.summary()}", flush=True)
+
+
+def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, batch_sizes=None) -> list[dict]:
+    rows = []
+    for c in clients:
+        before = batch_sizes() if batch_sizes else None
+        row = run_load(url, bodies, c, seconds)
+        if batch_sizes:
+            after = batch_sizes()
+            calls = after - before
+            n = sum(calls.values())
+            row["mean_batch"] = round(sum(size * count for size, count in calls.items()) / n, 2) if n else None
+            row["batches"] = {str(k): v for k, v in sorted(calls.items())}
+        rows.append(row)
+        print(f"  {c:>3} clients: {row['qps']:7.1f} QPS, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+              f"errors {row['errors']}, mean batch {row.get('mean_batch')}", flush=True)
+    return rows
+
+
+def run_baseline(env: dict, bodies, clients, seconds) -> list[dict]:
+    """Start the original design's server on the same settings (``env``), measure, stop it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port)], env=env,
+                            cwd=REPO)
+    try:
+        wait_healthy(f"http://{HOST}:{port}/healthz", 120)
+        url = f"http://{HOST}:{port}/search/"
+        run_load(url, bodies, 1, 2.0)  # warm-up
+        return load_series(url, bodies, clients, seconds)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def embedder_batches(base: str) -> Counter:
+    """How many batches of each size the Embedder has run (from the status route)."""
+    status = httpx.get(f"{base}/api/v1/status", timeout=30).json()
+    return Counter({int(k): v for k, v in status["model"].get("batch_sizes", {}).items()})
+
+
+def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
+    """Load on a running Lookalike at ``base`` (route prefix included)."""
+    url = f"{base}/api/v1/search"
+    run_load(url, bodies, 2, 3.0)  # warm-up: model, handles, Milvus connection
+    return load_series(url, bodies, clients, seconds, lambda: embedder_batches(base))
+
+
+@contextmanager
+def serve_session():
+    """A local Ray cluster (every CPU of this machine) with Serve's proxy on 127.0.0.1; yields
+    the base URL. Everything it started is shut down afterwards."""
+    import ray
+    from ray import serve
+
+    use_local_ray_env()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        port = free_port()
+        serve.start(http_options={"host": HOST, "port": port})
+        yield f"http://{HOST}:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(settings, base: str, name: str = "lookalike") -> None:
+    """The application as `serve run config/serve.yaml` deploys it, on these settings."""
+    from ray import serve
+
+    from deployments.app import build_from_settings
+
+    serve.run(build_from_settings(settings, serve_options()), name=name, route_prefix="/")
+    wait_healthy(f"{base}/healthz")
+
+
+def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> list[dict]:
+    """Deploy the application, measure, delete it."""
+    from ray import serve
+
+    deploy(settings, base)
+    print(f"{label}:", flush=True)
+    rows = measure_lookalike(base, bodies, clients, seconds)
+    serve.delete("lookalike")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--gallery", default=None, help="a labelled folder (default: the openclipart sample)")
+    parser.add_argument("--queries", type=int, default=64, help="distinct images the clients send")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    results = Results("http-load", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
+
+    from lookalike.lite_server import LiteServer
+    from lookalike.settings import load_settings
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-http-"))
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(work / "lookalike.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")}
+    os.environ.update(env)  # the Serve replicas read the same settings
+    settings = load_settings()
+    gallery = Path(args.gallery) if args.gallery else openclipart_set()
+    prepare_gallery(settings, gallery)
+    files = sorted(gallery.glob("*/*"))
+    bodies = payloads([f.read_bytes() for f in files[:: max(1, len(files) // args.queries)][: args.queries]], k=K)
+    lite = LiteServer(settings.milvus.uri)
+    rows: dict[str, list[dict]] = {}
+    try:
+        print("original design (baseline_server.py):", flush=True)
+        rows["original design"] = run_baseline(env, bodies, clients, args.seconds)
+        results.add("rows", rows)
+        with serve_session() as base:
+            rows["lookalike"] = run_lookalike(base, settings, bodies, clients, args.seconds, "lookalike")
+            results.add("rows", rows)
+            off = settings.with_overrides(serve={"batch_max_size": 1})
+            rows["lookalike, no batching"] = run_lookalike(base, off, bodies, clients, args.seconds,
+                                                           "lookalike, @serve.batch off")
+            results.add("rows", rows)
+    finally:
+        lite.stop()
+    report(results, rows)
+    results.write()
+    return results
+
+
+def report(results: Results, rows: dict[str, list[dict]]) -> None:
+    table = []
+    base = {r["clients"]: r for r in rows.get("original design", [])}
+    for name, series in rows.items():
+        for r in series:
+            b = base.get(r["clients"])
+            table.append({"target": name, **r, "qps_ratio": round(r["qps"] / b["qps"], 2) if b and b["qps"] else None,
+                          "p50_ratio": round(r["p50_ms"] / b["p50_ms"], 2) if b and r["p50_ms"] else None})
+    results.section("Throughput and latency (ratios: to the original design at the same clients)", markdown_table(
+        table, ["target", "clients", "qps", "qps_ratio", "p50_ms", "p95_ms", "p99_ms", "p50_ratio", "errors",
+                "mean_batch"],
+        ["target", "clients", "QPS", "QPS × original", "p50 ms", "p95 ms", "p99 ms", "p50 ÷ original", "errors",
+         "mean batch"]))
+    results.section("Where a request's time goes (means, ms; other = client latency − decode − embed − search)",
+                    markdown_table(table, ["target", "clients", "mean_ms", "server_decode_ms", "server_embed_ms",
+                                           "server_search_ms", "other_ms"],
+                                   ["target", "clients", "latency", "decode", "embed", "search", "other"]))
+
+    def draw_qps(ax):
+        for name, series in rows.items():
+            ax.plot([r["clients"] for r in series], [r["qps"] for r in series], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("searches / s")
+        ax.set_title("End-to-end HTTP search throughput")
+        ax.legend(fontsize=8)
+
+    def draw_p50(ax):
+        for name, series in rows.items():
+            ax.plot([r["clients"] for r in series], [r["p50_ms"] for r in series], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("p50 latency (ms)")
+        ax.set_title("End-to-end HTTP search latency")
+        ax.legend(fontsize=8)
+
+    results.plot("http-load-qps.png", draw_qps)
+    results.plot("http-load-p50.png", draw_p50)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""A bounded HTTP load generator: N clients send requests back to back for T seconds (and at
+most ``max_requests`` in all), to a loopback address only.
+
+Each request is a JSON search ``{"image": base64}`` built from a list of images (client ``c``
+starts at image ``c`` and strides by N, so concurrent requests carry different images). Reports
+QPS, latency percentiles, errors by status, and the mean of the server's own timings
+(``timings`` in the answer: decode / embed / search / total, in ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from benchmarks.common import latency_stats
+
+TIMING_KEYS = ("decode_ms", "embed_ms", "search_ms", "total_ms")
+
+
+def require_loopback(url: str) -> None:
+    """Load is only ever sent to this machine."""
+    host = urlsplit(url).hostname or ""
+    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise ValueError(f"load is only sent to loopback addresses, not {host!r}")
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    timings: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TIMING_KEYS})
+
+    def summary(self) -> dict:
+        ok = self.statuses.get(200, 0)
+        errors = sum(n for s, n in self.statuses.items() if s != 200)
+        server = {k: round(sum(v) / len(v), 2) if v else None for k, v in self.timings.items()}
+        stats = latency_stats(self.latencies)
+        parts = [server[k] for k in ("decode_ms", "embed_ms", "search_ms")]
+        other = round(stats["mean_ms"] - sum(parts), 2) if stats["mean_ms"] and None not in parts else None
+        return {"clients": self.clients, "requests": ok + errors, "ok": ok, "errors": errors,
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
+                "qps": round(ok / self.seconds, 2), **stats, **{f"server_{k}": v for k, v in server.items()},
+                "other_ms": other}
+
+
+def payloads(images: list[bytes], **fields) -> list[dict]:
+    return [{"image": base64.b64encode(data).decode(), **fields} for data in images]
+
+
+async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int,
+               timeout: float) -> LoadResult:
+    result = LoadResult(clients=clients, seconds=seconds)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async def one_client(c: int) -> None:
+            nonlocal sent
+            i = c
+            while time.monotonic() < deadline and sent < max_requests:
+                sent += 1
+                body = bodies[i % len(bodies)]
+                i += clients
+                started = time.perf_counter()
+                try:
+                    response = await client.post(url, json=body)
+                    status: int | str = response.status_code
+                except httpx.HTTPError as exc:
+                    status, response = type(exc).__name__, None
+                elapsed = time.perf_counter() - started
+                result.statuses[status] += 1
+                if status == 200:
+                    result.latencies.append(elapsed)
+                    timings = response.json().get("timings", {})
+                    for key in TIMING_KEYS:
+                        if key in timings:
+                            result.timings[key].append(float(timings[key]))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(c) for c in range(clients)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int = 100_000,
+             timeout: float = 60.0) -> dict:
+    require_loopback(url)
+    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout)).summary()

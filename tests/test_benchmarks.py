@@ -1,0 +1,172 @@
+"""Smoke runs of every benchmark on tiny sizes, so that none of them can rot. They run the real
+parts (the model, Milvus Lite and the Milvus server, the Serve application, the baseline server)
+and check what each writes; the figures themselves come from the long runs (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import embedding, http_load, quality, summary, vector_search
+from benchmarks.common import Results, latency_stats, markdown_table
+from benchmarks.loadgen import payloads, require_loopback, run_load
+from lookalike import cli
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """One results folder for the module: the last test builds the summary page from it."""
+    return tmp_path_factory.mktemp("bench-results")
+
+
+def test_latency_stats_and_tables():
+    stats = latency_stats([0.001 * i for i in range(1, 101)])
+    assert stats["n"] == 100 and stats["p50_ms"] == pytest.approx(50.5) and stats["p99_ms"] == pytest.approx(99.01)
+    table = markdown_table([{"a": 1.23456, "b": None}], ["a", "b"], ["A", "B"])
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | – |"]
+
+
+def test_load_is_only_ever_sent_to_loopback():
+    require_loopback("http://127.0.0.1:8000/x")
+    require_loopback("http://localhost:8000/x")
+    for url in ("http://192.0.2.1/x", "http://[2001:db8::1]/x"):  # documentation ranges: refused unsent
+        with pytest.raises(ValueError):
+            require_loopback(url)
+
+
+def test_embedding_benchmark(out, gallery_root):
+    results = embedding.main(["--models", "efficientnet-lite0", "--batches", "1,2", "--seconds", "0.2",
+                              "--images", "4", "--gallery", str(gallery_root), "--out", str(out)])
+    rows = results.data["rows"]
+    assert rows[0]["runtime"] == embedding.ORIGINAL and rows[0]["speedup"] == 1.0
+    assert {r["batch"] for r in rows} == {1, 2} and all(r["img_per_s"] > 0 for r in rows)
+    assert (out / "embedding-efficientnet-lite0.png").stat().st_size > 1000
+    assert "| efficientnet-lite0 |" in (out / "embedding.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def mixtures(encoder, gallery_root):
+    from benchmarks.common import embed_files
+
+    real, _ = embed_files(sorted(str(p) for p in gallery_root.glob("*/*")), encoder,
+                          dict(max_bytes=10**7, max_pixels=10**7))
+    return vector_search.Mixtures(real, 64, neighbours=5)
+
+
+def test_mixtures_keep_the_real_structure_and_truth_is_exact(mixtures):
+    a, b = mixtures.chunk(0, 500), mixtures.chunk(0, 500)
+    assert np.array_equal(a, b) and not np.array_equal(a, mixtures.chunk(1, 500))  # deterministic per chunk
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    q = mixtures.queries(5)
+    truth = vector_search.TopK(q, k=3)
+    truth.add(a[:200], np.arange(200))
+    truth.add(a[200:], np.arange(200, 500))
+    assert [set(r) for r in truth.ids.tolist()] == [set(np.argsort(-(x @ a.T))[:3]) for x in q]
+    # Real structure: a vector's nearest neighbours are much closer than random pairs.
+    sims = a @ a.T
+    np.fill_diagonal(sims, -1)
+    assert np.mean(np.sort(sims, axis=1)[:, -1]) > np.mean(sims) + 0.2
+
+
+def _tiny(index_types):
+    return argparse.Namespace(index_types=index_types, flat_queries=5, clients=[1, 2], qps_seconds=0.3)
+
+
+@pytest.mark.milvus_server
+def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtures, milvus_server):
+    queries = mixtures.queries(12)
+    runs = [vector_search.run_backend("milvus-server", milvus_server.uri, mixtures, 3000, queries,
+                                      _tiny(["FLAT", "HNSW"]), vector_search.MilvusServer.pid)]
+    lite = vector_search.LiteDir(tmp_path)
+    with lite as uri:
+        runs.append(vector_search.run_backend("milvus-lite", uri, mixtures, 3000, queries, _tiny(["HNSW"]), lite.pid))
+    assert lite.pid() == 0  # the Lite server it started is gone
+    for run in runs:
+        for index_type, entry in run["index"].items():
+            assert entry["rss_mib"] > 0 and entry["build_s"] >= 0
+            assert [q["clients"] for q in entry["qps"]] == [1, 2] and all(q["qps"] > 0 for q in entry["qps"])
+            best = max(p["recall_at_10"] for p in entry["sweep"])
+            assert best >= (1.0 if index_type == "FLAT" else 0.9), (run["backend"], index_type)
+    results = Results("vector-search", out)
+    results.add("runs", runs)
+    vector_search.report(results, runs)
+    results.write()
+    assert results.data["lite_fast_up_to"] in (0, 3000)
+    assert (out / "vector-search-milvus-server-3000x64.png").exists()
+    assert "recall@10" in (out / "vector-search.md").read_text()
+
+
+@pytest.fixture
+def api_env(api, monkeypatch):
+    """The environment that points a process at the test app's Milvus and store."""
+    env = {"LOOKALIKE_MILVUS__URI": api.settings.milvus.uri, "LOOKALIKE_STORE__LOCAL_DIR": api.settings.store.local_dir}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def test_http_benchmark_against_the_service_and_the_original_design(out, api, api_env, gallery):
+    import os
+
+    bodies = payloads([p.read_bytes() for p in gallery["circles"][:3]], k=5)
+    rows = {"original design": http_load.run_baseline({**os.environ, **api_env}, bodies, [1], 1.0),
+            "lookalike": http_load.measure_lookalike(api.url, bodies, [1, 4], 1.0)}
+    for name, series in rows.items():
+        for row in series:
+            assert row["errors"] == 0 and row["qps"] > 0 and row["p50_ms"] > 0, name
+            assert row["server_embed_ms"] > 0 and row["server_search_ms"] > 0 and row["other_ms"] is not None
+    assert all(r["mean_batch"] >= 1 for r in rows["lookalike"])
+    results = Results("http-load", out)
+    results.add("rows", rows)
+    http_load.report(results, rows)
+    results.write()
+    text = (out / "http-load.md").read_text()
+    assert "| original design | 1 |" in text and "| lookalike | 4 |" in text
+    assert (out / "http-load-qps.png").exists()
+    # The load generator counts failures instead of stopping.
+    bad = run_load(f"{api.url}/api/v1/search", [{"image": "bm90IGFuIGltYWdl"}], 1, 0.3)
+    assert bad["ok"] == 0 and bad["errors"] > 0 and set(bad["statuses"]) == {"415"}
+
+
+def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, gallery_root, capsys):
+    report = tmp_path / "eval.json"
+    assert cli.main(["eval", str(gallery_root), "--url", api.url, "--copies", "3", "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["gallery"] == 30 and result["classes"] == 6 and result["index"]["queries"] == 30
+    # The generated classes differ in shape and colour: both searches find mostly the right class,
+    # and on 30 vectors the HNSW index gives what exact search gives.
+    assert result["exact"]["p_at_1"] >= 0.8 and result["index"]["p_at_1"] == result["exact"]["p_at_1"]
+    assert set(result["copies"]) == set(quality.EDIT_KINDS)
+    assert result["copies"]["grayscale"]["index"]["recall_at_1"] == 1.0
+    assert "copy detection" in capsys.readouterr().out
+    (out / "eval-generated.json").write_text(report.read_text())
+
+
+def test_preprocessing_comparison(out, gallery_root):
+    fits = quality.preprocessing({"generated": gallery_root}, argparse.Namespace(fits=["pad", "crop"], copies=2))
+    assert set(fits["generated"]) == {"pad", "crop"}
+    assert fits["generated"]["pad"]["exact"]["queries"] == 30
+    service = {}
+    if (out / "eval-generated.json").exists():  # from the eval test above
+        service["generated"] = json.loads((out / "eval-generated.json").read_text())
+    results = Results("quality", out)
+    results.add("service", service)
+    results.add("preprocessing", fits)
+    quality.report(results, service, fits)
+    results.write()
+    assert "| generated | crop |" in (out / "quality.md").read_text()
+
+
+def test_summary_page_is_built_from_the_results(out, tmp_path):
+    page = tmp_path / "benchmarks.md"
+    text = summary.build(out, page)
+    assert text.startswith("# Benchmarks") and "## Headlines" in text
+    for name in summary.ORDER:
+        if (out / f"{name}.json").exists():
+            assert f"## {name}: `{summary.COMMANDS[name]}`" in text
+    # The plots are linked where they are.
+    for link in [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
+        assert (page.parent / link).exists(), link
