@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings()
     # The original's way: fp32, one image per forward pass.
-    encoder = ImageEncoder(settings.model.model_copy(update={"precision": "fp32", "batch_size": 1})).load()
+    encoder = ImageEncoder(settings.model.model_copy(update={"runtime": "torch", "precision": "fp32",
+                                                             "batch_size": 1})).load()
     catalog = Catalog.open(settings.milvus, encoder.dim, shared=False)
     catalog.ensure_ready()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(settings, encoder, catalog,

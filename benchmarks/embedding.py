@@ -3,8 +3,9 @@
   original   the original's way: one image at a time, fp32 (the seed's Towhee pipeline ran
              ResNet-50 per upload in fp32): Lookalike's encoder in fp32 at batch 1
   fp32       the same, batched
-  bf16 / fp16  Lookalike's default: bf16 autocast + channels_last on CPUs with native bf16,
-             fp16 on CUDA
+  bf16 / fp16  torch with bf16 autocast + channels_last on CPUs with native bf16, fp16 on CUDA
+  onnx       onnxruntime on the network exported from torch (model.runtime: onnx; the
+             default on CPU), fp32
 
 for batch sizes 1..64 on the same prepared images (real openclipart pictures, decoded once:
 this measures the model, not decoding). Reports img/s and the ratio to the original's way.
@@ -37,11 +38,12 @@ def prepared_images(n: int, size: int, gallery: Path) -> np.ndarray:
     return np.stack([prepare(f.read_bytes(), size=size, **limits).pixels for f in files])
 
 
-def encoder_for(model: str, precision: str, batch: int):
+def encoder_for(model: str, runtime: str, precision: str, batch: int):
     from lookalike.encoder import ImageEncoder
     from lookalike.settings import load_settings
 
-    settings = load_settings().model.model_copy(update={"name": model, "precision": precision, "batch_size": batch})
+    settings = load_settings().model.model_copy(update={"name": model, "runtime": runtime, "precision": precision,
+                                                        "batch_size": batch})
     if model == "resnet50":
         settings = settings.model_copy(update={"weights": random_weights("resnet50")})
     return ImageEncoder(settings).load()
@@ -69,17 +71,23 @@ def run_model(model: str, batches: list[int], seconds: float, images: np.ndarray
     """fp32 at batch 1 is the original's way (one upload, one forward pass, fp32): the baseline."""
     import torch
 
+    from lookalike import onnx_runtime
+
     fast = "fp16" if torch.cuda.is_available() else "bf16"
-    modes = ["fp32", fast] if fast == "fp16" or _native_bf16() else ["fp32"]
+    modes = [("torch", "fp32")]
+    if fast == "fp16" or _native_bf16():
+        modes.append(("torch", fast))
+    if onnx_runtime.available():
+        modes.append(("onnx", "fp32"))
     batches = sorted(set([1, *batches]))
     rows: list[dict] = []
-    for precision in modes:
-        encoder = encoder_for(model, precision, max(batches))
+    for runtime, precision in modes:
+        encoder = encoder_for(model, runtime, precision, max(batches))
         for batch in batches:
             r = rate(encoder.encode, images, batch, seconds)
-            original = precision == "fp32" and batch == 1
+            original = (runtime, precision, batch) == ("torch", "fp32", 1)
             base = r if original else rows[0]["img_per_s"]
-            rows.append({"model": model, "runtime": ORIGINAL if original else f"torch {encoder.precision}",
+            rows.append({"model": model, "runtime": ORIGINAL if original else f"{runtime} {encoder.precision}",
                          "device": encoder.device, "batch": batch, "img_per_s": round(r, 2),
                          "speedup": round(r / base, 2)})
             print(f"{model} {rows[-1]['runtime']} batch {batch}: {r:.1f} img/s ({r / base:.2f}x)", flush=True)
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> Results:
             base = next(r for r in mine if r["runtime"] == ORIGINAL)
             ax.axhline(base["img_per_s"], color="grey", linestyle="--", label="original (1 image, fp32)")
             for runtime in dict.fromkeys(r["runtime"] for r in mine if r["runtime"] != ORIGINAL):
-                pts = [r for r in mine if r["runtime"] == runtime or (runtime.endswith("fp32") and r is base)]
+                pts = [r for r in mine if r["runtime"] == runtime or (runtime == "torch fp32" and r is base)]
                 ax.plot([p["batch"] for p in pts], [p["img_per_s"] for p in pts], marker="o", label=runtime)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("batch size")

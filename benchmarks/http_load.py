@@ -3,8 +3,10 @@
   original design   benchmarks/baseline_server.py: one process, a thread per request, each
                     upload embedded alone in fp32, then Milvus
   lookalike         the Ray Serve application exactly as `make run` deploys it (config/serve.yaml:
-                    Ingress -> Embedder with @serve.batch -> Searcher), bf16 on this CPU
+                    Ingress -> Embedder with @serve.batch -> Searcher), its default runtime
   lookalike, no batching  the same with serve.batch_max_size = 1
+  lookalike, runtime torch  the same with model.runtime = torch (bf16 on this CPU), the
+                    embedding runtime before onnxruntime became the CPU default
 
 All three search the same Milvus Lite collection (the sample gallery, indexed once) through
 the shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of
@@ -205,6 +207,11 @@ def main(argv: list[str] | None = None) -> Results:
             rows["lookalike, no batching"] = run_lookalike(base, off, bodies, clients, args.seconds,
                                                            "lookalike, @serve.batch off")
             results.add("rows", rows)
+            if settings.model.runtime != "torch":
+                torch_rt = settings.with_overrides(model={"runtime": "torch"})
+                rows["lookalike, runtime torch"] = run_lookalike(base, torch_rt, bodies, clients, args.seconds,
+                                                                 "lookalike, model.runtime torch")
+                results.add("rows", rows)
     finally:
         lite.stop()
     report(results, rows)

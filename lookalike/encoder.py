@@ -1,5 +1,8 @@
 """ImageEncoder: a batch of prepared uint8 images -> L2-normalised float32 vectors.
 
+Two runtimes behind one contract (``model.runtime``): PyTorch, and onnxruntime over the same
+network exported from it (``onnx_runtime.py``); their vectors are interchangeable.
+
 One callable class, loaded once per process and used by every face: the Serve Embedder,
 the Ray Data ingest actors and the in-process CLI indexer.
 """
@@ -51,6 +54,7 @@ class ImageEncoder:
         self._model = None
         self._lock = threading.Lock()
         self.device = "cpu"
+        self.runtime = "torch"
         self.precision = "fp32"
         self.load_seconds = 0.0
 
@@ -82,18 +86,34 @@ class ImageEncoder:
 
             raise ConfigurationError("model.device is cuda but no CUDA device is visible")
         self.device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+        self.runtime = self._pick_runtime()
         precision = self.settings.precision
-        if precision == "auto":
+        if self.runtime == "onnx":
+            precision = "fp32"
+        elif precision == "auto":
             if self.device == "cuda":
                 precision = "fp16"
             else:
                 precision = "bf16" if cpu_has_native_bf16() else "fp32"
         self.precision = precision
+        threads = self.settings.num_threads or available_cpus()
         if self.device == "cpu":
-            torch.set_num_threads(self.settings.num_threads or available_cpus())
+            torch.set_num_threads(threads)
 
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
             model = self.spec.build(self.settings.weights)
+        if self.runtime == "onnx":
+            from .onnx_runtime import OnnxModel, exported
+
+            path = exported(model, self.spec.name, self.input_size, self.settings.cache_dir)
+            self._onnx = OnnxModel(path, threads=threads, device=self.device)
+            self._mean_np = np.asarray(self.spec.mean, np.float32).reshape(1, 1, 1, 3) * 255.0
+            self._std_np = np.asarray(self.spec.std, np.float32).reshape(1, 1, 1, 3) * 255.0
+            self._model = self._onnx
+            self.load_seconds = time.perf_counter() - started
+            log.info("loaded %s on onnxruntime (%s) in %.1fs", self.spec.name, ", ".join(self._onnx.providers),
+                     self.load_seconds)
+            return
         model = model.eval().to(self.device)
         self._channels_last = precision != "fp32" or self.device == "cuda"
         if self._channels_last:
@@ -103,6 +123,21 @@ class ImageEncoder:
         self._model = model
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s (%s) in %.1fs", self.spec.name, self.device, precision, self.load_seconds)
+
+    def _pick_runtime(self) -> str:
+        from . import onnx_runtime
+
+        want = self.settings.runtime
+        if want == "onnx" and not onnx_runtime.available():
+            from .errors import ConfigurationError
+
+            raise ConfigurationError("model.runtime is onnx but onnxruntime is not installed (pip install onnxruntime)")
+        if want == "auto":
+            # The CPU: onnxruntime measured fastest (benchmarks/embedding.py), unless a reduced
+            # precision is asked for, which only the torch path has. CUDA: torch fp16.
+            cpu_fp32 = self.device == "cpu" and self.settings.precision in ("auto", "fp32")
+            return "onnx" if cpu_fp32 and onnx_runtime.available() else "torch"
+        return want
 
     def encode(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """(N, S, S, 3) uint8 at the model's input size -> (N, dim) float32, unit length."""
@@ -119,6 +154,11 @@ class ImageEncoder:
         return np.concatenate([self._forward(batch[i : i + step]) for i in range(0, len(batch), step)])
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnx":
+            x = ((batch.astype(np.float32) - self._mean_np) / self._std_np).transpose(0, 3, 1, 2)
+            features = self._onnx(np.ascontiguousarray(x))
+            norms = np.linalg.norm(features, axis=1, keepdims=True)
+            return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
         import torch
 
         with torch.inference_mode():
@@ -144,6 +184,7 @@ class ImageEncoder:
             "dim": self.dim,
             "input_size": self.input_size,
             "device": self.device,
+            "runtime": self.runtime,
             "precision": self.precision,
             "loaded": self.loaded,
             "weights": self.settings.weights or self.spec.weights_source,

@@ -118,7 +118,13 @@ class ModelSettings(_Section):
     # (the package's bundled file, or torchvision's weights enum / hub cache).
     weights: LocalPath = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: fp16 on CUDA; bf16 autocast + channels_last on CPUs with native bf16; else fp32.
+    # onnx: onnxruntime on the network exported from the torch model and its weights (cached
+    # under cache_dir, keyed by the weights' hash); torch: PyTorch. auto: onnx on the CPU (the
+    # faster there, benchmarks/embedding.py) unless precision asks for bf16/fp16; torch on CUDA.
+    # Every runtime gives the same vectors (cosine >= 0.995): one collection takes them all.
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    cache_dir: LocalPath = "data/models"
+    # torch only. auto: fp16 on CUDA; bf16 autocast + channels_last on CPUs with native bf16; else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_threads: int = Field(default=0, ge=0)  # 0: the CPUs this process may use
     batch_size: int = Field(default=32, ge=1)

@@ -80,3 +80,51 @@ def test_missing_weights_file_and_unknown_model():
         ImageEncoder(ModelSettings(name="resnet50", weights="/nonexistent/w.pth")).load()
     with pytest.raises(ConfigurationError):
         ImageEncoder(ModelSettings(name="vgg-nope"))
+
+
+def test_onnx_and_torch_runtimes_give_interchangeable_vectors(encoder, tmp_path):
+    """One collection can be ingested by one runtime and searched by another."""
+    batch = _pixels(224, range(6))
+    onnx = ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()
+    torch32 = ImageEncoder(ModelSettings(runtime="torch", precision="fp32")).load()
+    assert onnx.runtime == "onnx" and torch32.runtime == "torch"
+    reference = torch32.encode(batch)
+    for other in (onnx, encoder):
+        cos = np.sum(other.encode(batch) * reference, axis=1)
+        assert cos.min() >= 0.995, other.describe()
+    assert np.allclose(np.linalg.norm(onnx.encode(batch), axis=1), 1.0, atol=1e-5)
+
+
+def test_auto_runtime_is_onnx_on_cpu_unless_a_reduced_precision_is_asked_for(encoder):
+    assert encoder.runtime == "onnx" and encoder.precision == "fp32"
+    assert encoder.describe()["runtime"] == "onnx"
+    assert ImageEncoder(ModelSettings(precision="bf16")).load().runtime == "torch"
+
+
+def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
+    from lookalike import onnx_runtime
+
+    ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()
+    files = list(tmp_path.glob("*.onnx"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.part"))
+    stamp = files[0].stat().st_mtime_ns
+    ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()  # from the cache
+    assert files[0].stat().st_mtime_ns == stamp
+    # Other weights, another key: a stale graph is never used for new weights.
+    import torch
+    from lookalike.models import get_model
+
+    model = get_model("efficientnet-lite0").build("")
+    key = onnx_runtime.weights_key(model)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert onnx_runtime.weights_key(model) != key
+
+
+def test_onnx_runtime_without_onnxruntime_is_a_clear_error(monkeypatch):
+    from lookalike import onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "available", lambda: False)
+    with pytest.raises(ConfigurationError, match="onnxruntime"):
+        ImageEncoder(ModelSettings(runtime="onnx")).load()
+    assert ImageEncoder(ModelSettings(runtime="auto")).load().runtime == "torch"  # auto falls back

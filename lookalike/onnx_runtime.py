@@ -1,0 +1,86 @@
+"""The encoder's network on onnxruntime: exported once from the torch model definition and its
+weights, cached on disk under a key made of the weights' hash, then run by an
+``InferenceSession``.
+
+The graph maps normalised float32 NCHW images to the model's pooled features, exactly the torch
+module's ``forward``; the encoder normalises the uint8 input and L2-normalises the output
+around it (both cheap in NumPy), the same arithmetic as its torch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+OPSET = 17
+
+
+def available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def weights_key(model) -> str:
+    """A hash of the module's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def exported(model, name: str, input_size: int, cache_dir: str | os.PathLike) -> Path:
+    """The ONNX file for this model and these weights, exported now unless already cached.
+    Safe when several processes load at once: each writes its own file, then renames it."""
+    import torch
+
+    cache = Path(cache_dir)
+    path = cache / f"{name}-{weights_key(model)}-opset{OPSET}.onnx"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".onnx.part")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # the exporter's notes on constant folding and its own future
+            torch.onnx.export(model.eval().float().cpu(), torch.zeros(1, 3, input_size, input_size), tmp,
+                              dynamo=False, opset_version=OPSET, input_names=["images"],
+                              output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.info("exported %s to %s", name, path)
+    return path
+
+
+class OnnxModel:
+    """An InferenceSession over an exported file: float32 NCHW -> features (N, dim)."""
+
+    def __init__(self, path: Path, *, threads: int, device: str = "cpu"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"images": images})[0]
