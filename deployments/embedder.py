@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 from ray import serve
+from ray.serve import metrics
 
 from lookalike.encoder import ImageEncoder
 from lookalike.settings import Settings
@@ -22,11 +23,16 @@ class Embedder:
         self.encoder = ImageEncoder(settings.model).load()
         self.embed_batch.set_max_batch_size(settings.serve.batch_max_size)
         self.embed_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
-        self.batch_sizes: Counter[int] = Counter()
+        self.batch_sizes: Counter[int] = Counter()  # for the status route and the benchmarks
+        # The same, as a Prometheus histogram on Ray's metrics endpoint (tagged with the replica).
+        self.batch_histogram = metrics.Histogram(
+            "lookalike_embedder_batch_size", description="Images per forward pass of the Embedder (@serve.batch)",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
+        self.batch_histogram.observe(len(images))
         # The forward pass runs off the event loop so the replica keeps queueing requests.
         vectors = await asyncio.to_thread(self.encoder.encode, np.stack(images))
         return list(vectors)
