@@ -112,9 +112,14 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         index = catalog.wait_for_index(settings.ingest.index_wait_s)
         report.stage_seconds["index"] = time.perf_counter() - finishing
         report.seconds = time.perf_counter() - started
+        count = catalog.count()
         report.extra.update({"source": str(source), "milvus": settings.milvus.uri,
-                             "collection": settings.milvus.collection, "count": catalog.count(), "index": index,
+                             "collection": settings.milvus.collection, "count": count, "index": index,
                              "model": settings.model.name})
+        warning = catalog.scale_warning(count)
+        if warning:
+            report.extra["warning"] = warning
+            log.warning(warning)
         catalog.close()
     path = Path(report_path) if report_path else Path(settings.ingest.report_dir) / (
         "ingest-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")

@@ -351,14 +351,30 @@ class Catalog:
                      embedding=None if vec is None else np.asarray(vec, dtype=np.float32))
 
     def count(self, *, expr: str = "") -> int:
+        """Exact (Strong): a Milvus 2.3 server's count(*) lags a delete at Session consistency,
+        whose timestamp it does not report. Off the search path: status and list totals."""
         self.ensure_ready()
-        rows = self._call("query", self.name, filter=expr, output_fields=["count(*)"])
+        rows = self._call("query", self.name, filter=expr, output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def scale_warning(self, count: int) -> str | None:
+        """Advice when an embedded Milvus Lite collection has outgrown it, else None."""
+        limit = self.settings.lite_fast_max_rows
+        if not self.settings.is_lite or count <= limit:
+            return None
+        return (f"{count:,} images in Milvus Lite, which stays fast up to about {limit:,}: every search now "
+                "costs more as the gallery grows. Move to a Milvus server (milvus.uri, see the README's scale "
+                "section).")
 
     def describe(self) -> dict[str, Any]:
         """Health and shape, for the status route: never raises for a down backend."""
         base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim}
         try:
-            return {**base, "healthy": True, "count": self.count(), "index": self.index_info()}
+            count = self.count()
+            out = {**base, "healthy": True, "count": count, "index": self.index_info()}
         except BackendUnavailable as exc:
             return {**base, "healthy": False, "error": exc.message}
+        warning = self.scale_warning(count)
+        if warning:
+            out["warning"] = warning
+        return out

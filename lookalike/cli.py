@@ -151,6 +151,8 @@ def cmd_status(args, settings: Settings) -> int:
               "model": {"name": spec.name, "dim": spec.dim, "weights": settings.model.weights or spec.weights_source}}
     catalog.close()
     print(json.dumps(status, indent=2))
+    if status["milvus"].get("warning"):
+        log.warning(status["milvus"]["warning"])
     return 0 if status["milvus"]["healthy"] and status["store"]["healthy"] else 1
 
 

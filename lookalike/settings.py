@@ -96,6 +96,11 @@ class MilvusSettings(_Section):
     # (Serve replicas, the CLI, an ingest job) shares one local `milvus-lite server`.
     lite_server: bool = True
     lite_server_start_timeout_s: float = 60.0
+    # Past this many entities a Milvus Lite collection stops being fast: its per-search cost
+    # grows with the row count whatever the index (HNSW, 1280-d: 6.9 ms at 10k, 27 ms at 50k,
+    # ~0.5 ms per 1k rows; benchmarks/vector_search.py), passing the original's 15 ms near 25k.
+    # Status, the CLI and the logs then say to move to a Milvus server.
+    lite_fast_max_rows: int = Field(default=25_000, ge=1)
 
     @property
     def is_lite(self) -> bool:

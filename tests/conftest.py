@@ -134,7 +134,8 @@ def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     from lookalike.sources import iter_folder
     from lookalike.store import make_store
 
-    settings = make_settings(workdir / "api", api={"api_key": API_KEY})
+    # A low Lite size limit, so that status carries the scale warning (the gallery is larger).
+    settings = make_settings(workdir / "api", api={"api_key": API_KEY}, milvus={"lite_fast_max_rows": 10})
     catalog = Catalog.open(settings.milvus, encoder.dim, shared=True)  # starts the shared server
     report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
                          store=make_store(settings.store))

@@ -80,6 +80,20 @@ def test_a_client_reads_its_own_writes_at_once(milvus):
     catalog.close()
 
 
+def test_a_lite_collection_past_its_fast_size_says_to_move_to_a_server(milvus):
+    rng = np.random.default_rng(5)
+    catalog = Catalog.open(milvus.model_copy(update={"lite_fast_max_rows": 5}), DIM)
+    catalog.upsert(entries(unit(rng, 5)))
+    assert "warning" not in catalog.describe()
+    catalog.upsert([Entry(id=77, key="k", label="", source="", embedding=unit(rng, 1)[0])])
+    warning = catalog.describe().get("warning")
+    if milvus.is_lite:
+        assert "6 images in Milvus Lite" in warning and "Milvus server" in warning
+    else:
+        assert warning is None  # a server has no such limit
+    catalog.close()
+
+
 def test_same_image_twice_is_one_entity(milvus):
     rng = np.random.default_rng(1)
     vectors = unit(rng, 3)

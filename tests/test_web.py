@@ -185,6 +185,10 @@ def test_status_panel_matches_the_api(page, api):
     assert f"{status['dimension']}-d" in page.locator("#status-model").inner_text()
     assert status["index"]["type"] in page.locator("#status-index").inner_text()
     assert page.locator("#status-health").inner_text().count(" up") == 3
+    assert status["model"]["runtime"] in page.locator("#status-model").inner_text()
+    # The test app's Lite size limit is below its gallery: the page passes the advice on.
+    assert "Milvus server" in status["milvus"]["warning"]
+    assert page.locator("#status-warning").inner_text() == status["milvus"]["warning"]
 
 
 def test_big_photo_is_downscaled_before_upload_and_still_found(page, api):

@@ -166,7 +166,7 @@ async function refreshStatus() {
     $("status-count").dataset.count = s.count ?? "";
     const m = s.model || {};
     $("status-model").textContent = m.name
-      ? `${m.name} · ${s.dimension}-d · ${m.device || "?"}/${m.precision || "?"}` : "unavailable";
+      ? `${m.name} · ${s.dimension}-d · ${m.device || "?"}/${m.runtime || "?"}/${m.precision || "?"}` : "unavailable";
     const ix = s.index || {};
     const ixParams = Object.entries(ix.params || {}).map(([k, v]) => `${k}=${v}`).join(", ");
     $("status-index").textContent = ix.type ? `${ix.type} (${ix.metric}${ixParams ? ", " + ixParams : ""})` : "—";
@@ -180,6 +180,9 @@ async function refreshStatus() {
       if (!up && part && part.error) span.title = part.error;
       health.appendChild(span);
     }
+    const warning = (s.milvus && s.milvus.warning) || "";
+    $("status-warning").textContent = warning;
+    $("status-warning").hidden = !warning;
   } catch (e) {
     $("status-health").textContent = e.message;
   }
