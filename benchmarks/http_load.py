@@ -83,17 +83,25 @@ def prepare_gallery(settings, gallery: Path) -> None:
     print(f"gallery: {report.summary()}", flush=True)
 
 
-def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, batch_sizes=None) -> list[dict]:
+def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, counters=None) -> list[dict]:
+    """``counters()``: the service's own counters (see ``service_counters``), read before and after
+    each load: the Embedder's batches and time in the model, the Searcher's time in Milvus."""
     rows = []
     for c in clients:
-        before = batch_sizes() if batch_sizes else None
+        before = counters() if counters else None
         row = run_load(url, bodies, c, seconds)
-        if batch_sizes:
-            after = batch_sizes()
-            calls = after - before
+        if counters:
+            after = counters()
+            calls = after["batches"] - before["batches"]
             n = sum(calls.values())
             row["mean_batch"] = round(sum(size * count for size, count in calls.items()) / n, 2) if n else None
             row["batches"] = {str(k): v for k, v in sorted(calls.items())}
+            forward = after["forward_seconds"] - before["forward_seconds"]
+            searches = after["searches"] - before["searches"]
+            # Per request: a batch's forward pass is shared by the requests in it.
+            row["model_ms"] = round(forward * 1000 / n, 2) if n else None
+            row["milvus_ms"] = round((after["search_seconds"] - before["search_seconds"]) * 1000 / searches, 2) \
+                if searches else None
         rows.append(row)
         print(f"  {c:>3} clients: {row['qps']:7.1f} QPS, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
               f"errors {row['errors']}, mean batch {row.get('mean_batch')}", flush=True)
@@ -118,17 +126,20 @@ def run_baseline(env: dict, bodies, clients, seconds) -> list[dict]:
             proc.kill()
 
 
-def embedder_batches(base: str) -> Counter:
-    """How many batches of each size the Embedder has run (from the status route)."""
+def service_counters(base: str) -> dict:
+    """From the status route: batches run by size, seconds in the model, searches and seconds in Milvus."""
     status = httpx.get(f"{base}/api/v1/status", timeout=30).json()
-    return Counter({int(k): v for k, v in status["model"].get("batch_sizes", {}).items()})
+    model, milvus = status["model"], status["milvus"]
+    return {"batches": Counter({int(k): v for k, v in model.get("batch_sizes", {}).items()}),
+            "forward_seconds": model.get("forward_seconds", 0.0), "searches": milvus.get("searches", 0),
+            "search_seconds": milvus.get("search_seconds", 0.0)}
 
 
 def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
     """Load on a running Lookalike at ``base`` (route prefix included)."""
     url = f"{base}/api/v1/search"
     run_load(url, bodies, 2, 3.0)  # warm-up: model, handles, Milvus connection
-    return load_series(url, bodies, clients, seconds, lambda: embedder_batches(base))
+    return load_series(url, bodies, clients, seconds, lambda: service_counters(base))
 
 
 @contextmanager
@@ -232,10 +243,15 @@ def report(results: Results, rows: dict[str, list[dict]]) -> None:
                 "mean_batch"],
         ["target", "clients", "QPS", "QPS × original", "p50 ms", "p95 ms", "p99 ms", "p50 ÷ original", "errors",
          "mean batch"]))
-    results.section("Where a request's time goes (means, ms; other = client latency − decode − embed − search)",
-                    markdown_table(table, ["target", "clients", "mean_ms", "server_decode_ms", "server_embed_ms",
-                                           "server_search_ms", "other_ms"],
-                                   ["target", "clients", "latency", "decode", "embed", "search", "other"]))
+    results.section(
+        "Where a request's time goes (means, ms). decode / embed / search: as the server's handler timed them "
+        "(embed and search are whole calls to the Embedder and Searcher); of which model / Milvus: the time "
+        "inside the forward pass (per batch) and inside Milvus; other: client latency − decode − embed − search "
+        "(HTTP, proxy, routing, queueing)",
+        markdown_table(table, ["target", "clients", "mean_ms", "server_decode_ms", "server_embed_ms", "model_ms",
+                               "server_search_ms", "milvus_ms", "other_ms"],
+                       ["target", "clients", "latency", "decode", "embed", "of which model", "search",
+                        "of which Milvus", "other"]))
 
     def draw_qps(ax):
         for name, series in rows.items():

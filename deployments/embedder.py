@@ -7,6 +7,7 @@ upload can never spoil a batch. Batch size and wait come from the settings.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import numpy as np
@@ -28,20 +29,24 @@ class Embedder:
         self.batch_histogram = metrics.Histogram(
             "lookalike_embedder_batch_size", description="Images per forward pass of the Embedder (@serve.batch)",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self.forward_seconds = 0.0  # time in the model, for the status route's breakdown
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
         self.batch_histogram.observe(len(images))
         # The forward pass runs off the event loop so the replica keeps queueing requests.
+        started = time.perf_counter()
         vectors = await asyncio.to_thread(self.encoder.encode, np.stack(images))
+        self.forward_seconds += time.perf_counter() - started
         return list(vectors)
 
     async def embed(self, image: np.ndarray) -> np.ndarray:
         return await self.embed_batch(image)
 
     def info(self) -> dict:
-        return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+        return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items())),
+                "forward_seconds": round(self.forward_seconds, 4)}
 
     def check_health(self) -> None:
         if not self.encoder.loaded:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 from ray import serve
@@ -30,8 +31,12 @@ class Searcher:
     def __init__(self, settings: Settings):
         self.catalog = Catalog.open(settings.milvus, get_model(settings.model.name).dim, shared=True)
         self._write = asyncio.Lock()
+        self.searches, self.search_seconds = 0, 0.0  # time in Milvus, for the status route's breakdown
         try:
             self.catalog.ensure_ready()
+            warning = self.catalog.scale_warning(self.catalog.count())
+            if warning:
+                log.warning(warning)
         except BackendUnavailable as exc:
             log.warning("starting without Milvus: %s", exc.message)
 
@@ -41,7 +46,10 @@ class Searcher:
     async def search(self, vector: np.ndarray, k: int, label: str | None = None, min_score: float | None = None,
                      exclude_id: int | None = None) -> list[dict]:
         limit = k + (1 if exclude_id is not None else 0)
+        started = time.perf_counter()
         hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label)))[0]
+        self.searches += 1
+        self.search_seconds += time.perf_counter() - started
         out = [h.to_dict() for h in hits if h.id != exclude_id]
         if min_score is not None:
             out = [h for h in out if h["score"] >= min_score]
@@ -80,4 +88,5 @@ class Searcher:
             return await self._run(self.catalog.build_index)
 
     async def status(self) -> dict:
-        return await self._run(self.catalog.describe)
+        return {**await self._run(self.catalog.describe), "searches": self.searches,
+                "search_seconds": round(self.search_seconds, 4)}
