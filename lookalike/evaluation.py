@@ -34,23 +34,28 @@ K = 10
 def retrieval_metrics(query_labels: Sequence[str], result_labels: Sequence[Sequence[str]],
                       class_sizes: dict[str, int], k: int = K) -> dict:
     """P@1, P@k, mAP@k and per-class P@k. ``class_sizes``: images per label in the gallery
-    (the query itself included), which bounds how many relevant results a query can have."""
+    (the query itself included), which bounds how many relevant results a query can have; a
+    query alone in its class has none and is left out (counted in ``unanswerable``)."""
     p1, pk, apk = [], [], []
     per_class: dict[str, list[float]] = defaultdict(list)
+    unanswerable = 0
     for label, results in zip(query_labels, result_labels):
+        if class_sizes.get(label, 1) <= 1:
+            unanswerable += 1
+            continue
         rel = [r == label for r in list(results)[:k]]
         p1.append(float(rel[0]) if rel else 0.0)
         pk.append(sum(rel) / k)
         per_class[label].append(sum(rel) / k)
-        possible = min(k, max(class_sizes.get(label, 1) - 1, 0))
+        possible = min(k, class_sizes[label] - 1)
         hits, ap = 0, 0.0
         for i, r in enumerate(rel, start=1):
             if r:
                 hits += 1
                 ap += hits / i
-        apk.append(ap / possible if possible else 0.0)
-    return {"queries": len(pk), "p_at_1": _mean(p1), f"p_at_{k}": _mean(pk), f"map_at_{k}": _mean(apk),
-            "per_class": {c: _mean(v) for c, v in sorted(per_class.items())}}
+        apk.append(ap / possible)
+    return {"queries": len(pk), "unanswerable": unanswerable, "p_at_1": _mean(p1), f"p_at_{k}": _mean(pk),
+            f"map_at_{k}": _mean(apk), "per_class": {c: _mean(v) for c, v in sorted(per_class.items())}}
 
 
 def copy_recall(ranks: Sequence[int | None]) -> dict:

@@ -24,10 +24,12 @@ def test_precision_and_average_precision_on_known_rankings():
     assert m["per_class"] == {"a": 0.3, "b": 0.9}
 
 
-def test_a_perfect_ranking_scores_one_and_a_query_alone_in_its_class_scores_zero():
+def test_a_perfect_ranking_scores_one_and_a_query_alone_in_its_class_is_left_out():
     m = retrieval_metrics(["a"], [["a"] * 10], {"a": 20})
     assert m["p_at_1"] == m["p_at_10"] == m["map_at_10"] == 1.0
-    assert retrieval_metrics(["z"], [["a"] * 10], {"z": 1})["map_at_10"] == 0.0
+    # Nothing relevant exists for "z": the query cannot score, so it does not pull the means down.
+    m = retrieval_metrics(["a", "z"], [["a"] * 10, ["a"] * 10], {"a": 20, "z": 1})
+    assert m["queries"] == 1 and m["unanswerable"] == 1 and m["map_at_10"] == 1.0 and "z" not in m["per_class"]
 
 
 def test_copy_recall_counts_ranks():
