@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
@@ -40,7 +41,11 @@ def headline_embedding(data: dict) -> list[dict]:
     return rows
 
 
-def headline_search(data: dict, target_recall: float = 0.99) -> list[dict]:
+def headline_search(data: dict) -> list[dict]:
+    """The Milvus server at the search parameters the service is configured with."""
+    from lookalike.settings import IndexSettings
+
+    configured = IndexSettings().search
     rows = []
     for run in data.get("runs", []):
         if run["backend"] != "milvus-server":
@@ -49,11 +54,14 @@ def headline_search(data: dict, target_recall: float = 0.99) -> list[dict]:
             entry = run["index"].get(index_type)
             if not entry:
                 continue
-            good = [p for p in entry["sweep"] if p["recall_at_10"] >= target_recall]
-            p = min(good, key=lambda p: p["p50_ms"]) if good else max(entry["sweep"], key=lambda p: p["recall_at_10"])
-            rows.append({"what": f"{run['n']:,} × {run['dim']}-d, {index_type} {p['param']}={p['value']}",
+            (name, value), = configured[index_type].items()
+            p = next((p for p in entry["sweep"] if p["value"] == value), None)
+            if p is None:
+                continue
+            rows.append({"what": f"{run['n']:,} × {run['dim']}-d, {index_type} {name}={value} (the default)",
                          "original": "~15 ms (210k, Milvus 2.1)",
-                         "lookalike": f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, recall@10 {p['recall_at_10']:.3f}",
+                         "lookalike": f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, "
+                                      f"recall@10 {p['recall_at_10']:.4f}",
                          "ratio": f"{15.0 / p['p50_ms']:.1f}× faster"})
     return rows
 
@@ -87,14 +95,36 @@ def headline_quality(data: dict) -> list[dict]:
     return rows
 
 
-def build(results: Path, out: Path) -> str:
-    found = load(results)
-    machines = {machine_line(d["machine"]) for d in found.values()}
+README_START = "<!-- benchmarks:start (python -m benchmarks.summary writes this block) -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def headlines(found: dict[str, dict]) -> str:
     heads = []
     for name, fn in (("embedding", headline_embedding), ("vector-search", headline_search),
                      ("http-load", headline_http), ("quality", headline_quality)):
         if name in found:
             heads += fn(found[name])
+    machines = "; ".join(sorted({machine_line(d["machine"]) for d in found.values()}))
+    return (markdown_table(heads, ["what", "original", "lookalike", "ratio"], ["", "original design", "Lookalike", ""])
+            + f"\n\nMeasured on: {machines}.")
+
+
+def update_readme(readme: Path, found: dict[str, dict], page: str) -> None:
+    """Replace the block between the README's markers with the headline table."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = f"{README_START}\n{headlines(found)} Every table and plot: [{page}]({page}).\n{README_END}"
+    readme.write_text(head + block + tail)
+    print(f"updated {readme}")
+
+
+def build(results: Path, out: Path) -> str:
+    found = load(results)
+    machines = {machine_line(d["machine"]) for d in found.values()}
     rel = results.relative_to(out.parent) if results.is_relative_to(out.parent) else results
     parts = [
         "# Benchmarks: Lookalike side by side with the original design",
@@ -109,15 +139,14 @@ def build(results: Path, out: Path) -> str:
         "",
         "## Headlines",
         "",
-        markdown_table(heads, ["what", "original", "lookalike", "ratio"],
-                       ["", "original design", "Lookalike", ""]),
+        headlines(found),
         "",
     ]
     for name in ORDER:
         md = results / f"{name}.md"
         if not md.exists():
             continue
-        body = md.read_text().replace("](", f"]({rel}/").replace(f"]({rel}/http", "](http")
+        body = re.sub(r"\]\((?!https?://)", f"]({rel}/", md.read_text())  # plots sit beside the results
         body = body.replace(f"## {name}\n", f"## {name}: `{COMMANDS[name]}`\n", 1)
         parts += [body, ""]
     text = "\n".join(parts)
@@ -130,8 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(REPO / "docs" / "benchmarks"))
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--readme", default=str(REPO / "README.md"), help="its headline block is rewritten; '' skips")
     args = parser.parse_args(argv)
-    build(Path(args.results).resolve(), Path(args.out).resolve())
+    results, out = Path(args.results).resolve(), Path(args.out).resolve()
+    build(results, out)
+    if args.readme:
+        readme = Path(args.readme).resolve()
+        update_readme(readme, load(results), out.relative_to(readme.parent).as_posix()
+                      if out.is_relative_to(readme.parent) else str(out))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import pytest
 from benchmarks import embedding, http_load, quality, summary, vector_search
 from benchmarks.common import Results, latency_stats, markdown_table
 from benchmarks.loadgen import payloads, require_loopback, run_load
-from lookalike import cli
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,8 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
         for row in series:
             assert row["errors"] == 0 and row["qps"] > 0 and row["p50_ms"] > 0, name
             assert row["server_embed_ms"] > 0 and row["server_search_ms"] > 0 and row["other_ms"] is not None
-    assert all(r["mean_batch"] >= 1 for r in rows["lookalike"])
+    assert all(r["mean_batch"] >= 1 and 0 < r["model_ms"] < r["server_embed_ms"] for r in rows["lookalike"])
+    assert all(0 < r["milvus_ms"] < r["server_search_ms"] for r in rows["lookalike"])
     results = Results("http-load", out)
     results.add("rows", rows)
     http_load.report(results, rows)
@@ -131,9 +131,18 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
     assert bad["ok"] == 0 and bad["errors"] > 0 and set(bad["statuses"]) == {"415"}
 
 
-def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, gallery_root, capsys):
+def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, gallery_root):
+    """`lookalike eval` as the README runs it, against the test app's service and Milvus."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     report = tmp_path / "eval.json"
-    assert cli.main(["eval", str(gallery_root), "--url", api.url, "--copies", "3", "--report", str(report)]) == 0
+    done = subprocess.run([str(Path(sys.executable).with_name("lookalike")), "eval", str(gallery_root), "--url",
+                           api.url, "--copies", "3", "--report", str(report)], env={**os.environ, **api_env},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(report.read_text())
     assert result["gallery"] == 30 and result["classes"] == 6 and result["index"]["queries"] == 30
     # The generated classes differ in shape and colour: both searches find mostly the right class,
@@ -141,7 +150,7 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     assert result["exact"]["p_at_1"] >= 0.8 and result["index"]["p_at_1"] == result["exact"]["p_at_1"]
     assert set(result["copies"]) == set(quality.EDIT_KINDS)
     assert result["copies"]["grayscale"]["index"]["recall_at_1"] == 1.0
-    assert "copy detection" in capsys.readouterr().out
+    assert "copy detection" in done.stdout
     (out / "eval-generated.json").write_text(report.read_text())
 
 
@@ -167,6 +176,12 @@ def test_summary_page_is_built_from_the_results(out, tmp_path):
     for name in summary.ORDER:
         if (out / f"{name}.json").exists():
             assert f"## {name}: `{summary.COMMANDS[name]}`" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{summary.README_START}\nold figures\n{summary.README_END}\n\n## next\n")
+    summary.update_readme(readme, summary.load(out), "docs/benchmarks.md")
+    updated = readme.read_text()
+    assert "old figures" not in updated and "| original design | Lookalike |" in updated
+    assert updated.endswith("## next\n") and updated.count(summary.README_START) == 1
     # The plots are linked where they are.
     for link in [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
         assert (page.parent / link).exists(), link
