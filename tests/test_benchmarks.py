@@ -149,7 +149,10 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     # and on 30 vectors the HNSW index gives what exact search gives.
     assert result["exact"]["p_at_1"] >= 0.8 and result["index"]["p_at_1"] == result["exact"]["p_at_1"]
     assert set(result["copies"]) == set(quality.EDIT_KINDS)
-    assert result["copies"]["grayscale"]["index"]["recall_at_1"] == 1.0
+    # The service embeds the copies through the same pipeline and runtime as the exact search:
+    # on 30 vectors both find the same originals, edit by edit.
+    for kind, r in result["copies"].items():
+        assert r["index"] == r["exact"], kind
     assert "copy detection" in done.stdout
     (out / "eval-generated.json").write_text(report.read_text())
 
