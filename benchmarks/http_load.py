@@ -253,27 +253,22 @@ def report(results: Results, rows: dict[str, list[dict]]) -> None:
                        ["target", "clients", "latency", "decode", "embed", "of which model", "search",
                         "of which Milvus", "other"]))
 
-    def draw_qps(ax):
-        for name, series in rows.items():
-            ax.plot([r["clients"] for r in series], [r["qps"] for r in series], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("searches / s")
-        ax.set_title("End-to-end HTTP search throughput")
-        ax.legend(fontsize=8)
+    def by_clients(key: str, ylabel: str, title: str, log_y: bool):
+        def draw(ax):
+            for name, series in rows.items():
+                ax.plot([r["clients"] for r in series], [r[key] for r in series], marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            if log_y:
+                ax.set_yscale("log")
+            ax.set_xlabel("concurrent clients")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.legend(fontsize=8)
 
-    def draw_p50(ax):
-        for name, series in rows.items():
-            ax.plot([r["clients"] for r in series], [r["p50_ms"] for r in series], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("p50 latency (ms)")
-        ax.set_title("End-to-end HTTP search latency")
-        ax.legend(fontsize=8)
+        return draw
 
-    results.plot("http-load-qps.png", draw_qps)
-    results.plot("http-load-p50.png", draw_p50)
+    results.plot("http-load-qps.png", by_clients("qps", "searches / s", "End-to-end HTTP search throughput", False))
+    results.plot("http-load-p50.png", by_clients("p50_ms", "p50 latency (ms)", "End-to-end HTTP search latency", True))
 
 
 if __name__ == "__main__":
