@@ -59,7 +59,7 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
 def preprocessing(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
     """Exact-search quality per ``images.fit``, the model and everything else unchanged."""
     from lookalike.encoder import ImageEncoder
-    from lookalike.evaluation import evaluate, load_gallery
+    from lookalike.evaluation import bytes_embedder, evaluate, load_gallery
     from lookalike.sources import iter_folder
     from lookalike.settings import load_settings
 
@@ -73,12 +73,8 @@ def preprocessing(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
             gallery.vectors, kept = embed_files(gallery.paths, encoder, limits)
             assert len(kept) == len(gallery.paths), f"{name}: {len(gallery.paths) - len(kept)} images did not decode"
 
-            def embed(datas, limits=limits):
-                from lookalike.images import prepare
-
-                return encoder.encode(np.stack([prepare(d, size=encoder.input_size, **limits).pixels for d in datas]))
-
-            out.setdefault(name, {})[fit] = evaluate(gallery, search=None, embed=embed, copies=args.copies)
+            out.setdefault(name, {})[fit] = evaluate(gallery, search=None, embed=bytes_embedder(encoder, limits),
+                                                     copies=args.copies)
             m = out[name][fit]["exact"]
             print(f"  {name} fit={fit}: P@10 {m['p_at_10']:.3f}, mAP@10 {m['map_at_10']:.3f}", flush=True)
     return out

@@ -65,7 +65,7 @@ def cmd_search(args, settings: Settings) -> int:
 def cmd_eval(args, settings: Settings) -> int:
     """Index a labelled folder tree, then measure retrieval quality through the index (the
     service over HTTP with --url, else the configured Milvus in-process) and exactly."""
-    from .evaluation import evaluate, load_gallery
+    from .evaluation import bytes_embedder, evaluate, load_gallery
     from .indexer import index_items
     from .sources import iter_folder
 
@@ -81,7 +81,7 @@ def cmd_eval(args, settings: Settings) -> int:
     found = {e.id: e.embedding for start in range(0, len(gallery.ids), 500)
              for e in catalog.get(gallery.ids[start:start + 500], with_vectors=True)}
     gallery.vectors = np.stack([found[i] for i in gallery.ids])
-    embed = _embedder(encoder, settings)
+    embed = bytes_embedder(encoder, settings.images.model_dump())
     search = _http_searcher(args.url, args.timeout) if args.url else _index_searcher(catalog, embed)
     result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k)
     result["through"] = args.url or f"in-process: {catalog.uri}"
@@ -91,16 +91,6 @@ def cmd_eval(args, settings: Settings) -> int:
         Path(args.report).write_text(json.dumps(result, indent=2))
     print(format_eval(result))
     return 0
-
-
-def _embedder(encoder, settings: Settings):
-    from .images import prepare
-
-    def embed(datas):
-        limits = settings.images.model_dump()
-        return encoder.encode(np.stack([prepare(d, size=encoder.input_size, **limits).pixels for d in datas]))
-
-    return embed
 
 
 def _index_searcher(catalog, embed):

@@ -135,6 +135,16 @@ def edited_copies(data: bytes) -> dict[str, bytes]:
 
 
 # -- running an evaluation ------------------------------------------------------------------------
+def bytes_embedder(encoder, limits: dict) -> Callable[[Sequence[bytes]], np.ndarray]:
+    """Image bytes -> unit vectors through the one preprocessing (``limits``: settings.images)."""
+    from .images import prepare
+
+    def embed(datas: Sequence[bytes]) -> np.ndarray:
+        return encoder.encode(np.stack([prepare(d, size=encoder.input_size, **limits).pixels for d in datas]))
+
+    return embed
+
+
 class Searcher(Protocol):
     """Top-k search through the index: (image bytes, k) -> [(id, label)]."""
 
