@@ -31,8 +31,11 @@ def available() -> bool:
 
 
 def weights_key(model) -> str:
-    """A hash of the module's parameters and buffers (names, shapes, values)."""
-    digest = hashlib.sha256()
+    """A hash of the module's parameters and buffers (names, shapes, values) and of the torch
+    version that exports them (another exporter may write another graph)."""
+    import torch
+
+    digest = hashlib.sha256(f"torch {torch.__version__};".encode())
     for name, tensor in sorted(model.state_dict().items()):
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
