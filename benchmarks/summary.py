@@ -74,8 +74,9 @@ def headline_http(data: dict) -> list[dict]:
         b = base.get(r["clients"])
         if b and r["clients"] in (1, 8, 32):
             rows.append({"what": f"HTTP search, {r['clients']} client{'s' if r['clients'] > 1 else ''}",
-                         "original": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms",
-                         "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms (mean batch {r.get('mean_batch')})",
+                         "original": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms, {b['errors']} errors",
+                         "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms, {r['errors']} errors "
+                                      f"(mean batch {r.get('mean_batch')})",
                          "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"})
     return rows
 

@@ -31,7 +31,7 @@ class Embedder:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
         self.forward_seconds = 0.0  # time in the model, for the status route's breakdown
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
         self.batch_histogram.observe(len(images))
