@@ -12,11 +12,9 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -211,17 +209,12 @@ def _json_default(value):
 
 
 # -- loopback-only network namespace ---------------------------------------------------------------
-def in_loopback_netns() -> bool:
-    try:
-        return [name for _, name in socket.if_nameindex()] == ["lo"]
-    except OSError:
-        return False
-
-
 def reexec_in_loopback_netns() -> None:
     """Run this same command again inside a network namespace that has only loopback (the Milvus
     server binds every interface and cannot be told otherwise; there it reaches nothing)."""
-    if in_loopback_netns() or os.environ.get("LOOKALIKE_BENCH_NETNS") == "off":
+    from tests.support.servers import in_isolated_netns
+
+    if in_isolated_netns() or os.environ.get("LOOKALIKE_BENCH_NETNS") == "off":
         return
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rn", "true"]).returncode != 0:
         raise SystemExit("this benchmark starts a Milvus server, which binds every interface: it needs "
@@ -260,16 +253,6 @@ def fashion_mnist_set(out: Path | None = None, per_class: int = 100) -> Path:
             # Dark garments on white, like a product photo (the dataset is white on black).
             Image.fromarray(255 - images[i], "L").save(folder / f"{name}_{i:05d}.png")
     return out
-
-
-@contextmanager
-def chdir(path: Path):
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 # -- embeddings ------------------------------------------------------------------------------------

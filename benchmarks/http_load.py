@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,29 +35,13 @@ import yaml
 from benchmarks.common import REPO, Results, markdown_table, openclipart_set
 from benchmarks.loadgen import payloads, run_load
 from lookalike.ray_env import use_local_ray_env
+from tests.support.servers import HOST, free_port, wait_for
 
 K = 5
-HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
+def wait_healthy(url: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
+    wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, url, proc)
 
 
 def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict]:
@@ -114,7 +97,7 @@ def run_baseline(env: dict, bodies, clients, seconds) -> list[dict]:
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port)], env=env,
                             cwd=REPO)
     try:
-        wait_healthy(f"http://{HOST}:{port}/healthz", 120)
+        wait_healthy(f"http://{HOST}:{port}/healthz", 120, proc)
         url = f"http://{HOST}:{port}/search/"
         run_load(url, bodies, 1, 2.0)  # warm-up
         return load_series(url, bodies, clients, seconds)
