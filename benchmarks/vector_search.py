@@ -22,6 +22,7 @@ benchmark re-runs itself inside a loopback-only network namespace.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import shutil
 import tempfile
@@ -120,16 +121,17 @@ def recall_at_k(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 # -- one backend, one size -----------------------------------------------------------------------------
-_SETTINGS = None
+@functools.cache
+def _configured():
+    """The settings, read once per run (a long run must not see later edits of the YAML)."""
+    from lookalike.settings import load_settings
+
+    return load_settings()
 
 
 def milvus_settings(uri: str, collection: str, index_type: str):
-    """The configured Milvus settings (read once per run) for this URI, collection and index type."""
-    global _SETTINGS
-    from lookalike.settings import load_settings
-
-    _SETTINGS = _SETTINGS or load_settings()
-    return _SETTINGS.with_overrides(milvus={
+    """The configured Milvus settings for this URI, collection and index type."""
+    return _configured().with_overrides(milvus={
         "uri": uri, "collection": collection, "lite_server": True, "insert_batch_size": 1000, "timeout_s": 120,
         "index": {"type": index_type, "build_timeout_s": 3600}}).milvus
 

@@ -106,12 +106,11 @@ class ImageEncoder:
             from .onnx_runtime import OnnxModel, exported
 
             path = exported(model, self.spec.name, self.input_size, self.settings.cache_dir)
-            self._onnx = OnnxModel(path, threads=threads, device=self.device)
             self._mean_np = np.asarray(self.spec.mean, np.float32).reshape(1, 1, 1, 3) * 255.0
             self._std_np = np.asarray(self.spec.std, np.float32).reshape(1, 1, 1, 3) * 255.0
-            self._model = self._onnx
+            self._model = OnnxModel(path, threads=threads, device=self.device)
             self.load_seconds = time.perf_counter() - started
-            log.info("loaded %s on onnxruntime (%s) in %.1fs", self.spec.name, ", ".join(self._onnx.providers),
+            log.info("loaded %s on onnxruntime (%s) in %.1fs", self.spec.name, ", ".join(self._model.providers),
                      self.load_seconds)
             return
         model = model.eval().to(self.device)
@@ -156,7 +155,7 @@ class ImageEncoder:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":
             x = ((batch.astype(np.float32) - self._mean_np) / self._std_np).transpose(0, 3, 1, 2)
-            features = self._onnx(np.ascontiguousarray(x))
+            features = self._model(np.ascontiguousarray(x))
             norms = np.linalg.norm(features, axis=1, keepdims=True)
             return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
         import torch
