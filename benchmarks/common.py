@@ -93,6 +93,33 @@ def pids_named(name: str) -> list[int]:
     return found
 
 
+def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's command line and CPU seconds (user + system) so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            found[int(entry.name)] = (cmdline, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], role) -> dict[str, float]:
+    """CPU seconds spent between two ``cpu_seconds_by_process`` snapshots, summed by
+    ``role(pid, cmdline)`` (None: not counted)."""
+    spent: dict[str, float] = {}
+    for pid, (cmdline, seconds) in after.items():
+        name = role(pid, cmdline)
+        if name is not None:
+            spent[name] = spent.get(name, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
+    return spent
+
+
 # -- statistics ------------------------------------------------------------------------------------
 def latency_stats(seconds: Sequence[float]) -> dict:
     """p50 / p95 / p99 / mean in milliseconds."""

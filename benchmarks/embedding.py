@@ -5,7 +5,8 @@
   fp32       the same, batched
   bf16 / fp16  torch with bf16 autocast + channels_last on CPUs with native bf16, fp16 on CUDA
   onnx       onnxruntime on the network exported from torch (model.runtime: onnx; the
-             default on CPU), fp32
+             default on CPU), fp32; its threads sleep between runs (the default), or spin
+             (model.spin_wait: faster alone, but they take CPU from the rest of a server)
 
 for batch sizes 1..64 on the same prepared images (real openclipart pictures, decoded once:
 this measures the model, not decoding). Reports img/s and the ratio to the original's way.
@@ -38,12 +39,12 @@ def prepared_images(n: int, size: int, gallery: Path) -> np.ndarray:
     return np.stack([prepare(f.read_bytes(), size=size, **limits).pixels for f in files])
 
 
-def encoder_for(model: str, runtime: str, precision: str, batch: int):
+def encoder_for(model: str, runtime: str, precision: str, batch: int, spin_wait: bool = False):
     from lookalike.encoder import ImageEncoder
     from lookalike.settings import load_settings
 
     settings = load_settings().model.model_copy(update={"name": model, "runtime": runtime, "precision": precision,
-                                                        "batch_size": batch})
+                                                        "batch_size": batch, "spin_wait": spin_wait})
     if model == "resnet50":
         settings = settings.model_copy(update={"weights": random_weights("resnet50")})
     return ImageEncoder(settings).load()
@@ -74,20 +75,21 @@ def run_model(model: str, batches: list[int], seconds: float, images: np.ndarray
     from lookalike import onnx_runtime
 
     fast = "fp16" if torch.cuda.is_available() else "bf16"
-    modes = [("torch", "fp32")]
+    modes = [("torch", "fp32", False)]
     if fast == "fp16" or _native_bf16():
-        modes.append(("torch", fast))
+        modes.append(("torch", fast, False))
     if onnx_runtime.available():
-        modes.append(("onnx", "fp32"))
+        modes += [("onnx", "fp32", False), ("onnx", "fp32", True)]
     batches = sorted(set([1, *batches]))
     rows: list[dict] = []
-    for runtime, precision in modes:
-        encoder = encoder_for(model, runtime, precision, max(batches))
+    for runtime, precision, spin in modes:
+        encoder = encoder_for(model, runtime, precision, max(batches), spin)
+        label = f"{runtime} {encoder.precision}" + (", spinning threads" if spin else "")
         for batch in batches:
             r = rate(encoder.encode, images, batch, seconds)
             original = (runtime, precision, batch) == ("torch", "fp32", 1)
             base = r if original else rows[0]["img_per_s"]
-            rows.append({"model": model, "runtime": ORIGINAL if original else f"{runtime} {encoder.precision}",
+            rows.append({"model": model, "runtime": ORIGINAL if original else label,
                          "device": encoder.device, "batch": batch, "img_per_s": round(r, 2),
                          "speedup": round(r / base, 2)})
             print(f"{model} {rows[-1]['runtime']} batch {batch}: {r:.1f} img/s ({r / base:.2f}x)", flush=True)

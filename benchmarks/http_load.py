@@ -3,23 +3,30 @@
   original design   benchmarks/baseline_server.py: one process, a thread per request, each
                     upload embedded alone in fp32, then Milvus
   lookalike         the Ray Serve application exactly as `make run` deploys it (config/serve.yaml:
-                    Ingress -> Embedder with @serve.batch -> Searcher), its default runtime
-  lookalike, no batching  the same with serve.batch_max_size = 1
-  lookalike, runtime torch  the same with model.runtime = torch (bf16 on this CPU), the
-                    embedding runtime before onnxruntime became the CPU default
+                    Ingress -> Embedder with @serve.batch -> Searcher, on its defaults), in a
+                    Ray cluster started as `make run` starts it (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
+  no batching       lookalike with serve.batch_max_size = 1
+  batch wait 20 ms  lookalike with serve.batch_wait_timeout_s = 0.02
+  onnx threads spinning  lookalike with model.spin_wait = true
+  Serve default mode  lookalike in a Ray cluster without RAY_SERVE_THROUGHPUT_OPTIMIZED
+  before issue 11   the query path as it was before the speed work, in that same cluster:
+                    torch (bf16 autocast on this CPU), a 10 ms batch wait
 
-All three search the same Milvus Lite collection (the sample gallery, indexed once) through
-the shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of
-gallery images, top 5 (the original's K), to 127.0.0.1 only. Reports QPS, p50/p95/p99, errors,
-the Embedder's mean batch size, and where a request's time goes (the server's decode / embed /
-search, and everything else: HTTP, proxies, handle calls, queueing).
+All search the same Milvus Lite collection (the sample gallery, indexed once) through the
+shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of gallery
+images, top 5 (the original's K), to 127.0.0.1 only. Reports QPS, p50/p95/p99, errors, the
+Embedder's mean batch size, where a request's time goes (the server's decode / embed / search,
+and everything else: HTTP, proxies, handle calls, queueing), and where the machine's CPU goes
+(CPU milliseconds per request by process: each deployment, the proxy, Milvus Lite, the load
+generator).
 
-    python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20]
+    python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20] [--targets "lookalike,no batching"]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -32,10 +39,19 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.common import REPO, Results, markdown_table, openclipart_set
-from benchmarks.loadgen import payloads, run_load
 from lookalike.ray_env import use_local_ray_env
-from tests.support.servers import HOST, free_port, wait_for
+
+# Before Ray is imported: Serve reads its throughput mode once per process, the driver's included
+# (the handles it builds follow it), so a target in the other mode runs in a child process.
+use_local_ray_env()
+
+from benchmarks.common import (  # noqa: E402
+    REPO, Results, cpu_seconds_by_process, cpu_spent, markdown_table, openclipart_set,
+)
+from benchmarks.loadgen import payloads, run_load  # noqa: E402
+from tests.support.servers import HOST, free_port, wait_for  # noqa: E402
+
+THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 
 K = 5
 
@@ -66,13 +82,37 @@ def prepare_gallery(settings, gallery: Path) -> None:
     print(f"gallery: {report.summary()}", flush=True)
 
 
+def process_role(pid: int, cmdline: str) -> str:
+    """Who a process is, for the CPU breakdown: a Serve deployment by name, the proxy, the
+    Milvus Lite server, this process (the load generator), or the rest (Ray's own daemons)."""
+    if pid == os.getpid():
+        return "load generator"
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split()[0].rsplit(":", 1)[-1]
+    if cmdline.startswith("ray::ProxyActor"):
+        return "proxy"
+    if "lookalike.lite_server" in cmdline:
+        return "Milvus Lite"
+    if "benchmarks.baseline_server" in cmdline:
+        return "original server"
+    return "rest"
+
+
+CPU_ROLES = ["original server", "Ingress", "Embedder", "Searcher", "proxy", "Milvus Lite", "load generator", "rest"]
+
+
 def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, counters=None) -> list[dict]:
     """``counters()``: the service's own counters (see ``service_counters``), read before and after
-    each load: the Embedder's batches and time in the model, the Searcher's time in Milvus."""
+    each load: the Embedder's batches and time in the model, the Searcher's time in Milvus. Every
+    row also says where the machine's CPU went (ms per answered request, by ``process_role``)."""
     rows = []
     for c in clients:
         before = counters() if counters else None
+        cpu_before = cpu_seconds_by_process()
         row = run_load(url, bodies, c, seconds)
+        spent = cpu_spent(cpu_before, cpu_seconds_by_process(), process_role)
+        row["cpu_ms"] = {role: round(sec * 1000 / max(row["ok"], 1), 2) for role, sec in sorted(spent.items())}
+        row["cpu_cores"] = round(sum(spent.values()) / seconds, 2)
         if counters:
             after = counters()
             calls = after["batches"] - before["batches"]
@@ -125,10 +165,14 @@ def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
     return load_series(url, bodies, clients, seconds, lambda: service_counters(base))
 
 
+def throughput_mode() -> bool:
+    return os.environ.get(THROUGHPUT_ENV) == "1"
+
+
 @contextmanager
 def serve_session():
-    """A local Ray cluster (every CPU of this machine) with Serve's proxy on 127.0.0.1; yields
-    the base URL. Everything it started is shut down afterwards."""
+    """A local Ray cluster (every CPU of this machine) with Serve's proxy on 127.0.0.1, started
+    as `make run` starts it; yields the base URL. Everything it started is shut down afterwards."""
     import ray
     from ray import serve
 
@@ -165,47 +209,80 @@ def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> 
     return rows
 
 
+# Each target: its settings overrides, and whether its cluster runs Serve's throughput mode.
+TARGETS = {
+    "lookalike": ({}, True),
+    "no batching": ({"serve": {"batch_max_size": 1}}, True),
+    "batch wait 20 ms": ({"serve": {"batch_wait_timeout_s": 0.02}}, True),
+    "onnx threads spinning": ({"model": {"spin_wait": True}}, True),
+    "Serve default mode": ({}, False),
+    "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, False),
+}
+
+
+def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> dict[str, list[dict]]:
+    """Each target in turn, in one Ray cluster."""
+    rows = {}
+    if targets:
+        with serve_session() as base:
+            for target in targets:
+                rows[target] = run_lookalike(base, settings.with_overrides(**TARGETS[target][0]), bodies, clients,
+                                             seconds, target)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default=",".join(TARGETS), help="which Lookalike targets (comma-separated)")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--gallery", default=None, help="a labelled folder (default: the openclipart sample)")
     parser.add_argument("--queries", type=int, default=64, help="distinct images the clients send")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a child: measure, write rows here
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
     results = Results("http-load", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
 
     from lookalike.lite_server import LiteServer
     from lookalike.settings import load_settings
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-http-"))
-    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(work / "lookalike.db"),
-           "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")}
+    env = dict(os.environ) if args.rows_to else {  # a child measures on its parent's data
+        **os.environ, "LOOKALIKE_MILVUS__URI": str(work / "lookalike.db"),
+        "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")}
     os.environ.update(env)  # the Serve replicas read the same settings
     settings = load_settings()
     gallery = Path(args.gallery) if args.gallery else openclipart_set()
-    prepare_gallery(settings, gallery)
     files = sorted(gallery.glob("*/*"))
     bodies = payloads([f.read_bytes() for f in files[:: max(1, len(files) // args.queries)][: args.queries]], k=K)
+    if args.rows_to:  # a child started below, on the parent's gallery and Lite server
+        rows = measure_targets(settings, targets, bodies, clients, args.seconds)
+        Path(args.rows_to).write_text(json.dumps(rows))
+        return results
+    prepare_gallery(settings, gallery)
     lite = LiteServer(settings.milvus.uri)
     rows: dict[str, list[dict]] = {}
     try:
         print("original design (baseline_server.py):", flush=True)
         rows["original design"] = run_baseline(env, bodies, clients, args.seconds)
         results.add("rows", rows)
-        with serve_session() as base:
-            rows["lookalike"] = run_lookalike(base, settings, bodies, clients, args.seconds, "lookalike")
+        here = [t for t in targets if TARGETS[t][1] == throughput_mode()]
+        rows.update(measure_targets(settings, here, bodies, clients, args.seconds))
+        results.add("rows", rows)
+        there = [t for t in targets if t not in here]
+        if there:
+            out = work / "rows.json"
+            subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", ",".join(there),
+                            "--clients", args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery),
+                            "--queries", str(args.queries), "--rows-to", str(out)],
+                           env={**env, THROUGHPUT_ENV: "0" if throughput_mode() else "1"}, cwd=REPO, check=True)
+            rows.update(json.loads(out.read_text()))
             results.add("rows", rows)
-            off = settings.with_overrides(serve={"batch_max_size": 1})
-            rows["lookalike, no batching"] = run_lookalike(base, off, bodies, clients, args.seconds,
-                                                           "lookalike, @serve.batch off")
-            results.add("rows", rows)
-            if settings.model.runtime != "torch":
-                torch_rt = settings.with_overrides(model={"runtime": "torch"})
-                rows["lookalike, runtime torch"] = run_lookalike(base, torch_rt, bodies, clients, args.seconds,
-                                                                 "lookalike, model.runtime torch")
-                results.add("rows", rows)
     finally:
         lite.stop()
     report(results, rows)
@@ -250,6 +327,14 @@ def report(results: Results, rows: dict[str, list[dict]]) -> None:
 
         return draw
 
+    cpu = [{"target": name, "clients": r["clients"], "cores": r.get("cpu_cores"),
+            **{role: r["cpu_ms"].get(role) for role in CPU_ROLES}, "total": round(sum(r["cpu_ms"].values()), 1)}
+           for name, series in rows.items() for r in series if "cpu_ms" in r]
+    results.section(
+        "Where the CPU goes (CPU ms per answered request, by process; cores: the machine's CPUs busy during "
+        "the run). The original design is one process (original server).",
+        markdown_table(cpu, ["target", "clients", "cores", *CPU_ROLES, "total"],
+                       ["target", "clients", "cores busy", *CPU_ROLES, "total"]))
     results.plot("http-load-qps.png", by_clients("qps", "searches / s", "End-to-end HTTP search throughput", False))
     results.plot("http-load-p50.png", by_clients("p50_ms", "p50 latency (ms)", "End-to-end HTTP search latency", True))
 

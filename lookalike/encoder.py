@@ -108,7 +108,7 @@ class ImageEncoder:
             path = exported(model, self.spec.name, self.input_size, self.settings.cache_dir)
             self._mean_np = np.asarray(self.spec.mean, np.float32).reshape(1, 1, 1, 3) * 255.0
             self._std_np = np.asarray(self.spec.std, np.float32).reshape(1, 1, 1, 3) * 255.0
-            self._model = OnnxModel(path, threads=threads, device=self.device)
+            self._model = OnnxModel(path, threads=threads, device=self.device, spin_wait=self.settings.spin_wait)
             self.load_seconds = time.perf_counter() - started
             log.info("loaded %s on onnxruntime (%s) in %.1fs", self.spec.name, ", ".join(self._model.providers),
                      self.load_seconds)
@@ -177,12 +177,20 @@ class ImageEncoder:
             features = torch.nn.functional.normalize(features.float(), dim=1)
             return features.cpu().numpy().astype(np.float32, copy=False)
 
+    def _gpu_name(self) -> str | None:
+        if self.device != "cuda":
+            return None
+        import torch
+
+        return torch.cuda.get_device_name()
+
     def describe(self) -> dict:
         return {
             "name": self.spec.name,
             "dim": self.dim,
             "input_size": self.input_size,
             "device": self.device,
+            "gpu": self._gpu_name(),
             "runtime": self.runtime,
             "precision": self.precision,
             "loaded": self.loaded,

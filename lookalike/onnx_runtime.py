@@ -72,13 +72,14 @@ def exported(model, name: str, input_size: int, cache_dir: str | os.PathLike) ->
 class OnnxModel:
     """An InferenceSession over an exported file: float32 NCHW -> features (N, dim)."""
 
-    def __init__(self, path: Path, *, threads: int, device: str = "cpu"):
+    def __init__(self, path: Path, *, threads: int, device: str = "cpu", spin_wait: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")

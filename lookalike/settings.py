@@ -132,6 +132,11 @@ class ModelSettings(_Section):
     # torch only. auto: fp16 on CUDA; bf16 autocast + channels_last on CPUs with native bf16; else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_threads: int = Field(default=0, ge=0)  # 0: the CPUs this process may use
+    # onnxruntime's threads busy-wait for the next run. Off: in a server they share the CPUs with
+    # decoding, the proxy and Milvus, and spinning took ~26 ms of CPU per request from them
+    # (benchmarks/http_load.py: 8 clients, 38 -> 45 QPS with it off). On: ~20% faster at batch 1
+    # when the process has its CPUs to itself.
+    spin_wait: bool = False
     batch_size: int = Field(default=32, ge=1)
 
 

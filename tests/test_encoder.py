@@ -101,6 +101,15 @@ def test_auto_runtime_is_onnx_on_cpu_unless_a_reduced_precision_is_asked_for(enc
     assert ImageEncoder(ModelSettings(precision="bf16")).load().runtime == "torch"
 
 
+def test_onnx_threads_do_not_spin_unless_asked(encoder):
+    """Spinning threads took CPU from decoding and the proxy in the server (benchmarks/http_load.py)."""
+    def spinning(enc):
+        return enc._model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(encoder) == "0"
+    assert spinning(ImageEncoder(ModelSettings(spin_wait=True)).load()) == "1"
+
+
 def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
     from lookalike import onnx_runtime
 
