@@ -69,8 +69,13 @@ def _clip(text: str, max_bytes: int) -> str:
 
 
 def label_filter(label: str | None) -> str:
-    """A Milvus boolean expression matching one label exactly (safely quoted)."""
-    return f"label == {json.dumps(label)}" if label else ""
+    """A Milvus boolean expression matching one label exactly. The label is written as a string
+    literal with only backslash and double quote escaped, so any Unicode label ('café', '🍎')
+    matches itself (JSON's \\u escapes do not parse in Milvus). Milvus's filter templates
+    (``filter_params``) would bind it instead, but Milvus Lite 3.2 rejects their placeholders."""
+    if not label:
+        return ""
+    return 'label == "' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def resolve_uri(settings: MilvusSettings, *, shared: bool) -> tuple[str, LiteServer | None]:
@@ -118,6 +123,8 @@ class Catalog:
         self._lock = threading.Lock()
         self._ready = False
         self._write_lock = lite.write_lock if lite is not None else contextlib.nullcontext
+        self._insert_lock = threading.Lock()
+        self._ready_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: MilvusSettings, dim: int, *, shared: bool = False) -> "Catalog":
@@ -143,15 +150,16 @@ class Catalog:
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
         reason = getattr(exc, "message", "") or str(exc) or type(exc).__name__
-        return BackendUnavailable("milvus", f"{self.uri}: {reason}")
+        return BackendUnavailable("milvus", "cannot reach it", detail=f"{self.uri}: {reason}")
 
-    def _call(self, method: str, *args, **kwargs):
-        """Run one client call with the deadline; map connection failures to 503."""
+    def _call(self, method: str, *args, write_locked: bool = False, **kwargs):
+        """Run one client call with the deadline; map connection failures to 503.
+        ``write_locked``: the caller holds the write lock already."""
         kwargs.setdefault("timeout", self.settings.timeout_s)
         if method in _READS:
             kwargs.setdefault("consistency_level", self.settings.consistency_level)
         try:
-            if method in _WRITES:
+            if method in _WRITES and not write_locked:
                 with self._write_lock():
                     return getattr(self.client, method)(*args, **kwargs)
             return getattr(self.client, method)(*args, **kwargs)
@@ -176,17 +184,21 @@ class Catalog:
 
     # -- schema and index -------------------------------------------------------------------
     def ensure_ready(self) -> "Catalog":
-        """Create the collection and its index if missing, check the dimension, load it."""
+        """Create the collection and its index if missing, check the dimension, load it. Once,
+        whichever of the threads calling at once gets here first."""
         if self._ready:
             return self
-        if not self._call("has_collection", self.name):
-            self._create()
-        else:
-            self._check_schema()
-        if not self._call("list_indexes", self.name):
-            self._create_index()
-        self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
-        self._ready = True
+        with self._ready_lock:
+            if self._ready:
+                return self
+            if not self._call("has_collection", self.name):
+                self._create()
+            else:
+                self._check_schema()
+            if not self._call("list_indexes", self.name):
+                self._create_index()
+            self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
+            self._ready = True
         return self
 
     def _create(self) -> None:
@@ -276,7 +288,21 @@ class Catalog:
             self._call("upsert", self.name, rows[i : i + step])
         return len(rows)
 
-    def existing_ids(self, ids: Sequence[int]) -> set[int]:
+    def insert_new(self, entries: Sequence[Entry]) -> set[int]:
+        """Insert the entries whose ids are not stored yet; returns the ids inserted. The check
+        and the write happen under one lock (this process's, and Milvus Lite's across
+        processes) and the check reads at Strong, so of concurrent adds of one image exactly one
+        inserts it. (With a Milvus server and several writer processes two may both insert the
+        same row: upsert keeps one entity, only the answer can say "created" twice.)"""
+        self.ensure_ready()
+        with self._insert_lock, self._write_lock():
+            present = self.existing_ids([e.id for e in entries], consistency_level="Strong")
+            new = [e.to_row() for e in entries if e.id not in present]
+            if new:
+                self._call("upsert", self.name, new, write_locked=True)
+        return {row["id"] for row in new}
+
+    def existing_ids(self, ids: Sequence[int], **kwargs) -> set[int]:
         if not ids:
             return set()
         self.ensure_ready()
@@ -285,7 +311,7 @@ class Catalog:
         for i in range(0, len(ids), step):
             chunk = [int(x) for x in ids[i : i + step]]
             found.update(r["id"] for r in self._call("query", self.name, filter=f"id in {chunk}",
-                                                     output_fields=["id"]))
+                                                     output_fields=["id"], **kwargs))
         return found
 
     def delete(self, ids: Sequence[int]) -> int:

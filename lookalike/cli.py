@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, load_settings(args.config))
     except (LookalikeError, FileNotFoundError) as exc:
-        print(f"lookalike: {exc}", file=sys.stderr)
+        detail = getattr(exc, "detail", "")
+        print(f"lookalike: {exc}" + (f" ({detail})" if detail else ""), file=sys.stderr)
         return 2
 
 

@@ -42,6 +42,10 @@ class Unauthorized(LookalikeError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(LookalikeError):
+    status, code = 403, "forbidden"
+
+
 class NotFound(LookalikeError):
     status, code = 404, "not_found"
 
@@ -69,14 +73,17 @@ class InvalidParameter(LookalikeError):
 
 
 class BackendUnavailable(LookalikeError):
-    """A backend the request needs is down; names it."""
+    """A backend the request needs is down; names it. ``reason`` is shown to clients, so it
+    never holds an address, a path or an exception's name; ``detail`` (those) goes to the log."""
 
     status, code = 503, "backend_unavailable"
+    retry_after_s = 5
 
-    def __init__(self, backend: str, reason: str = ""):
+    def __init__(self, backend: str, reason: str = "", *, detail: str = ""):
         self.backend = backend
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"{backend} is unavailable{detail}")
+        self.detail = detail
+        suffix = f": {reason}" if reason else ""
+        super().__init__(f"{backend} is unavailable{suffix}")
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "backend": self.backend}

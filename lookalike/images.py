@@ -62,12 +62,15 @@ def content_id(data: bytes) -> int:
 
 
 def open_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1, draft: int | None = None
+    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1, max_aspect_ratio: float = 0,
+    draft: int | None = None,
 ) -> tuple[Image.Image, str]:
     """Decode and validate; returns a fully loaded, EXIF-oriented image (any mode) and its format.
 
     ``draft``: the smallest side the caller needs; JPEGs are then decoded at a reduced scale
     (DCT scaling) that still covers it, which makes large photos several times cheaper.
+    ``max_aspect_ratio``: the longest side over the shortest (0: no limit); a strip of a few
+    bytes (a 100000x8 PNG) is refused from its header, before it is decoded.
     """
     if not data:
         raise EmptyInput("the image is empty (0 bytes)")
@@ -88,6 +91,9 @@ def open_image(
         raise TooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     if min(width, height) < min_side:
         raise InvalidImage(f"the image is {width}x{height}; each side must be at least {min_side} pixels")
+    if max_aspect_ratio and max(width, height) > max_aspect_ratio * min(width, height):
+        raise InvalidImage(f"the image is {width}x{height}; its sides may differ at most {max_aspect_ratio:g} times",
+                           code="extreme_aspect_ratio")
     fmt = img.format
     try:
         if draft and fmt in ("JPEG", "MPO"):
@@ -152,9 +158,10 @@ def to_model_input(img: Image.Image, size: int, fit: str = "pad") -> np.ndarray:
 
 
 def prepare(data: bytes, *, size: int, max_bytes: int, max_pixels: int, min_side: int = 1,
-            fit: str = "pad") -> PreparedImage:
+            max_aspect_ratio: float = 0, fit: str = "pad") -> PreparedImage:
     """bytes -> PreparedImage. Raises a LookalikeError subclass on bad input."""
-    img, fmt = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side, draft=size)
+    img, fmt = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side,
+                          max_aspect_ratio=max_aspect_ratio, draft=size)
     try:
         pixels = to_model_input(img, size, fit)
     except Exception as exc:

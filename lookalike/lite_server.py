@@ -106,7 +106,8 @@ class LiteServer:
             while not _port_open(port):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()
-                    raise BackendUnavailable("milvus", f"milvus-lite server did not start: {self._log_tail()}")
+                    raise BackendUnavailable("milvus", "the embedded Milvus Lite server did not start",
+                                             detail=self._log_tail())
                 time.sleep(0.1)
             self.state_file.write_text(json.dumps({"pid": proc.pid, "port": port, "data_dir": str(self.data_dir)}))
             log.info("milvus-lite server for %s on %s (pid %d)", self.data_dir, uri, proc.pid)

@@ -168,6 +168,9 @@ class ImageLimits(_Section):
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=50_000_000, ge=1)
     min_side: int = Field(default=8, ge=1)
+    # Longest side / shortest side; past it an image is refused from its header (0: no limit).
+    # Panoramas are ~4-10; a 100000x8 strip (a few KB of PNG) is 12500.
+    max_aspect_ratio: float = Field(default=50.0, ge=0)
     # pad: the whole picture on white; crop: the centre square; stretch: squashed. Measured by
     # benchmarks/quality.py on openclipart (P@10 / mAP@10): pad 0.5575 / 0.512, stretch 0.5567 /
     # 0.511 (a tie), crop 0.532 / 0.485; on square images (Fashion-MNIST) all three are the same.
@@ -180,11 +183,21 @@ class ApiSettings(_Section):
     top_k_max: int = Field(default=100, ge=1)
     page_size_max: int = Field(default=500, ge=1)
     # Write routes (insert, delete, index) require `Authorization: Bearer <key>` or
-    # `X-API-Key: <key>` when set.
+    # `X-API-Key: <key>` when set (the original's routes also take it as the JSON `key`). Unset,
+    # writes are taken only from this machine and never from another site's page
+    # (deployments/access.py).
     api_key: SecretStr = SecretStr("")
-    # Search by `{"url": ...}`: the server fetches the image (http/https only).
+    # Origins whose pages may call the read routes (search, similar, status, images, the
+    # original's /search/ and /status/) from a browser: ["*"] any, [] none. Never with
+    # credentials, never the write routes.
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Search by `{"url": ...}`: the server fetches the image (http/https only) from public
+    # addresses only (lookalike/url_fetch.py), within one deadline for the whole fetch.
     url_fetch: bool = True
-    url_fetch_timeout_s: float = 10.0
+    url_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Hosts and CIDRs that may be fetched although not public (an internal image server), e.g.
+    # ["images.internal", "10.20.0.0/16"]. Empty: public addresses only.
+    url_fetch_allow: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _k_bounds(self) -> "ApiSettings":

@@ -156,7 +156,8 @@ class S3Store(ImageStore):
             raise
         except (HTTPError, OSError) as exc:
             self._bucket_ready = False
-            raise BackendUnavailable("object store", f"{self.settings.endpoint}: {type(exc).__name__}") from exc
+            raise BackendUnavailable("object store", "cannot reach it",
+                                     detail=f"{self.settings.endpoint}: {exc!r}") from exc
 
     def ensure_bucket(self) -> None:
         if self._bucket_ready:

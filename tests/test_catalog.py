@@ -114,6 +114,31 @@ def test_quoting_in_label_filters(milvus):
     assert catalog.count(expr=label_filter('" or id > 0 or label == "')) == 0
 
 
+def test_concurrent_inserts_of_one_image_create_it_once(milvus):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    catalog = Catalog.open(milvus, DIM)
+    entry = entries(unit(rng, 1))[0]
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda _: catalog.insert_new([entry]), range(8)))
+    assert sorted(map(len, created)) == [0] * 7 + [1]
+    assert catalog.count() == 1 and catalog.insert_new([entry]) == set()
+
+
+def test_non_ascii_labels_filter_search_and_list(milvus):
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 6)
+    catalog = Catalog.open(milvus, DIM)
+    catalog.upsert(entries(vectors, labels=("café", "🍎", "日本")))
+    catalog.flush()
+    for label in ("café", "🍎", "日本"):
+        assert catalog.count(expr=label_filter(label)) == 2
+        assert {e.label for e in catalog.list(expr=label_filter(label))} == {label}
+        assert {h.label for h in catalog.search(vectors[0], 6, expr=label_filter(label))[0]} == {label}
+    assert catalog.count(expr=label_filter("cafe")) == 0
+
+
 def test_dimension_mismatch_is_refused(milvus):
     Catalog.open(milvus, DIM).ensure_ready()
     with pytest.raises(SchemaMismatch):
@@ -164,6 +189,7 @@ def test_unreachable_milvus_is_backend_unavailable():
     with pytest.raises(BackendUnavailable) as info:
         catalog.count()
     assert info.value.backend == "milvus" and info.value.status == 503
+    assert "127.0.0.1" not in info.value.message and "127.0.0.1" in info.value.detail  # the address: log only
     assert catalog.describe()["healthy"] is False
 
 

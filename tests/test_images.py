@@ -105,3 +105,18 @@ def test_pad_scales_before_padding_so_memory_follows_the_output(monkeypatch):
     pixels = prepare(strip, size=224, fit="pad", **LIMITS).pixels
     assert pixels.shape == (224, 224, 3)
     assert made and max(w * h for w, h in made) <= 224 * 224
+
+
+def test_an_extreme_aspect_ratio_is_refused_from_the_header(monkeypatch):
+    """A 100000x8 PNG is a few KB; refused before decoding (its pixels are never loaded)."""
+    strip = encode(Image.new("L", (100_000, 8), 0), "PNG")
+    assert len(strip) < 10_000
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(self.size))
+    with pytest.raises(errors.InvalidImage) as err:
+        prepare(strip, size=224, max_aspect_ratio=50, **LIMITS)
+    assert err.value.code == "extreme_aspect_ratio" and err.value.status == 422 and not loaded
+    monkeypatch.undo()
+    assert prepare(encode(Image.new("RGB", (400, 8))), size=224, max_aspect_ratio=50, **LIMITS).pixels.shape == \
+        (224, 224, 3)  # 50:1 itself passes
+    assert prepare(strip, size=224, max_aspect_ratio=0, **LIMITS).pixels.shape == (224, 224, 3)  # 0: no limit

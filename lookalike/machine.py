@@ -1,0 +1,27 @@
+"""This machine's load, for the original front end's status panel (``GET /status/``)."""
+
+from __future__ import annotations
+
+import os
+
+
+def cpu_percent() -> float | None:
+    """The last minute's load average over the CPUs this process may use, in percent."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        return round(100.0 * os.getloadavg()[0] / max(cpus, 1), 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def memory_percent(meminfo: str = "/proc/meminfo") -> float | None:
+    """Memory in use (total − available), in percent."""
+    try:
+        fields = {}
+        with open(meminfo) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                fields[name] = int(rest.split()[0])
+        return round(100.0 * (fields["MemTotal"] - fields["MemAvailable"]) / fields["MemTotal"], 1)
+    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
+        return None
