@@ -1,52 +1,133 @@
-"""Ingress: the HTTP API (Starlette), composed with the Embedder and Searcher through
-DeploymentHandles. Decodes and validates uploads itself (no torch here), so bad input is
-answered with a 4xx before it reaches a GPU batch. Every route is listed in ``routes()``.
+"""Ingress: the HTTP API, a FastAPI app behind ``@serve.ingress`` (Ray Serve's documented
+ingress), composed with the Embedder and Searcher through DeploymentHandles.
+
+It decodes and validates uploads itself (no torch here), so bad input is answered with a 4xx
+before it reaches a GPU batch. The models in ``api_models.py`` give /openapi.json and /docs;
+``inputs.py`` reads the image in its four forms (multipart, JSON base64 or URL, raw body), which
+no framework does in one route; ``access.py`` decides who may write and which origins may read.
 """
 
-from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
-from pathlib import Path
+from pathlib import Path as FilePath
 
+from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
-from lookalike.errors import BackendUnavailable, LookalikeError, NotFound, Unauthorized
+from lookalike import machine, url_fetch
+from lookalike.errors import BackendUnavailable, InvalidParameter, LookalikeError, NotFound, Unauthorized
 from lookalike.images import PreparedImage, prepare
 from lookalike.models import get_model
 from lookalike.settings import Settings
 from lookalike.store import LocalStore, make_store, object_key
 
-from .inputs import Payload, fetch_image, float_param, id_param, int_param, label_param, read_payload
+from . import api_models as m
+from .access import ReadCors, check_write, key_matches, presented_key
+from .inputs import Payload, float_param, id_param, int_param, label_param, read_payload
+from .middleware import RequestContext, request_id
 
 log = logging.getLogger("ray.serve")
-WEB_DIR = Path(__file__).parent / "web"
+WEB_DIR = FilePath(__file__).parent / "web"
 VERSION = "v1"
+SEED_ROUTES = ("/search/", "/insert/", "/indexing/", "/status/")
+SEED_K = 5  # the original front end shows image1 ... image5
+
+app = FastAPI(
+    title="Lookalike", version=VERSION, docs_url=None, redoc_url=None,
+    summary="Reverse image search: send a picture, get the most similar images of the library.",
+    description="Every error answers `{\"error\": {code, message, request_id}}` with a 4xx, or a 503 naming the "
+                "backend that is down (with `Retry-After`). Write routes need the API key when the server has "
+                "one (`Authorization: Bearer <key>` or `X-API-Key`), and are taken only from the server's own "
+                "machine when it has none.",
+)
+app.add_middleware(ReadCors)  # origins: app.state.cors_origins, from the settings
+app.add_middleware(RequestContext)  # outermost: every answer gets its request id and headers
+if WEB_DIR.is_dir():
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+
+def _docs_assets() -> FilePath | None:
+    """Swagger UI's files, from a package (no CDN: the page works offline and under our CSP)."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    return FilePath(fastapi_offline.__file__).parent / "static"
+
+
+if _docs_assets():
+    app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def error_response(exc: LookalikeError, *, seed: bool = False) -> JSONResponse:
-    body = {"error": exc.to_dict()}
-    if seed:
-        body = {"ok": False, "msg": exc.message, **body}
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+def _is_seed(request: Request) -> bool:
+    return request.url.path.removeprefix(request.scope.get("root_path", "")) in SEED_ROUTES
+
+
+# -- errors: one JSON shape, a request id, nothing internal ---------------------------------------
+def error_response(exc: LookalikeError, request: Request) -> JSONResponse:
+    body: dict = {"error": {**exc.to_dict(), "request_id": request_id(request.scope)}}
+    if _is_seed(request):  # the original's shape: {"ok": false, "result": why}
+        body = {"ok": False, "result": exc.message, **body}
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, BackendUnavailable):
+        headers["Retry-After"] = str(exc.retry_after_s)
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
+@app.exception_handler(LookalikeError)
+async def _on_error(request: Request, exc: LookalikeError) -> JSONResponse:
+    if exc.status >= 500:
+        log.warning("request %s: %s %s -> %d %s %s", request_id(request.scope), request.method, request.url.path,
+                    exc.status, exc.message, getattr(exc, "detail", ""))
+    return error_response(exc, request)
+
+
+@app.exception_handler(HTTPException)
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    err = LookalikeError(str(exc.detail or ""), code=code)
+    err.status = exc.status_code
+    return error_response(err, request)
+
+
+@app.exception_handler(RequestValidationError)
+async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+    return error_response(InvalidParameter(f"'{where}': {first.get('msg', 'invalid')}"), request)
+
+
+@app.exception_handler(Exception)
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request %s: unhandled error on %s %s", request_id(request.scope), request.method,
+                  request.url.path)
+    err = LookalikeError("internal error; the server's log has the details under this request id", code="internal")
+    err.status = 500
+    return error_response(err, request)
+
+
+K = Query(None, ge=1, description="how many results (api.top_k_max at most)")
+FILTER = Query(None, max_length=256, description="only images with this label")
+MIN_SCORE = Query(None, ge=-1, le=1, description="cosine similarity at least")
+IMAGE_ID = Path(description="the image's id (a decimal 63-bit integer)", examples=["4306154112467219081"])
+WRITE = ["write (API key)"]
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=200)
-@serve.ingress()
+@serve.ingress(app)
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, searcher: DeploymentHandle, settings: Settings):
         self.settings = settings
@@ -54,52 +135,10 @@ class Ingress:
         self.searcher = searcher
         self.store = make_store(settings.store)
         self.model = get_model(settings.model.name)
-
-    def __serve_build_asgi_app__(self) -> Starlette:
-        app = Starlette(routes=self.routes(), exception_handlers={
-            LookalikeError: self._on_error, HTTPException: self._on_http_error, Exception: self._on_crash,
-        })
-        return app
-
-    def routes(self) -> list:
-        web = [Mount("/static", StaticFiles(directory=WEB_DIR), name="static")] if WEB_DIR.is_dir() else []
-        return [
-            Route("/", self.page, methods=["GET"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/api/v1/search", self.search, methods=["POST"]),
-            Route("/api/v1/images", self.list_images, methods=["GET"]),
-            Route("/api/v1/images", self.add_image, methods=["POST"]),
-            Route("/api/v1/images/{id}", self.get_image, methods=["GET"]),
-            Route("/api/v1/images/{id}", self.delete_image, methods=["DELETE"]),
-            Route("/api/v1/images/{id}/similar", self.similar, methods=["GET"]),
-            Route("/api/v1/index", self.build_index, methods=["POST"]),
-            Route("/api/v1/status", self.status, methods=["GET"]),
-            Route("/images/{key:path}", self.image_file, methods=["GET", "HEAD"]),
-            # The seed's routes, so its front end works unchanged.
-            Route("/search/", self.seed_search, methods=["POST"]),
-            Route("/insert/", self.seed_insert, methods=["POST"]),
-            Route("/indexing/", self.seed_indexing, methods=["POST"]),
-            Route("/status/", self.seed_status, methods=["GET"]),
-            *web,
-        ]
-
-    # -- errors ------------------------------------------------------------------------------
-    async def _on_error(self, request: Request, exc: LookalikeError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        return error_response(exc, seed=_is_seed(request))
-
-    async def _on_http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        err = LookalikeError(exc.detail or "", code=code)
-        err.status = exc.status_code
-        return error_response(err, seed=_is_seed(request))
-
-    async def _on_crash(self, request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        err = LookalikeError(f"internal error: {type(exc).__name__}", code="internal")
-        err.status = 500
-        return error_response(err, seed=_is_seed(request))
+        self.fetch_allow = url_fetch.AllowList.parse(settings.api.url_fetch_allow)
+        app.state.cors_origins = settings.api.cors_origins
+        if not settings.api.api_key.get_secret_value():
+            log.warning("no API key (api.api_key): write routes are taken only from this machine")
 
     # -- calls to the other deployments -------------------------------------------------------
     async def _remote(self, backend: str, handle: DeploymentHandle, method: str, *args):
@@ -117,7 +156,7 @@ class Ingress:
             if isinstance(exc, LookalikeError):
                 raise
             log.warning("%s.%s failed: %r", backend, method, exc)
-            raise BackendUnavailable(backend, type(exc).__name__) from None
+            raise BackendUnavailable(backend, "not responding", detail=repr(exc)) from None
 
     async def _embed(self, prepared: PreparedImage):
         return await self._remote("embedder", self.embedder, "embed", prepared.pixels)
@@ -126,14 +165,8 @@ class Ingress:
         return await self._remote("searcher", self.searcher, method, *args)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _check_key(self, request: Request) -> None:
-        expected = self.settings.api.api_key.get_secret_value()
-        if not expected:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Unauthorized("this route needs the API key (Authorization: Bearer <key> or X-API-Key)")
+    def _check_write(self, request: Request, body_key: str | None = None) -> None:
+        check_write(request, self.settings.api.api_key.get_secret_value(), body_key)
 
     async def _image_bytes(self, payload: Payload, timings: dict) -> bytes:
         if payload.image is not None:
@@ -141,8 +174,8 @@ class Ingress:
         if not self.settings.api.url_fetch:
             raise LookalikeError("searching by URL is disabled on this server", code="url_fetch_disabled")
         started = time.perf_counter()
-        data = await fetch_image(payload.url, max_bytes=self.settings.images.max_bytes,
-                                 timeout_s=self.settings.api.url_fetch_timeout_s)
+        data = await url_fetch.fetch(payload.url, max_bytes=self.settings.images.max_bytes,
+                                     timeout_s=self.settings.api.url_fetch_timeout_s, allow=self.fetch_allow)
         timings["fetch_ms"] = _ms(time.perf_counter() - started)
         return data
 
@@ -157,7 +190,7 @@ class Ingress:
         k = int_param(payload, "k", api.top_k_default, low=1, high=api.top_k_max)
         return k, label_param(payload), float_param(payload, "min_score", low=-1.0, high=1.0)
 
-    async def _run_search(self, request: Request, payload: Payload) -> tuple[list[dict], dict]:
+    async def _run_search(self, payload: Payload) -> tuple[list[dict], dict]:
         timings: dict = {}
         k, label, min_score = self._query_params(payload)
         data = await self._image_bytes(payload, timings)
@@ -172,39 +205,6 @@ class Ingress:
         timings["search_ms"] = _ms(time.perf_counter() - started)
         return [self._public(h) for h in hits], timings
 
-    # -- routes ------------------------------------------------------------------------------
-    async def page(self, request: Request) -> Response:
-        index = WEB_DIR / "index.html"
-        if not index.is_file():
-            raise NotFound("no web page is installed")
-        return FileResponse(index, media_type="text/html")
-
-    async def healthz(self, request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True})
-
-    async def search(self, request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        payload = await read_payload(request, self.settings)
-        results, timings = await self._run_search(request, payload)
-        timings["total_ms"] = _ms(time.perf_counter() - started)
-        header = ", ".join(f"{name.removesuffix('_ms')};dur={value}" for name, value in timings.items())
-        return JSONResponse({"results": results, "timings": timings}, headers={"Server-Timing": header})
-
-    async def similar(self, request: Request) -> JSONResponse:
-        image_id = id_param(request.path_params["id"])
-        payload = Payload(fields=dict(request.query_params))
-        k, label, min_score = self._query_params(payload)
-        started = time.perf_counter()
-        hits = await self._searcher("similar", image_id, k, label, min_score)
-        timings = {"search_ms": _ms(time.perf_counter() - started)}
-        return JSONResponse({"id": str(image_id), "results": [self._public(h) for h in hits], "timings": timings})
-
-    async def add_image(self, request: Request) -> JSONResponse:
-        self._check_key(request)
-        payload = await read_payload(request, self.settings)
-        item, created = await self._add(payload)
-        return JSONResponse({**item, "created": created}, status_code=201 if created else 200)
-
     async def _add(self, payload: Payload) -> tuple[dict, bool]:
         label = label_param(payload, "label") or ""
         data = await self._image_bytes(payload, {})
@@ -217,33 +217,9 @@ class Ingress:
         await asyncio.to_thread(self.store.put, key, data, prepared.content_type)
         entry = {"id": prepared.id, "key": key, "label": label, "source": payload.name or payload.url or "",
                  "embedding": vector}
-        await self._searcher("add", entry)
+        if not await self._searcher("add", entry):  # another add of this image came first
+            return self._public(await self._searcher("get", prepared.id)), False
         return self._public({k: v for k, v in entry.items() if k != "embedding"}), True
-
-    async def get_image(self, request: Request) -> JSONResponse:
-        return JSONResponse(self._public(await self._searcher("get", id_param(request.path_params["id"]))))
-
-    async def delete_image(self, request: Request) -> JSONResponse:
-        self._check_key(request)
-        entry = await self._searcher("delete", id_param(request.path_params["id"]))
-        await asyncio.to_thread(self.store.delete, entry["key"])
-        return JSONResponse({"deleted": str(entry["id"]), "key": entry["key"]})
-
-    async def list_images(self, request: Request) -> JSONResponse:
-        payload = Payload(fields=dict(request.query_params))
-        offset = int_param(payload, "offset", 0, low=0, high=10_000_000)
-        limit = int_param(payload, "limit", 50, low=1, high=self.settings.api.page_size_max)
-        page = await self._searcher("list", offset, limit, label_param(payload))
-        return JSONResponse({**page, "items": [self._public(i) for i in page["items"]]})
-
-    async def build_index(self, request: Request) -> JSONResponse:
-        self._check_key(request)
-        started = time.perf_counter()
-        index = await self._searcher("build_index")
-        return JSONResponse({"index": index, "seconds": round(time.perf_counter() - started, 3)})
-
-    async def status(self, request: Request) -> JSONResponse:
-        return JSONResponse(await self._status())
 
     async def _status(self) -> dict:
         async def safe(backend, handle, method):
@@ -268,8 +244,108 @@ class Ingress:
             "version": VERSION,
         }
 
-    async def image_file(self, request: Request) -> Response:
-        key = request.path_params["key"]
+    # -- the page and the docs ------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        index = WEB_DIR / "index.html"
+        if not index.is_file():
+            raise NotFound("no web page is installed")
+        return FileResponse(index, media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        """Swagger UI over /openapi.json, from local files and a script file (no inline code)."""
+        if not _docs_assets():
+            raise NotFound("the API docs page needs the fastapi-offline package; /openapi.json is served")
+        return HTMLResponse(
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lookalike API</title>'
+            '<link rel="stylesheet" href="docs-assets/swagger-ui.css"></head><body><div id="swagger-ui"></div>'
+            '<script src="docs-assets/swagger-ui-bundle.js"></script><script src="static/docs.js"></script>'
+            '</body></html>')
+
+    @app.get("/healthz", response_model=m.Health, tags=["service"], summary="Liveness")
+    async def healthz(self) -> dict:
+        return {"ok": True}
+
+    # -- search --------------------------------------------------------------------------------
+    @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image",
+              description="The image as a multipart file field `image`, JSON `{\"image\": base64}` or "
+                          "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score` as query or "
+                          "body fields. Timings also come as a `Server-Timing` header.",
+              openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
+    async def search(self, request: Request, response: Response, k: int | None = K, filter: str | None = FILTER,
+                     min_score: float | None = MIN_SCORE) -> dict:
+        started = time.perf_counter()
+        payload = await read_payload(request, self.settings)
+        results, timings = await self._run_search(payload)
+        timings["total_ms"] = _ms(time.perf_counter() - started)
+        response.headers["Server-Timing"] = ", ".join(f"{name.removesuffix('_ms')};dur={value}"
+                                                      for name, value in timings.items())
+        return {"results": results, "timings": timings}
+
+    @app.get("/api/v1/images/{image_id}/similar", response_model=m.SimilarResponse, tags=["search"],
+             summary="More like this: search with a stored image", responses=m.errors(404, 422, 503))
+    async def similar(self, request: Request, image_id: str = IMAGE_ID, k: int | None = K,
+                      filter: str | None = FILTER, min_score: float | None = MIN_SCORE) -> dict:
+        ident = id_param(image_id)
+        k_, label, min_ = self._query_params(Payload(fields=dict(request.query_params)))
+        started = time.perf_counter()
+        hits = await self._searcher("similar", ident, k_, label, min_)
+        return {"id": str(ident), "results": [self._public(h) for h in hits],
+                "timings": {"search_ms": _ms(time.perf_counter() - started)}}
+
+    # -- the library ---------------------------------------------------------------------------
+    @app.post("/api/v1/images", response_model=m.AddResponse, status_code=201, tags=["library"],
+              summary="Add an image", openapi_extra=m.image_body(m.AddJson, {"label": {"type": "string"}}),
+              responses={200: {"model": m.AddResponse, "description": "it was there already"},
+                         **m.errors(400, 401, 403, 413, 415, 422, 503)})
+    async def add_image(self, request: Request, response: Response) -> dict:
+        self._check_write(request)
+        item, created = await self._add(await read_payload(request, self.settings))
+        if not created:
+            response.status_code = 200
+        return {**item, "created": created}
+
+    @app.get("/api/v1/images", response_model=m.ImagePage, tags=["library"], summary="List images, paged")
+    async def list_images(self, offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(50, ge=1),
+                          filter: str | None = FILTER) -> dict:
+        payload = Payload(fields={"limit": limit, "filter": filter})
+        limit = int_param(payload, "limit", 50, low=1, high=self.settings.api.page_size_max)
+        page = await self._searcher("list", offset, limit, label_param(payload))
+        return {**page, "items": [self._public(i) for i in page["items"]]}
+
+    @app.get("/api/v1/images/{image_id}", response_model=m.ImageEntry, tags=["library"], summary="One image",
+             responses=m.errors(404, 422, 503))
+    async def get_image(self, image_id: str = IMAGE_ID) -> dict:
+        return self._public(await self._searcher("get", id_param(image_id)))
+
+    @app.delete("/api/v1/images/{image_id}", response_model=m.DeleteResponse, tags=["library"],
+                summary="Delete an image (its entry, then its stored file)",
+                responses=m.errors(401, 403, 404, 422, 503))
+    async def delete_image(self, request: Request, image_id: str = IMAGE_ID) -> dict:
+        self._check_write(request)
+        entry = await self._searcher("delete", id_param(image_id))
+        await asyncio.to_thread(self.store.delete, entry["key"])
+        return {"deleted": str(entry["id"]), "key": entry["key"]}
+
+    @app.post("/api/v1/index", response_model=m.IndexResponse, tags=["library"],
+              summary="(Re)build the index with the configured type and parameters",
+              responses=m.errors(401, 403, 503))
+    async def build_index(self, request: Request) -> dict:
+        self._check_write(request)
+        started = time.perf_counter()
+        index = await self._searcher("build_index")
+        return {"index": index, "seconds": round(time.perf_counter() - started, 3)}
+
+    @app.get("/api/v1/status", response_model=m.Status, tags=["service"],
+             summary="Health of Milvus, the store and the model; count; index")
+    async def status(self) -> dict:
+        return await self._status()
+
+    @app.head("/images/{key:path}", include_in_schema=False)
+    @app.get("/images/{key:path}", tags=["library"], summary="A stored image (local store), or a redirect to it",
+             response_class=Response, responses={200: {"content": {"image/*": {}}}, **m.errors(404)})
+    async def image_file(self, key: str) -> Response:
         if isinstance(self.store, LocalStore):
             path = self.store.path(key)
             if not path.is_file():
@@ -277,30 +353,56 @@ class Ingress:
             return FileResponse(path, headers={"Cache-Control": "public, max-age=86400, immutable"})
         return RedirectResponse(await asyncio.to_thread(self.store.url, key), status_code=307)
 
-    # -- the seed's routes ---------------------------------------------------------------------
-    async def seed_search(self, request: Request) -> JSONResponse:
+    # -- the original's routes -------------------------------------------------------------------
+    # Its front end (served from another origin, `baseURL` pointed here) sends
+    # {"key", "image": dataURL}, shows image1..image5 and the times with "ms" appended.
+    def _check_seed_key(self, request: Request, payload: Payload) -> None:
+        """As the original server did: a key that is presented (the JSON `key` or a header)
+        must be the configured one."""
+        expected = self.settings.api.api_key.get_secret_value()
+        given = presented_key(request, payload.get("key"))
+        if expected and given and not key_matches(given, expected):
+            raise Unauthorized("wrong key")
+
+    def _absolute(self, request: Request, url: str) -> str:
+        """Store URLs may be relative to this service; the original page lives elsewhere."""
+        return url if "://" in url else str(request.base_url).rstrip("/") + url
+
+    @app.post("/search/", response_model=m.SeedSearchResponse, tags=["the original's routes"],
+              summary="Search, as the original server answered its front end",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": m.SeedSearchJson.model_json_schema()}}}},
+              responses=m.errors(400, 401, 413, 415, 422, 503))
+    async def seed_search(self, request: Request) -> dict:
         payload = await read_payload(request, self.settings)
-        if payload.get("topk") is not None:
-            payload.fields.setdefault("k", payload.get("topk"))
-        results, timings = await self._run_search(request, payload)
-        body = {"ok": True, **{f"image{i}": r["url"] for i, r in enumerate(results, start=1)}}
-        body["embedding_time"] = round((timings["decode_ms"] + timings["embed_ms"]) / 1000, 4)
-        body["search_time"] = round(timings["search_ms"] / 1000, 4)
-        return JSONResponse(body)
+        self._check_seed_key(request, payload)
+        payload.fields.setdefault("k", payload.get("topk") or SEED_K)
+        results, timings = await self._run_search(payload)
+        body = {"ok": True, **{f"image{i}": self._absolute(request, r["url"]) for i, r in enumerate(results, 1)}}
+        body["embedding_time"] = round(timings["decode_ms"] + timings["embed_ms"])  # integer ms
+        body["search_time"] = round(timings["search_ms"])
+        return body
 
-    async def seed_insert(self, request: Request) -> JSONResponse:
-        self._check_key(request)
-        item, created = await self._add(await read_payload(request, self.settings))
-        return JSONResponse({"ok": True, "id": item["id"], "url": item["url"], "created": created})
+    @app.post("/insert/", response_model=m.SeedOk, tags=["the original's routes"], summary="Add an image",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": m.SeedSearchJson.model_json_schema()}}}},
+              responses=m.errors(400, 401, 403, 413, 415, 422, 503))
+    async def seed_insert(self, request: Request) -> dict:
+        payload = await read_payload(request, self.settings)
+        self._check_write(request, payload.get("key"))
+        item, created = await self._add(payload)
+        return {"ok": True, "id": item["id"], "url": self._absolute(request, item["url"]), "created": created}
 
-    async def seed_indexing(self, request: Request) -> JSONResponse:
-        self._check_key(request)
-        return JSONResponse({"ok": True, "index": await self._searcher("build_index")})
+    @app.post("/indexing/", response_model=m.SeedOk, tags=["the original's routes"], summary="Build the index",
+              responses=m.errors(401, 403, 503))
+    async def seed_indexing(self, request: Request) -> dict:
+        payload = await read_payload(request, self.settings, require_image=False)
+        self._check_write(request, payload.get("key"))
+        return {"ok": True, "index": await self._searcher("build_index")}
 
-    async def seed_status(self, request: Request) -> JSONResponse:
+    @app.get("/status/", response_model=m.SeedStatus, tags=["the original's routes"],
+             summary="Status, with the original's fields")
+    async def seed_status(self) -> dict:
         status = await self._status()
-        return JSONResponse({"ok": status["status"] == "ok", **status})
-
-
-def _is_seed(request: Request) -> bool:
-    return request.url.path in ("/search/", "/insert/", "/indexing/", "/status/")
+        return {"ok": status["status"] == "ok", "entities_num": status["count"], "cpu": machine.cpu_percent(),
+                "memory": machine.memory_percent(), "gpu": status["model"].get("gpu") or "none", **status}

@@ -18,6 +18,7 @@ from lookalike.settings import Settings
 
 FORM_FIELD = "image"
 _MULTIPART_OVERHEAD = 64 * 1024
+MAX_JSON_DEPTH = 8  # a request body is a flat object; anything deeper is refused
 
 
 @dataclass
@@ -127,16 +128,32 @@ def _read_json(body: bytes, payload: Payload) -> None:
         raise EmptyInput("the request body is empty; send JSON with 'image' or 'url'")
     try:
         data = json.loads(body)
+    except RecursionError:  # the parser's own depth limit, far past ours
+        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the request body is not valid JSON") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object")
     if data.get("image") is not None:
         payload.image = decode_base64(data.pop("image"))
     if data.get("url") is not None:
         payload.url = str(data.pop("url"))
-    payload.name = str(data.pop("key", "") or data.pop("name", "") or "")
+    payload.name = str(data.pop("name", "") or "")  # "key" stays a field: the original routes' API key
     payload.fields.update({k: v for k, v in data.items() if v is not None})
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -174,6 +191,8 @@ def label_param(payload: Payload, name: str = "filter", *, max_len: int = 256) -
         return None
     if not isinstance(raw, str) or len(raw) > max_len:
         raise InvalidParameter(f"'{name}' must be a label of at most {max_len} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise InvalidParameter(f"'{name}' must not contain control characters")
     return raw
 
 
@@ -185,20 +204,3 @@ def id_param(raw: str) -> int:
     if not 0 <= value < 2**63:
         raise InvalidParameter("image id out of range")
     return value
-
-
-async def fetch_image(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
-    """GET an image by URL (http/https only), refusing more than ``max_bytes``."""
-    import httpx
-
-    if not url.lower().startswith(("http://", "https://")):
-        raise InvalidParameter("'url' must be an http:// or https:// URL")
-    try:
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, max_redirects=3,
-                                     trust_env=False) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise BadRequest(f"fetching the URL returned HTTP {response.status_code}", code="url_fetch_failed")
-                return await read_capped(response.aiter_bytes(), max_bytes, "the image at the URL")
-    except httpx.HTTPError as exc:
-        raise BadRequest(f"cannot fetch the URL: {type(exc).__name__}: {exc}", code="url_fetch_failed") from None

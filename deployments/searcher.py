@@ -66,9 +66,10 @@ class Searcher:
     async def exists(self, image_id: int) -> bool:
         return bool(await self._run(self.catalog.existing_ids, [image_id]))
 
-    async def add(self, entry: dict) -> None:
+    async def add(self, entry: dict) -> bool:
+        """Store the entry unless its id is stored already; whether it was created."""
         async with self._write:
-            await self._run(self.catalog.upsert, [Entry(**entry)])
+            return bool(await self._run(self.catalog.insert_new, [Entry(**entry)]))
 
     async def delete(self, image_id: int) -> dict:
         """Remove one entry; returns it (the caller removes the stored object)."""

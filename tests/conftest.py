@@ -6,6 +6,8 @@ namespace, which also proves no test talks to anything else.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +137,9 @@ def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     from lookalike.store import make_store
 
     # A low Lite size limit, so that status carries the scale warning (the gallery is larger).
-    settings = make_settings(workdir / "api", api={"api_key": API_KEY}, milvus={"lite_fast_max_rows": 10})
+    # The service fetches URLs from itself in tests: 127.0.0.1 is on its allow-list.
+    settings = make_settings(workdir / "api", api={"api_key": API_KEY, "url_fetch_allow": ["127.0.0.1/32"]},
+                             milvus={"lite_fast_max_rows": 10})
     catalog = Catalog.open(settings.milvus, encoder.dim, shared=True)  # starts the shared server
     report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
                          store=make_store(settings.store))
@@ -169,3 +173,25 @@ def api_s3(serve_url, workdir, gallery, s3_server, lite_process) -> App:
     from ray import serve
 
     serve.delete("s3")
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium, driven by Playwright (which never downloads a browser here).
+    Per module: Playwright's sync API keeps an event loop running in this thread while it is
+    open, which would break every later asyncio.run()."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

@@ -8,10 +8,14 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from lookalike.images import content_id
 
 from .support.images import draw, encode, png_with_size, truncated_jpeg
+
+
+STRIP = encode(Image.new("L", (100_000, 8), 0), "PNG")  # a few KB; 100000x8 pixels
 
 
 def _file(app, label, i=0):
@@ -92,6 +96,18 @@ def test_filter_and_min_score(api, anon):
     assert _search(anon, data, min_score=3).status_code == 422
 
 
+def test_non_ascii_labels_are_stored_and_filtered(api, client, anon):
+    data = encode(draw("triangle", (200, 30, 90), seed=4343), "PNG")
+    for label in ("café", "🍎"):
+        added = client.post("/api/v1/images", files={"image": ("t.png", data, "image/png")}, data={"label": label})
+        assert added.status_code == 201, added.text
+        hits = _search(anon, data, k=3, filter=label).json()["results"]
+        assert [h["label"] for h in hits] == [label]
+        page = anon.get("/api/v1/images", params={"filter": label}).json()
+        assert page["total"] == 1 and page["items"][0]["label"] == label
+        assert client.delete(f"/api/v1/images/{content_id(data)}").status_code == 200
+
+
 def test_more_like_this(api, anon):
     data = _file(api, "rings", 2).read_bytes()
     image_id = str(content_id(data))
@@ -130,6 +146,18 @@ def test_add_is_idempotent_then_delete_removes_entry_and_object(api, client, ano
     assert client.get("/api/v1/status").json()["count"] == before
 
 
+def test_concurrent_adds_of_one_new_image_answer_one_201(api, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = encode(draw("ring", (10, 120, 240), seed=777), "PNG")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/v1/images", files={"image": ("r.png", data, "image/png")}),
+                                range(8)))
+    assert sorted(r.status_code for r in answers) == [200] * 7 + [201], [r.text for r in answers]
+    assert {r.json()["id"] for r in answers} == {str(content_id(data))}
+    assert client.delete(f"/api/v1/images/{content_id(data)}").status_code == 200
+
+
 def test_write_routes_need_the_api_key(api, anon):
     data = encode(draw("square", (1, 1, 1), seed=99), "PNG")
     for method, path, kwargs in [
@@ -144,6 +172,8 @@ def test_write_routes_need_the_api_key(api, anon):
             assert r.status_code == 401, (method, path, headers)
             assert r.headers["www-authenticate"] == "Bearer"
     assert anon.get("/api/v1/images", params={"limit": 1}).status_code == 200  # reads stay open
+    cross = anon.post("/api/v1/index", headers={"X-API-Key": "wrong", "Origin": "http://evil.example"})
+    assert cross.status_code == 401 and "access-control-allow-origin" not in cross.headers
     ok = anon.post("/api/v1/index", headers={"X-API-Key": api.key})
     assert ok.status_code == 200
 
@@ -169,22 +199,33 @@ def test_list_pages_and_index_and_status(api, client):
 
 # -- the seed's routes -----------------------------------------------------------------------
 def test_seed_routes(api, client, anon):
+    """Field for field as the original server answered its front end (served from another origin)."""
     data = _file(api, "checkers", 2).read_bytes()
     b64 = base64.b64encode(data).decode()
-    r = anon.post("/search/", json={"key": "checkers_2.jpg", "image": f"data:image/jpeg;base64,{b64}"})
+    front = {"Origin": "http://front.example"}
+    r = anon.post("/search/", json={"key": api.key, "image": f"data:image/jpeg;base64,{b64}"}, headers=front)
     body = r.json()
-    assert r.status_code == 200 and body["ok"] is True
-    first = anon.get(body["image1"])
+    assert r.status_code == 200 and body["ok"] is True and r.headers["access-control-allow-origin"] == "*"
+    assert sorted(k for k in body if k.startswith("image")) == [f"image{i}" for i in range(1, 6)]
+    assert body["image1"].startswith(api.url + "/images/")  # absolute: the page lives on another origin
+    first = httpx.get(body["image1"])
     assert first.status_code == 200 and first.content == data
-    assert f"image{api.settings.api.top_k_default}" in body
-    assert body["embedding_time"] > 0 and body["search_time"] > 0
+    assert all(isinstance(body[t], int) and body[t] >= 0 for t in ("embedding_time", "search_time"))  # ms
+    assert anon.post("/search/", json={"image": b64}).json()["ok"] is True  # no key: reads are open
+
+    wrong = anon.post("/search/", json={"key": "not-the-key", "image": b64})
+    assert wrong.status_code == 401 and wrong.json()["ok"] is False and wrong.json()["result"]
 
     new = encode(draw("triangle", (0, 0, 0), seed=777), "PNG")
-    inserted = client.post("/insert/", json={"key": "dark.png", "image": base64.b64encode(new).decode()})
+    inserted = anon.post("/insert/", json={"key": api.key, "image": base64.b64encode(new).decode()})
     assert inserted.status_code == 200 and inserted.json()["ok"] and inserted.json()["id"] == str(content_id(new))
-    assert client.post("/indexing/").json()["ok"] is True
-    status = anon.get("/status/").json()
-    assert status["ok"] is True and status["count"] >= 31
+    assert anon.post("/insert/", json={"key": "wrong", "image": base64.b64encode(new).decode()}).status_code == 401
+    assert anon.post("/indexing/", json={"key": api.key}).json()["ok"] is True
+    status = anon.get("/status/", headers=front)
+    assert status.headers["access-control-allow-origin"] == "*"
+    status = status.json()
+    assert status["ok"] is True and status["entities_num"] == status["count"] >= 31
+    assert 0 <= status["memory"] <= 100 and status["cpu"] >= 0 and status["gpu"] == "none"
     client.delete(f"/api/v1/images/{content_id(new)}")
 
     bad = anon.post("/search/", json={"key": "x", "image": "%%% not base64"})
@@ -203,14 +244,34 @@ def test_seed_routes(api, client, anon):
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_request"),
     ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
     ({"files": {"image": ("b.png", png_with_size(30_000, 30_000), "image/png")}}, 413, "too_large"),
-    ({"json": {"url": "file:///etc/passwd"}}, 422, "invalid_parameter"),
-    ({"json": {"url": "http://127.0.0.1:9/nothing-listens-here.png"}}, 400, "url_fetch_failed"),
+    ({"content": b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": {"content-type":
+      "application/json"}}, 400, "bad_request"),  # past the JSON parser's own recursion limit
+    ({"json": {"image": "x", "k": [[[[[[[[[1]]]]]]]]]}}, 400, "bad_request"),  # past ours (8)
+    ({"json": {"image": "aGk=", "filter": "a\nb"}}, 422, "invalid_parameter"),
+    ({"files": {"image": ("s.png", STRIP, "image/png")}}, 422, "extreme_aspect_ratio"),
+    ({"json": {"url": "file:///etc/passwd"}}, 400, "invalid_url"),
+    ({"json": {"url": "http://[::1"}}, 400, "invalid_url"),
+    ({"json": {"url": "http://127.0.0.1:9/nothing-listens-here.png"}}, 400, "url_fetch_failed"),  # allowed, closed
+    ({"json": {"url": "http://[::1]:8265/api/jobs/"}}, 400, "url_fetch_failed"),  # loopback, not on the list
+    ({"json": {"url": "http://169.254.169.254/latest/meta-data/"}}, 400, "url_fetch_failed"),
 ])
 def test_bad_input_gets_a_clear_4xx_json_error(anon, kwargs, status, code):
     r = anon.post("/api/v1/search", **kwargs)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code and error["message"]
+
+
+def test_request_ids_and_security_headers(anon):
+    page = anon.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"] == "no-referrer"
+    bad = anon.post("/api/v1/search", json={"picture": 1}, headers={"X-Request-ID": "abc-123"})
+    assert bad.headers["x-request-id"] == "abc-123" and bad.json()["error"]["request_id"] == "abc-123"
+    made = [anon.get("/api/v1/nothing") for _ in range(3)]  # none given: Serve makes one, the body carries it
+    assert all(r.json()["error"]["request_id"] == r.headers["x-request-id"] for r in made)
+    assert len({r.headers["x-request-id"] for r in made}) == 3
 
 
 def test_oversized_upload_is_refused_before_reading_it(api, anon):
@@ -246,6 +307,21 @@ def test_s3_store_urls(api_s3):
             "backend": "s3", "endpoint": api_s3.settings.store.s3.endpoint, "bucket": "gallery", "healthy": True}
 
 
+def test_without_a_key_writes_are_local_and_same_site_only(api_s3):
+    """The S3 app has no API key: this machine may write, another site's page may not (CSRF)."""
+    data = encode(draw("square", (3, 200, 3), seed=5151), "PNG")
+    form = {"files": {"image": ("g.png", data, "image/png")}}
+    with httpx.Client(base_url=api_s3.url, timeout=60) as c:
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            r = c.post("/api/v1/images", headers=headers, **form)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site", r.text
+        assert c.post("/insert/", headers={"Origin": "http://evil.example"}, json={
+            "image": base64.b64encode(data).decode()}).json()["ok"] is False  # the original's shape, under /s3
+        r = c.post("/api/v1/images", headers={"Origin": api_s3.url.rsplit("/", 1)[0]}, **form)  # its own page
+        assert r.status_code == 201, r.text
+        assert c.delete(f"/api/v1/images/{content_id(data)}").status_code == 200
+
+
 def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_process):
     with api_s3.client() as c:
         data = _file(api_s3, "circles", 3).read_bytes()
@@ -255,7 +331,12 @@ def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_proc
         try:
             r = _search(c, data, k=1)
             assert r.status_code == 503, r.text
-            assert r.json()["error"]["backend"] == "milvus" and "milvus" in r.json()["error"]["message"]
+            error = r.json()["error"]
+            assert error["backend"] == "milvus" and "milvus" in error["message"]
+            assert r.headers["retry-after"] == "5" and error["request_id"] == r.headers["x-request-id"]
+            # No internal address, path or exception name reaches the client.
+            uri = api_s3.settings.milvus.uri
+            assert uri not in r.text and "127.0.0.1" not in r.text and "Error" not in error["message"]
             new = encode(draw("ring", (9, 9, 9), seed=31337), "PNG")
             w = c.post("/api/v1/images", files={"image": ("n.png", new, "image/png")})
             assert w.status_code == 503

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import time
 
 import httpx
@@ -13,24 +11,6 @@ import pytest
 from lookalike.images import content_id
 
 from .support.images import draw, encode
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -227,3 +207,65 @@ def test_keyboard_and_phone_width(browser, api):
     page.keyboard.press("Enter")
     page.wait_for_function("() => document.querySelector('#results-title').textContent.startsWith('More like')")
     context.close()
+
+
+ORIGINAL_PAGE = """<!doctype html><html><body><p id="status"></p><p id="times"></p><div id="images"></div>
+<script>
+// As the original front end calls its server: baseURL points at another origin.
+const baseURL = "%s";
+async function run(dataURL) {
+  const status = await (await fetch(baseURL + "/status/")).json();
+  document.getElementById("status").textContent =
+    `${status.entities_num} images, cpu ${status.cpu}%%, memory ${status.memory}%%, gpu ${status.gpu}`;
+  const response = await fetch(baseURL + "/search/", {method: "POST", headers: {"Content-Type": "application/json"},
+                                                      body: JSON.stringify({key: "", image: dataURL})});
+  const body = await response.json();
+  document.getElementById("times").textContent = `${body.embedding_time}ms ${body.search_time}ms`;
+  for (let i = 1; i <= 5; i++) {
+    const img = document.createElement("img");
+    img.src = body["image" + i];
+    document.getElementById("images").appendChild(img);
+  }
+}
+</script></body></html>"""
+
+
+def test_the_original_front_end_on_another_origin_shows_five_images(browser, api):
+    """CORS on /status/ and /search/ (a JSON POST: a preflight first), absolute image URLs."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Front(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            body = (ORIGINAL_PAGE % api.url).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{front.server_address[1]}/")  # another port: another origin
+        query = api.gallery["stripes"][2]
+        data_url = "data:image/png;base64," + base64.b64encode(query.read_bytes()).decode()
+        page.evaluate("url => run(url)", data_url)
+        page.wait_for_function("() => [...document.images].length === 5 && "
+                               "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        count = httpx.get(api.url + "/api/v1/status").json()["count"]
+        assert page.inner_text("#status").startswith(f"{count} images, cpu ")
+        embed, search = page.inner_text("#times").split()
+        assert embed.endswith("ms") and embed[:-2].isdigit() and search[:-2].isdigit()
+        first = page.evaluate("() => document.images[0].src")
+        assert httpx.get(first).content == query.read_bytes()  # the query itself comes first
+    finally:
+        context.close()
+        front.shutdown()
+        front.server_close()

@@ -1,0 +1,138 @@
+"""Who may write, and which browsers may read from other origins.
+
+Writes (add, delete, index; the original's /insert/ and /indexing/):
+- with ``api.api_key`` set, only with that key (``Authorization: Bearer``, ``X-API-Key``, or
+  the original routes' JSON ``key``), compared in constant time; a valid key is allowed from
+  anywhere, a page on another site included (the key is the proof);
+- without a key, only from this machine (a loopback peer, not forwarded by a proxy) and never
+  from another site's page: a cross-site request forgery is refused by its ``Sec-Fetch-Site``
+  or ``Origin`` header. A fresh install therefore exposes no write to the network.
+
+Reads are open; ``ReadCors`` lets the configured origins' pages call them (never with
+credentials). A preflight for any other route gets no CORS headers, so browsers refuse it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lookalike.errors import Forbidden, Unauthorized
+
+# (method, path pattern) of the routes other origins' pages may call.
+READ_ROUTES = [
+    ("POST", re.compile(r"/api/v1/search")),
+    ("GET", re.compile(r"/api/v1/status")),
+    ("GET", re.compile(r"/api/v1/images")),
+    ("GET", re.compile(r"/api/v1/images/[^/]+(/similar)?")),
+    ("GET", re.compile(r"/images/.+")),
+    ("HEAD", re.compile(r"/images/.+")),
+    ("POST", re.compile(r"/search/")),
+    ("GET", re.compile(r"/status/")),
+]
+
+
+def presented_key(request: Request, body_key: str | None = None) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "") or (body_key or "")
+
+
+def key_matches(given: str, expected: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def is_local_peer(request: Request) -> bool:
+    """The TCP peer is this machine and no proxy says it forwards someone else."""
+    if request.headers.get("x-forwarded-for") or request.headers.get("forwarded"):
+        return False
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_cross_site(request: Request) -> bool:
+    """A browser request made by another site's page (CSRF): Sec-Fetch-Site says so, or the
+    Origin differs from the host the request was sent to."""
+    if request.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+
+
+def check_write(request: Request, api_key: str, body_key: str | None = None) -> None:
+    if api_key:
+        if not key_matches(presented_key(request, body_key), api_key):
+            raise Unauthorized("this route needs the API key (Authorization: Bearer <key> or X-API-Key)")
+        return
+    if not is_local_peer(request):
+        raise Forbidden("writes need an API key on this server (set api.api_key); without one they are "
+                        "taken only from this machine", code="api_key_required")
+    if is_cross_site(request):
+        raise Forbidden("a write from another site's page is refused (cross-site request)", code="cross_site")
+
+
+def _read_route(method: str, path: str) -> bool:
+    return any(m == method and pattern.fullmatch(path) for m, pattern in READ_ROUTES)
+
+
+class ReadCors:
+    """CORS for the read routes only, for the configured origins, without credentials.
+    ``origins``: a list, or None to read ``app.state.cors_origins`` of the application serving
+    the request (set from the settings when the ingress starts; unset: no CORS)."""
+
+    def __init__(self, app, origins: list[str] | None = None):
+        self.app = app
+        self.origins = origins
+
+    def _allow(self, scope, origin: str) -> str | None:
+        origins = self.origins
+        if origins is None:
+            origins = getattr(getattr(scope.get("app"), "state", None), "cors_origins", [])
+        if "*" in origins:
+            return "*"
+        return origin if origin in origins else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):  # an application under a route prefix (/s3/...)
+            path = path[len(root):] or "/"
+        origin, method = headers.get("origin"), scope["method"]
+        if origin and method == "OPTIONS" and "access-control-request-method" in headers:
+            wanted = headers["access-control-request-method"].upper()
+            allowed = self._allow(scope, origin) if _read_route(wanted, path) else None
+            response = Response(status_code=204 if allowed else 403)
+            if allowed:
+                response.headers.update({
+                    "Access-Control-Allow-Origin": allowed, "Access-Control-Allow-Methods": wanted,
+                    "Access-Control-Allow-Headers": "Content-Type, X-Request-ID", "Access-Control-Max-Age": "600"})
+                if allowed != "*":
+                    response.headers["Vary"] = "Origin"
+            return await response(scope, receive, send)
+        allowed = self._allow(scope, origin) if origin and _read_route(method, path) else None
+        if allowed is None:
+            return await self.app(scope, receive, send)
+        extra = [(b"access-control-allow-origin", allowed.encode()),
+                 (b"access-control-expose-headers", b"Server-Timing, X-Request-ID")]
+        if allowed != "*":
+            extra.append((b"vary", b"Origin"))
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

@@ -1,0 +1,162 @@
+"""The HTTP API's request and response models (pydantic): what /openapi.json and /docs show, and
+what the routes are checked to return."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# -- requests ----------------------------------------------------------------------------------
+QUERY_FIELDS = {
+    "k": {"type": "integer", "minimum": 1, "description": "how many results (api.top_k_max at most)"},
+    "filter": {"type": "string", "maxLength": 256, "description": "only images with this label"},
+    "min_score": {"type": "number", "minimum": -1, "maximum": 1, "description": "cosine similarity at least"},
+}
+
+
+class ImageJson(BaseModel):
+    """A JSON body: the image as base64 (or a data: URL), or a URL the server fetches."""
+
+    image: str | None = Field(None, description="base64 bytes, or a data: URL", examples=["iVBORw0KGgo..."])
+    url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
+        "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
+    k: int | None = Field(None, ge=1)
+    filter: str | None = Field(None, max_length=256)
+    min_score: float | None = Field(None, ge=-1, le=1)
+
+
+class AddJson(ImageJson):
+    label: str | None = Field(None, max_length=256, description="the image's label (its class)")
+    name: str | None = Field(None, description="where it came from (kept as `source`)")
+
+
+def image_body(model: type[BaseModel], extra_fields: dict | None = None) -> dict:
+    """openapi_extra for a route that takes an image in any of the four forms."""
+    fields = {**{k: v for k, v in QUERY_FIELDS.items()}, **(extra_fields or {})}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"}, **fields}}},
+        "application/json": {"schema": model.model_json_schema()},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+
+class SeedSearchJson(BaseModel):
+    """The original front end's body."""
+
+    key: str | None = Field(None, description="the API key, when the server has one")
+    image: str = Field(description="a data: URL or base64")
+    topk: int | None = Field(None, ge=1)
+
+
+class SeedKeyJson(BaseModel):
+    key: str | None = Field(None, description="the API key")
+
+
+# -- responses -----------------------------------------------------------------------------------
+class ImageEntry(BaseModel):
+    id: str = Field(description="63-bit id from the image's SHA-256, as a string", examples=["4306154112467219081"])
+    key: str = Field(description="the object's key in the image store")
+    label: str
+    source: str = Field(description="where the image came from (file name, path or URL)")
+    url: str = Field(description="where a browser loads the image")
+
+
+class Hit(ImageEntry):
+    distance: float = Field(description="squared L2 distance of the unit vectors")
+    score: float = Field(description="cosine similarity, -1..1")
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    decode_ms: float | None = None
+    embed_ms: float | None = None
+    search_ms: float | None = None
+    total_ms: float | None = None
+    fetch_ms: float | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    timings: Timings
+
+
+class SimilarResponse(SearchResponse):
+    id: str
+
+
+class AddResponse(ImageEntry):
+    created: bool = Field(description="true: stored now (201); false: it was there already (200)")
+
+
+class DeleteResponse(BaseModel):
+    deleted: str
+    key: str
+
+
+class ImagePage(BaseModel):
+    items: list[ImageEntry]
+    offset: int
+    limit: int
+    total: int
+
+
+class IndexResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: dict
+    seconds: float
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str = Field(description="ok, or degraded when a backend is down")
+    count: int | None = Field(description="images in the collection")
+    dimension: int
+    model: dict
+    index: dict | None
+    milvus: dict
+    store: dict
+    version: str
+
+
+class Health(BaseModel):
+    ok: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine code", examples=["invalid_image"])
+    message: str
+    request_id: str = Field(description="also in the X-Request-ID header and the server's log line")
+    backend: str | None = Field(None, description="503 only: which backend is down")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class SeedSearchResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image1 ... imageK: absolute URLs
+    ok: bool
+    embedding_time: int = Field(description="decode + embed, integer milliseconds")
+    search_time: int = Field(description="Milvus search, integer milliseconds")
+
+
+class SeedStatus(Status):
+    ok: bool
+    entities_num: int | None
+    cpu: float | None = Field(description="this machine's load (1-minute average over its CPUs), percent")
+    memory: float | None = Field(description="this machine's memory in use, percent")
+    gpu: str = Field(description="the Embedder's GPU, or none")
+
+
+class SeedOk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ok: bool
+
+
+def errors(*statuses: int) -> dict:
+    """The documented error answers of a route (every error has the same body)."""
+    what = {400: "bad input (malformed body, JSON, URL, or a URL that cannot be fetched)",
+            401: "the API key is missing or wrong", 403: "a write refused (no API key, or another site's page)",
+            404: "no such image or route", 413: "too many bytes or pixels", 415: "not an image format it reads",
+            422: "an invalid image or parameter", 503: "a backend is down (see `backend`; retry after Retry-After)"}
+    return {s: {"model": ErrorResponse, "description": what[s]} for s in statuses}

@@ -1,0 +1,86 @@
+"""Who may write and which origins may read (deployments/access.py), on ASGI scopes and a small
+Starlette app; the same rules through the running service are in test_api.py."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from deployments.access import ReadCors, check_write
+from lookalike.errors import Forbidden, Unauthorized
+
+
+def request(client=("127.0.0.1", 5000), **headers) -> Request:
+    raw = [(k.replace("_", "-").lower().encode(), v.encode()) for k, v in {"host": "127.0.0.1:8000", **headers}.items()]
+    return Request({"type": "http", "method": "POST", "path": "/api/v1/images", "headers": raw, "client": client,
+                    "query_string": b""})
+
+
+def test_without_a_key_writes_come_only_from_this_machine():
+    check_write(request(), "")  # loopback, no Origin: the CLI or curl on this machine
+    check_write(request(client=("::1", 5000)), "")
+    check_write(request(origin="http://127.0.0.1:8000", sec_fetch_site="same-origin"), "")  # the service's own page
+    for peer in (("10.0.0.7", 5000), ("203.0.113.9", 5000), ("testclient", 50000)):
+        with pytest.raises(Forbidden) as err:
+            check_write(request(client=peer), "")
+        assert err.value.code == "api_key_required"
+    with pytest.raises(Forbidden):  # a proxy on this machine forwarding someone else
+        check_write(request(x_forwarded_for="203.0.113.9"), "")
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"}, {"origin": "null"}, {"sec_fetch_site": "cross-site"},
+    {"sec_fetch_site": "same-site"}, {"origin": "http://127.0.0.1:9999"},
+])
+def test_without_a_key_a_cross_site_write_is_refused(headers):
+    with pytest.raises(Forbidden) as err:
+        check_write(request(**headers), "")
+    assert err.value.code == "cross_site"
+
+
+def test_with_a_key_only_the_key_counts():
+    check_write(request(client=("203.0.113.9", 1), authorization="Bearer s3cret"), "s3cret")
+    check_write(request(origin="http://other.example", x_api_key="s3cret"), "s3cret")  # the key is the proof
+    check_write(request(), "s3cret", body_key="s3cret")  # the original routes' JSON key
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"x_api_key": "s3cre"}, {"authorization": "Bearer "}):
+        with pytest.raises(Unauthorized):
+            check_write(request(**headers), "s3cret")
+
+
+def _app(origins):
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    routes = [Route("/api/v1/search", ok, methods=["POST"]), Route("/api/v1/images", ok, methods=["GET", "POST"]),
+              Route("/api/v1/index", ok, methods=["POST"]), Route("/status/", ok, methods=["GET"])]
+    return TestClient(ReadCors(Starlette(routes=routes), origins))
+
+
+def test_cors_on_read_routes_only_and_never_with_credentials():
+    client = _app(["*"])
+    read = client.post("/api/v1/search", headers={"Origin": "http://front.example"})
+    assert read.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in read.headers
+    assert client.get("/status/", headers={"Origin": "http://front.example"}).headers[
+        "access-control-allow-origin"] == "*"
+    pre = client.options("/api/v1/search", headers={"Origin": "http://front.example",
+                                                    "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-methods"] == "POST"
+    for method, path in (("POST", "/api/v1/images"), ("POST", "/api/v1/index"), ("DELETE", "/api/v1/images")):
+        pre = client.options(path, headers={"Origin": "http://front.example", "Access-Control-Request-Method": method})
+        assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers, (method, path)
+    write = client.post("/api/v1/images", headers={"Origin": "http://front.example"})
+    assert "access-control-allow-origin" not in write.headers
+
+
+def test_cors_for_listed_origins():
+    client = _app(["http://front.example"])
+    ok = client.post("/api/v1/search", headers={"Origin": "http://front.example"})
+    assert ok.headers["access-control-allow-origin"] == "http://front.example" and ok.headers["vary"] == "Origin"
+    other = client.post("/api/v1/search", headers={"Origin": "http://other.example"})
+    assert "access-control-allow-origin" not in other.headers
+    assert "access-control-allow-origin" not in _app([]).post("/api/v1/search", headers={"Origin": "http://x"}).headers
