@@ -87,8 +87,8 @@ def process_role(pid: int, cmdline: str) -> str:
     Milvus Lite server, this process (the load generator), or the rest (Ray's own daemons)."""
     if pid == os.getpid():
         return "load generator"
-    if cmdline.startswith("ray::ServeReplica:"):
-        return cmdline.split()[0].rsplit(":", 1)[-1]
+    if cmdline.startswith("ray::ServeReplica:"):  # ray::ServeReplica:<app>:<Deployment>[.<method>]
+        return cmdline.split()[0].rsplit(":", 1)[-1].split(".")[0]
     if cmdline.startswith("ray::ProxyActor"):
         return "proxy"
     if "lookalike.lite_server" in cmdline:

@@ -101,6 +101,24 @@ README_START = "<!-- benchmarks:start (python -m benchmarks.summary writes this 
 README_END = "<!-- benchmarks:end -->"
 
 
+def before_and_after(data: dict) -> str:
+    """The query path before the speed work (issue 11) and now, measured in the same run."""
+    rows_by = data.get("rows", {})
+    before = {r["clients"]: r for r in rows_by.get("before issue 11", [])}
+    rows = []
+    for r in rows_by.get("lookalike", []):
+        b = before.get(r["clients"])
+        if b and b["qps"]:
+            rows.append({"clients": r["clients"], "before": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms",
+                         "now": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms",
+                         "ratio": f"{r['qps'] / b['qps']:.2f}× QPS, {b['p50_ms'] / r['p50_ms']:.2f}× faster p50"})
+    if not rows:
+        return ""
+    return ("\n\nThe query path before the speed work (torch bf16, 10 ms batch wait, Serve's default mode) and "
+            "now, same run:\n\n" + markdown_table(rows, ["clients", "before", "now", "ratio"],
+                                                     ["HTTP clients", "before", "now", ""]))
+
+
 def headlines(found: dict[str, dict]) -> str:
     heads = []
     for name, fn in (("embedding", headline_embedding), ("vector-search", headline_search),
@@ -108,8 +126,9 @@ def headlines(found: dict[str, dict]) -> str:
         if name in found:
             heads += fn(found[name])
     machines = "; ".join(sorted({machine_line(d["machine"]) for d in found.values()}))
+    speed = before_and_after(found["http-load"]) if "http-load" in found else ""
     return (markdown_table(heads, ["what", "original", "lookalike", "ratio"], ["", "original design", "Lookalike", ""])
-            + f"\n\nMeasured on: {machines}.")
+            + speed + f"\n\nMeasured on: {machines}.")
 
 
 def update_readme(readme: Path, found: dict[str, dict], page: str) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.requests import Request
 
-from deployments.inputs import json_depth, read_payload
+from deployments.inputs import Payload, json_depth, read_payload
 from lookalike.errors import LookalikeError
 from lookalike.images import prepare
 from lookalike.settings import Settings
@@ -140,6 +140,22 @@ def test_random_urls_parse_or_are_refused_as_400(text):
         assert exc.status == 400
         return
     assert target.scheme in ("http", "https") and target.host and 0 < target.port < 65536
+
+
+@FAST
+@given(st.text(max_size=40))
+def test_labels_are_any_printable_text(text):
+    from deployments.inputs import label_param
+    from lookalike.errors import InvalidParameter
+
+    payload = Payload(fields={"filter": text})
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        try:
+            label_param(payload)
+        except InvalidParameter:
+            return
+        raise AssertionError(f"a control character passed: {text!r}")
+    assert label_param(payload) == (text or None)
 
 
 def test_json_nested_too_deep_is_a_400_not_a_crash():

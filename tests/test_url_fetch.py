@@ -158,6 +158,11 @@ def test_every_redirect_hop_is_checked_again(server):
     with pytest.raises(FetchFailed) as err:  # a hop to another loopback address, not on the list
         get(f"{server}/to/http://127.0.0.2:{port}/img", LOOPBACK)
     assert err.value.message == FAILED and seen == [(f"/to/http://127.0.0.2:{port}/img", f"{HOST}:{port}")]
+    seen.clear()
+    by_name = AllowList.parse(["localhost"])  # the name is allowed; a hop to 127.0.0.1 by address is not
+    with pytest.raises(FetchFailed):
+        get(f"http://localhost:{port}/to/http://{HOST}:{port}/img", by_name)
+    assert [path for path, _ in seen] == [f"/to/http://{HOST}:{port}/img"]  # the second hop was never made
     with pytest.raises(FetchFailed, match="redirects more than 3"):
         get(f"{server}/loop", LOOPBACK)
 
