@@ -171,10 +171,33 @@ def cmd_lite_server(args, settings: Settings) -> int:
     return 0
 
 
+def open_writes_refusal(serve_config: str, settings: Settings) -> str | None:
+    """Why the service must not start: listening beyond this machine with no API key would leave
+    nothing but the peer-address check between the network and the write routes."""
+    import ipaddress
+
+    import yaml
+
+    host = str((yaml.safe_load(Path(serve_config).read_text()) or {}).get("http_options", {}).get("host", "127.0.0.1"))
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if local or settings.api.api_key.get_secret_value():
+        return None
+    return (f"{serve_config} listens on {host}, beyond this machine, and no API key is set: set api.api_key "
+            "(LOOKALIKE_API__API_KEY) to serve the write routes there, or listen on 127.0.0.1")
+
+
 def cmd_serve(args, settings: Settings) -> int:
     """`serve run` the Serve config; own the shared Milvus Lite server while it runs."""
     from .lite_server import serving
     from .ray_env import use_local_ray_env
+
+    refusal = open_writes_refusal(args.serve_config, settings)
+    if refusal:
+        print(f"lookalike: {refusal}", file=sys.stderr)
+        return 2
 
     env = use_local_ray_env(dict(os.environ))
     if args.config:

@@ -84,3 +84,23 @@ def test_cors_for_listed_origins():
     other = client.post("/api/v1/search", headers={"Origin": "http://other.example"})
     assert "access-control-allow-origin" not in other.headers
     assert "access-control-allow-origin" not in _app([]).post("/api/v1/search", headers={"Origin": "http://x"}).headers
+
+
+def test_lookalike_serve_refuses_a_non_loopback_host_without_a_key(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from lookalike import cli
+
+    started = []
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda *a, **k: started.append(a))  # never reached
+    config = tmp_path / "serve.yaml"
+    for host, key, refused in (("0.0.0.0", "", True), ("10.1.2.3", "", True), ("0.0.0.0", "k3y", False),
+                               ("127.0.0.1", "", False), ("::1", "", False)):
+        config.write_text(yaml.safe_dump({"http_options": {"host": host, "port": 8000}}))
+        monkeypatch.setenv("LOOKALIKE_API__API_KEY", key)
+        settings = cli.load_settings()
+        reason = cli.open_writes_refusal(str(config), settings)
+        assert (reason is not None) == refused, host
+        if refused:
+            assert cli.main(["serve", "--serve-config", str(config)]) == 2
+            assert "no API key is set" in capsys.readouterr().err and not started
