@@ -8,13 +8,14 @@ import binascii
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from lookalike.errors import BadRequest, EmptyInput, InvalidParameter, TooLarge, UnsupportedMedia
 from lookalike.settings import Settings
+from lookalike.url_fetch import read_capped
 
 FORM_FIELD = "image"
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -52,17 +53,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = await read_capped(request.stream(), limit, "the request body")
     request._body = body  # Starlette re-reads a cached body when parsing forms
     return body
-
-
-async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
-    """Join a byte stream, refusing (413) as soon as it grows past ``limit``."""
-    parts, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"{what} exceeds the limit of {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def decode_base64(text: Any) -> bytes:

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import AsyncIterator
 from urllib.parse import urljoin, urlsplit
 
 from .errors import BadRequest, TooLarge
@@ -124,12 +125,14 @@ async def resolve_checked(target: Target, allow: AllowList) -> Address:
     return addresses[0]
 
 
-async def _read_capped(response, max_bytes: int) -> bytes:
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
+    """Join a byte stream, refusing (413) as soon as it grows past ``limit`` (also the ingress's
+    request bodies)."""
     parts, size = [], 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge(f"the image at the URL exceeds the limit of {max_bytes} bytes")
+        if size > limit:
+            raise TooLarge(f"{what} exceeds the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -162,7 +165,7 @@ async def fetch(url: str, *, max_bytes: int, timeout_s: float, allow: AllowList 
                             continue
                         if response.status_code != 200:
                             raise FetchFailed(f"fetching the URL returned HTTP {response.status_code}")
-                        return await _read_capped(response, max_bytes)
+                        return await read_capped(response.aiter_bytes(), max_bytes, "the image at the URL")
                     finally:
                         await response.aclose()
                 raise FetchFailed(f"the URL redirects more than {max_redirects} times")
