@@ -176,7 +176,6 @@ def serve_session():
     import ray
     from ray import serve
 
-    use_local_ray_env()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     try:

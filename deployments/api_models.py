@@ -6,11 +6,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 # -- requests ----------------------------------------------------------------------------------
-QUERY_FIELDS = {
-    "k": {"type": "integer", "minimum": 1, "description": "how many results (api.top_k_max at most)"},
-    "filter": {"type": "string", "maxLength": 256, "description": "only images with this label"},
-    "min_score": {"type": "number", "minimum": -1, "maximum": 1, "description": "cosine similarity at least"},
-}
 
 
 class ImageJson(BaseModel):
@@ -19,9 +14,9 @@ class ImageJson(BaseModel):
     image: str | None = Field(None, description="base64 bytes, or a data: URL", examples=["iVBORw0KGgo..."])
     url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
         "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
-    k: int | None = Field(None, ge=1)
-    filter: str | None = Field(None, max_length=256)
-    min_score: float | None = Field(None, ge=-1, le=1)
+    k: int | None = Field(None, ge=1, description="how many results (api.top_k_max at most)")
+    filter: str | None = Field(None, max_length=256, description="only images with this label")
+    min_score: float | None = Field(None, ge=-1, le=1, description="cosine similarity at least")
 
 
 class AddJson(ImageJson):
@@ -29,13 +24,15 @@ class AddJson(ImageJson):
     name: str | None = Field(None, description="where it came from (kept as `source`)")
 
 
-def image_body(model: type[BaseModel], extra_fields: dict | None = None) -> dict:
-    """openapi_extra for a route that takes an image in any of the four forms."""
-    fields = {**{k: v for k, v in QUERY_FIELDS.items()}, **(extra_fields or {})}
+def image_body(model: type[BaseModel]) -> dict:
+    """openapi_extra for a route that takes an image in any of the four forms: the JSON body is
+    ``model``; a multipart form has the same fields, with the image as a file."""
+    schema = model.model_json_schema()
+    fields = {name: prop for name, prop in schema["properties"].items() if name not in ("image", "url")}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"}, **fields}}},
-        "application/json": {"schema": model.model_json_schema()},
+        "application/json": {"schema": schema},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     }}}
 

@@ -296,7 +296,7 @@ class Ingress:
 
     # -- the library ---------------------------------------------------------------------------
     @app.post("/api/v1/images", response_model=m.AddResponse, status_code=201, tags=["library"],
-              summary="Add an image", openapi_extra=m.image_body(m.AddJson, {"label": {"type": "string"}}),
+              summary="Add an image", openapi_extra=m.image_body(m.AddJson),
               responses={200: {"model": m.AddResponse, "description": "it was there already"},
                          **m.errors(400, 401, 403, 413, 415, 422, 503)})
     async def add_image(self, request: Request, response: Response) -> dict:

@@ -150,10 +150,9 @@ async def fetch(url: str, *, max_bytes: int, timeout_s: float, allow: AllowList 
                     target = parse_url(url)
                     ip = await resolve_checked(target, allow)
                     netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+                    name = f"[{target.host}]" if ":" in target.host else target.host  # IPv6 in brackets
                     default = {"http": 80, "https": 443}[target.scheme]
-                    host_header = target.host if target.port == default else f"{target.host}:{target.port}"
-                    if ":" in target.host:
-                        host_header = f"[{target.host}]" + ("" if target.port == default else f":{target.port}")
+                    host_header = name if target.port == default else f"{name}:{target.port}"
                     request = client.build_request(
                         "GET", f"{target.scheme}://{netloc}:{target.port}{target.path}",
                         headers={"Host": host_header, "Accept": "image/*"},
