@@ -21,6 +21,7 @@ from lookalike.catalog import Catalog
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import prepare
+from lookalike.lite_server import open_catalog
 from lookalike.settings import load_settings
 from lookalike.store import make_store
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     # The original's way: fp32, one image per forward pass.
     encoder = ImageEncoder(settings.model.model_copy(update={"runtime": "torch", "precision": "fp32",
                                                              "batch_size": 1})).load()
-    catalog = Catalog.open(settings.milvus, encoder.dim, shared=False)
+    catalog = open_catalog(settings.milvus, encoder.dim, shared=False)
     catalog.ensure_ready()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(settings, encoder, catalog,
                                                                         make_store(settings.store)))

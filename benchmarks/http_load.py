@@ -68,14 +68,14 @@ def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict
 
 def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
-    from lookalike.catalog import Catalog
+    from lookalike.lite_server import open_catalog
     from lookalike.encoder import ImageEncoder
     from lookalike.indexer import index_items
     from lookalike.sources import iter_folder
     from lookalike.store import make_store
 
     encoder = ImageEncoder(settings.model).load()
-    catalog = Catalog.open(settings.milvus, encoder.dim, shared=True)
+    catalog = open_catalog(settings.milvus, encoder.dim, shared=True)
     report = index_items(iter_folder(gallery), settings, encoder=encoder, catalog=catalog,
                          store=make_store(settings.store))
     catalog.close()

@@ -44,7 +44,7 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
                        "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")})
     out = {}
     settings = load_settings()
-    with serving(settings.milvus.uri), serve_session() as base:
+    with serving(settings.milvus), serve_session() as base:
         for name, folder in sets.items():
             collection = name.replace("-", "_")
             os.environ["LOOKALIKE_MILVUS__COLLECTION"] = collection

@@ -178,10 +178,11 @@ def throughput(catalog, queries: np.ndarray, clients: int, seconds: float) -> di
 
 def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarray, args, pid_of) -> dict:
     """Insert ``n`` vectors, then build, sweep and load-test each index type."""
-    from lookalike.catalog import Catalog, Entry
+    from lookalike.catalog import Entry
+    from lookalike.lite_server import open_catalog
 
     collection = f"bench_{n}_{mix.dim}"
-    catalog = Catalog.open(milvus_settings(uri, collection, "FLAT"), mix.dim, shared=True)
+    catalog = open_catalog(milvus_settings(uri, collection, "FLAT"), mix.dim, shared=True)
     pid = pid_of()
     rss_empty = rss_bytes(pid)
     catalog.ensure_ready()

@@ -88,6 +88,7 @@ class AddResponse(ImageEntry):
 class DeleteResponse(BaseModel):
     deleted: str
     key: str
+    object_deleted: bool = Field(description="false when the original was indexed in place and is kept")
 
 
 class ImagePage(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from lookalike.catalog import resolve_uri
+from lookalike.lite_server import share
 from lookalike.settings import Settings, load_settings
 
 from .embedder import Embedder
@@ -33,9 +33,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 def build_from_settings(settings: Settings, options: dict[str, dict] | None = None) -> Application:
     """``options``: per-deployment ``.options()`` (the Serve config file does this at deploy time)."""
     options = options or {}
-    if settings.milvus.shared_lite_dir:
-        # Replicas are separate processes: make sure they find one shared Lite server.
-        uri, _ = resolve_uri(settings.milvus, shared=True)
+    uri = share(settings.milvus)  # the replicas are separate processes: one shared Lite server
+    if uri:
         log.info("Milvus Lite %s is served at %s", settings.milvus.uri, uri)
     embedder = Embedder.options(**options.get("Embedder", {})).bind(settings)
     searcher = Searcher.options(**options.get("Searcher", {})).bind(settings)

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve import metrics
 
@@ -46,7 +47,7 @@ class Embedder:
 
     def info(self) -> dict:
         return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items())),
-                "forward_seconds": round(self.forward_seconds, 4)}
+                "forward_seconds": round(self.forward_seconds, 4), "node": ray.get_runtime_context().get_node_id()}
 
     def check_health(self) -> None:
         if not self.encoder.loaded:

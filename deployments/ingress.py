@@ -26,7 +26,8 @@ from lookalike.errors import BackendUnavailable, InvalidParameter, LookalikeErro
 from lookalike.images import PreparedImage, prepare
 from lookalike.models import get_model
 from lookalike.settings import Settings
-from lookalike.store import LocalStore, make_store, object_key
+from lookalike.store import LocalStore, make_store
+from lookalike.writer import NewImage
 
 from . import api_models as m
 from .access import ReadCors, check_write, key_matches, presented_key
@@ -209,17 +210,12 @@ class Ingress:
         label = label_param(payload, "label") or ""
         data = await self._image_bytes(payload, {})
         prepared = await asyncio.to_thread(self._prepare, data)
-        if await self._searcher("exists", prepared.id):
+        if await self._searcher("exists", prepared.id):  # known: no embedding needed
             return self._public(await self._searcher("get", prepared.id)), False
         vector = await self._embed(prepared)
-        key = object_key(prepared.id, prepared.extension)
-        # The object first, then the entry: an entry never points at a missing image.
-        await asyncio.to_thread(self.store.put, key, data, prepared.content_type)
-        entry = {"id": prepared.id, "key": key, "label": label, "source": payload.name or payload.url or "",
-                 "embedding": vector}
-        if not await self._searcher("add", entry):  # another add of this image came first
-            return self._public(await self._searcher("get", prepared.id)), False
-        return self._public({k: v for k, v in entry.items() if k != "embedding"}), True
+        image = NewImage.of(prepared, data, vector, label, payload.name or payload.url or "")
+        item, created = await self._searcher("add", image)  # the one write path: store, then Milvus
+        return self._public(item), created
 
     async def _status(self) -> dict:
         async def safe(backend, handle, method):
@@ -320,13 +316,14 @@ class Ingress:
         return self._public(await self._searcher("get", id_param(image_id)))
 
     @app.delete("/api/v1/images/{image_id}", response_model=m.DeleteResponse, tags=["library"],
-                summary="Delete an image (its entry, then its stored file)",
+                summary="Delete an image: its entry, then the file the service stored for it",
+                description="An image indexed in place (the original is the source bucket's own object) is "
+                            "only unlinked: its object stays unless `store.delete_foreign_originals` is set.",
                 responses=m.errors(401, 403, 404, 422, 503))
     async def delete_image(self, request: Request, image_id: str = IMAGE_ID) -> dict:
         self._check_write(request)
         entry = await self._searcher("delete", id_param(image_id))
-        await asyncio.to_thread(self.store.delete, entry["key"])
-        return {"deleted": str(entry["id"]), "key": entry["key"]}
+        return {"deleted": str(entry["id"]), "key": entry["key"], "object_deleted": entry["object_deleted"]}
 
     @app.post("/api/v1/index", response_model=m.IndexResponse, tags=["library"],
               summary="(Re)build the index with the configured type and parameters",

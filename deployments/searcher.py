@@ -1,8 +1,10 @@
-"""Searcher: owns the Milvus client. Searches, writes, index builds and status.
+"""Searcher: owns the Milvus client and the gallery's write path (``GalleryWriter``: the
+original to the image store, then the entry). Searches, adds, deletes, index builds, status.
 
 Milvus calls block, so they run in worker threads; writes from one replica are serialised
 (and, for the embedded Milvus Lite, across processes by the catalog's write lock). If Milvus
-is down at start-up the replica still starts and answers 503 until it comes back.
+is down at start-up the replica still starts and answers 503 until it comes back; the embedded
+Milvus's client finds its (restarted) server by itself.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import logging
 import time
 
 import numpy as np
+import ray
 from ray import serve
 
-from lookalike.catalog import Catalog, Entry, label_filter
+from lookalike.catalog import Entry, label_filter
 from lookalike.errors import BackendUnavailable
+from lookalike.lite_server import open_catalog
 from lookalike.models import get_model
 from lookalike.settings import Settings
+from lookalike.store import make_store
+from lookalike.writer import GalleryWriter, NewImage
 
 log = logging.getLogger("ray.serve")
 
@@ -29,7 +35,9 @@ def _entry_dict(entry: Entry) -> dict:
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class Searcher:
     def __init__(self, settings: Settings):
-        self.catalog = Catalog.open(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        self.catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        self.writer = GalleryWriter(self.catalog, make_store(settings.store),
+                                    delete_foreign_originals=settings.store.delete_foreign_originals)
         self._write = asyncio.Lock()
         self.searches, self.search_seconds = 0, 0.0  # time in Milvus, for the status route's breakdown
         try:
@@ -66,17 +74,17 @@ class Searcher:
     async def exists(self, image_id: int) -> bool:
         return bool(await self._run(self.catalog.existing_ids, [image_id]))
 
-    async def add(self, entry: dict) -> bool:
-        """Store the entry unless its id is stored already; whether it was created."""
+    async def add(self, image: NewImage) -> tuple[dict, bool]:
+        """Store the image and its entry unless it is in the gallery; (the entry, created)."""
         async with self._write:
-            return bool(await self._run(self.catalog.insert_new, [Entry(**entry)]))
+            entry, created = await self._run(self.writer.add, image)
+        return _entry_dict(entry), created
 
     async def delete(self, image_id: int) -> dict:
-        """Remove one entry; returns it (the caller removes the stored object)."""
+        """Unlink one entry and delete the object the service stored for it."""
         async with self._write:
-            entry = await self._run(self.catalog.get_one, image_id)
-            await self._run(self.catalog.delete, [image_id])
-        return _entry_dict(entry)
+            entry, object_deleted = await self._run(self.writer.remove, image_id)
+        return {**_entry_dict(entry), "object_deleted": object_deleted}
 
     async def list(self, offset: int, limit: int, label: str | None = None) -> dict:
         expr = label_filter(label)
@@ -90,4 +98,4 @@ class Searcher:
 
     async def status(self) -> dict:
         return {**await self._run(self.catalog.describe), "searches": self.searches,
-                "search_seconds": round(self.search_seconds, 4)}
+                "search_seconds": round(self.search_seconds, 4), "node": ray.get_runtime_context().get_node_id()}

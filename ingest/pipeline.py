@@ -1,9 +1,12 @@
 """The ingest job on Ray Data: list -> read + decode (tasks) -> embed (actor pool) ->
 upload + upsert (actor pool) -> flush and index -> JSON report.
 
-Idempotent and resumable: ids are content hashes, rows already in Milvus are skipped before
-any decoding or embedding, and every write is an upsert of an object stored first. Killing
-the job and running it again ends with exactly one entity per distinct image.
+The stages are the indexing core's (``lookalike.stages``), the same code ``lookalike index``
+runs in-process; this module only places them on the cluster and folds their rows into the
+core's ``Report``. Idempotent and resumable: ids are content hashes, rows already in Milvus are
+skipped before any decoding or embedding, and every write is an upsert of an object stored
+first. A job stopped by a backend that stayed down, or killed, ends with exactly one entity per
+distinct image when run again.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from pathlib import Path
 
 import ray
 
-from lookalike.catalog import Catalog
+from lookalike.errors import LookalikeError
 from lookalike.indexer import Report
-from lookalike.lite_server import serving
+from lookalike.lite_server import open_catalog, serving
 from lookalike.models import get_model
 from lookalike.ray_env import use_local_ray_env
 from lookalike.settings import Settings
 from lookalike.sources import Source
-
-from .stages import ALREADY_PRESENT, INDEXED, STAGES, Embed, Write, read_prepare
+from lookalike.stages import Embed, ReadPrepare, Write
+from lookalike.store import make_store
 
 log = logging.getLogger("ingest")
 
@@ -48,46 +51,61 @@ def _pool_sizes(settings: Settings) -> tuple[int, float]:
     return actors, per_actor_gpus
 
 
+# Per worker process: one read stage (its reader and Milvus client) per job's settings.
+_read_stages: dict[str, ReadPrepare] = {}
+
+
+def read_prepare(batch: dict, *, settings: Settings, source: Source) -> dict:
+    """The read + prepare stage as a Ray task function (tasks spread and scale freely)."""
+    key = f"{source}|{settings.model_dump_json()}"
+    if key not in _read_stages:
+        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        _read_stages[key] = ReadPrepare(settings, source.reader(settings), catalog)
+    return _read_stages[key](batch)
+
+
+class WriteActor:
+    """The write stage in an actor: one Milvus client and one store client per actor."""
+
+    def __init__(self, settings: Settings, source: Source):
+        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        self.write = Write(settings, catalog, make_store(settings.store), in_store=source.in_store(settings))
+
+    def __call__(self, batch: dict) -> dict:
+        return self.write(batch)
+
+
 def build_dataset(source: Source, items: list[dict], settings: Settings) -> ray.data.Dataset:
     ing = settings.ingest
     embed_actors, embed_gpus = _pool_sizes(settings)
+    # A stage's own error (a backend that stayed down, named) reaches the driver as itself,
+    # not as Ray Data's generic UserCodeException.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     ds = ray.data.from_items(items)
     ds = ds.map_batches(read_prepare, fn_kwargs={"settings": settings, "source": source},
                         batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus, batch_format="numpy")
     ds = ds.map_batches(Embed, fn_constructor_args=(settings,), batch_size=settings.model.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=embed_actors), num_cpus=ing.embed_actor_cpus,
                         num_gpus=embed_gpus, batch_format="numpy")
-    return ds.map_batches(Write, fn_constructor_args=(settings, source), batch_size=ing.write_batch_size,
+    return ds.map_batches(WriteActor, fn_constructor_args=(settings, source), batch_size=ing.write_batch_size,
                           compute=ray.data.ActorPoolStrategy(size=ing.write_actors), num_cpus=0.25,
                           batch_format="numpy")
 
 
 def collect(ds: ray.data.Dataset, report: Report) -> None:
-    """Fold the per-file outcomes into the report. Each distinct image counts once, as indexed
-    (written by this run) or already present; every other file with the same bytes is a
-    duplicate of the first one (in path order)."""
-    outcomes: list[tuple[str, int, str]] = []
-    for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
-        for stage in STAGES:
-            report.stage_seconds[stage] += float(batch[f"t_{stage}"].sum())
-        for path, image_id, status, message in zip(batch["path"], batch["id"], batch["status"], batch["message"]):
-            report.total += 1
-            if status in (INDEXED, ALREADY_PRESENT):
-                outcomes.append((str(path), int(image_id), str(status)))
-            else:
-                report.skip(str(path), str(status), str(message))
-    # An image this run wrote may also be seen as "already present" by a later batch.
-    written = {image_id for _, image_id, status in outcomes if status == INDEXED}
-    first_path: dict[int, str] = {}
-    for path, image_id, status in sorted(outcomes):
-        if image_id in first_path:
-            report.duplicates.append({"path": path, "same_as": first_path[image_id]})
-            continue
-        first_path[image_id] = path
-        if image_id in written:
-            report.indexed += 1
-        else:
-            report.already_present += 1
+    """Fold the rows into the report. A backend that stayed down stops the job: its error
+    (which names it) is raised as itself, not as Ray's wrapper."""
+    try:
+        for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+            report.add(batch)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, LookalikeError) and not isinstance(cause, ray.exceptions.RayError):
+                raise cause from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise
+    report.finish()
 
 
 def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None, limit: int | None = None) -> Report:
@@ -95,8 +113,8 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
     source = Source.parse(spec)
     connect_ray()
     report = Report()
-    with serving(settings.milvus.shared_lite_dir, settings.milvus.lite_server_start_timeout_s):
-        catalog = Catalog.open(settings.milvus, get_model(settings.model.name).dim, shared=True)
+    with serving(settings.milvus):
+        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
         catalog.ensure_ready()
         listed = time.perf_counter()
         items = [{"path": i.path, "label": i.label} for i in source.items(settings)]
@@ -115,7 +133,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         count = catalog.count()
         report.extra.update({"source": str(source), "milvus": settings.milvus.uri,
                              "collection": settings.milvus.collection, "count": count, "index": index,
-                             "model": settings.model.name})
+                             "model": settings.model.name, "nodes": sum(1 for n in ray.nodes() if n["Alive"])})
         warning = catalog.scale_warning(count)
         if warning:
             report.extra["warning"] = warning

@@ -13,13 +13,11 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import numpy as np
 
 from .errors import BackendUnavailable, NotFound, SchemaMismatch
-from .lite_server import LiteServer
 from .settings import MilvusSettings
 
 log = logging.getLogger(__name__)
@@ -78,25 +76,6 @@ def label_filter(label: str | None) -> str:
     return 'label == "' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def resolve_uri(settings: MilvusSettings, *, shared: bool) -> tuple[str, LiteServer | None]:
-    """Where to connect. A server URI is used as is. A Lite data directory with
-    ``lite_server`` on is reached through its shared local server: the running one, else one
-    started now (``shared``: the caller is one of several processes), else the directory is
-    opened in-process (one-shot commands while nothing else runs)."""
-    if not settings.is_lite:
-        return settings.uri, None
-    Path(settings.uri).parent.mkdir(parents=True, exist_ok=True)
-    server = LiteServer(settings.uri)
-    if not settings.lite_server:
-        return settings.uri, server
-    running = server.running_uri()
-    if running:
-        return running, server
-    if shared:
-        return server.start(settings.lite_server_start_timeout_s)[0], server
-    return settings.uri, server
-
-
 def _is_unavailable(exc: BaseException) -> bool:
     import grpc
     from pymilvus.exceptions import ConnectionConfigException, MilvusException
@@ -114,23 +93,22 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 class Catalog:
     def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
-                 lite: LiteServer | None = None):
+                 locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None):
+        """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
+        each reconnection (the embedded Milvus's supervised server, see
+        ``lite_server.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
+        one writer at a time). The catalog never starts a process itself."""
         self.settings = settings
         self.dim = dim
+        self._locate = locate
         self.uri = uri or settings.uri
         self.name = settings.collection
         self._client = None
         self._lock = threading.Lock()
         self._ready = False
-        self._write_lock = lite.write_lock if lite is not None else contextlib.nullcontext
+        self._write_lock = write_lock or contextlib.nullcontext
         self._insert_lock = threading.Lock()
         self._ready_lock = threading.Lock()
-
-    @classmethod
-    def open(cls, settings: MilvusSettings, dim: int, *, shared: bool = False) -> "Catalog":
-        """A catalog for the configured Milvus (see ``resolve_uri`` for ``shared``)."""
-        uri, lite = resolve_uri(settings, shared=shared)
-        return cls(settings, dim, uri=uri, lite=lite)
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -140,6 +118,8 @@ class Catalog:
                 from pymilvus import MilvusClient
 
                 try:
+                    if self._locate:
+                        self.uri = self._locate()
                     self._client = MilvusClient(
                         uri=self.uri, token=self.settings.token.get_secret_value(),
                         db_name=self.settings.db_name, timeout=self.settings.timeout_s,

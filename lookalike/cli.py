@@ -19,12 +19,12 @@ log = logging.getLogger("lookalike")
 
 
 def _open_core(settings: Settings):
-    from .catalog import Catalog
+    from .lite_server import open_catalog
     from .encoder import ImageEncoder
     from .store import make_store
 
     encoder = ImageEncoder(settings.model)
-    catalog = Catalog.open(settings.milvus, encoder.dim, shared=False)
+    catalog = open_catalog(settings.milvus, encoder.dim, shared=False)
     return encoder, catalog, make_store(settings.store)
 
 
@@ -38,7 +38,7 @@ def cmd_index(args, settings: Settings) -> int:
     log.info("indexing %s with %s (%s, %s) into %s", source, encoder.spec.name, encoder.device, encoder.precision,
              catalog.uri)
     report = index_items(source.items(settings), settings, encoder=encoder, catalog=catalog, store=store,
-                         read=source.reader(settings),
+                         read=source.reader(settings), in_store=source.in_store(settings),
                          progress=lambda r: log.info("... %d seen, %d indexed", r.total, r.indexed))
     catalog.close()
     if args.report:
@@ -161,8 +161,8 @@ def cmd_lite_server(args, settings: Settings) -> int:
         print(f"milvus.uri is a server ({settings.milvus.uri}), not a Milvus Lite directory", file=sys.stderr)
         return 2
     server = LiteServer(settings.milvus.uri)
-    if args.action == "start":
-        uri, started = server.start(settings.milvus.lite_server_start_timeout_s)
+    if args.action == "start":  # started by hand: it runs until stopped by hand
+        uri, started = server.start(settings.milvus.lite_server_start_timeout_s, idle_stop_s=0)
         print(f"{'started' if started else 'already running'}: {uri}")
     elif args.action == "stop":
         print("stopped" if server.stop() else "not running")
@@ -190,7 +190,8 @@ def open_writes_refusal(serve_config: str, settings: Settings) -> str | None:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    """`serve run` the Serve config; own the shared Milvus Lite server while it runs."""
+    """`serve run` the Serve config, with the shared Milvus Lite server up while it runs (and
+    stopped with it, if this command started it)."""
     from .lite_server import serving
     from .ray_env import use_local_ray_env
 
@@ -202,7 +203,7 @@ def cmd_serve(args, settings: Settings) -> int:
     env = use_local_ray_env(dict(os.environ))
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
-    with serving(settings.milvus.shared_lite_dir, settings.milvus.lite_server_start_timeout_s) as uri:
+    with serving(settings.milvus) as uri:
         if uri:
             log.info("Milvus Lite %s served at %s", settings.milvus.uri, uri)
         serve_bin = Path(sys.executable).with_name("serve")

@@ -1,31 +1,27 @@
-"""Adding images to the gallery: the write path shared by every face.
+"""Indexing runs: the report that accounts for every file, and the in-process runner.
 
-``GalleryWriter`` puts each original in the image store first and then upserts its entry,
-so a catalog entry never points at a missing object. ``index_items`` is the simple
-in-process indexer (read -> prepare -> embed -> write, in batches) used by ``lookalike
-index`` for small folders; the Ray Data ingest runs the same steps in parallel.
+``index_items`` runs the core stages (``stages.py``: read + prepare, embed, write) one batch
+after another in this process, without Ray: ``lookalike index`` and ``lookalike eval`` use it.
+The Ray Data job (``ingest.pipeline``) runs the same stages across a cluster and folds their
+rows into the same ``Report``, so skips, duplicates and counts are decided in one place.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from collections import Counter, defaultdict
 from contextlib import contextmanager
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .catalog import Catalog, Entry
+from .catalog import Catalog
 from .encoder import ImageEncoder
-from .errors import LookalikeError, NotFound
-from .images import PreparedImage, prepare
 from .settings import Settings
 from .sources import SourceItem, read_file
-from .store import ImageStore, object_key
-
-log = logging.getLogger(__name__)
+from .stages import ALREADY_PRESENT, INDEXED, NODE_STAGES, STAGES, Embed, ReadPrepare, Write
+from .store import ImageStore
 
 
 @dataclass
@@ -38,9 +34,11 @@ class Report:
     duplicates: list[dict] = field(default_factory=list)  # {"path", "same_as"}
     skipped: list[dict] = field(default_factory=list)  # {"path", "code", "message"}
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    nodes: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # stage -> {node: rows}
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)  # what ran: source, target, final count, index
     path: str = ""  # where the JSON report was written
+    _outcomes: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
 
     @property
     def images_per_s(self) -> float:
@@ -49,15 +47,46 @@ class Report:
     def skip(self, path: str, code: str, message: str) -> None:
         self.skipped.append({"path": path, "code": code, "message": message})
 
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        """Fold one batch of the Write stage's rows into the report."""
+        for stage in STAGES:
+            self.stage_seconds[stage] += float(batch[f"t_{stage}"].sum())
+        for stage in NODE_STAGES:
+            self.nodes[stage].update(str(n) for n in batch[f"node_{stage}"])
+        for path, image_id, status, message in zip(batch["path"], batch["id"], batch["status"], batch["message"]):
+            self.total += 1
+            if status in (INDEXED, ALREADY_PRESENT):
+                self._outcomes.append((str(path), int(image_id), str(status)))
+            else:
+                self.skip(str(path), str(status), str(message))
+
+    def finish(self) -> "Report":
+        """Each distinct image counts once, as indexed (written by this run) or already present;
+        every other file with the same bytes is a duplicate of the first one in path order. (An
+        image this run wrote may also be seen as already present by a later batch.)"""
+        written = {image_id for _, image_id, status in self._outcomes if status == INDEXED}
+        first_path: dict[int, str] = {}
+        self.indexed = self.already_present = 0
+        self.duplicates.clear()
+        for path, image_id, _ in sorted(self._outcomes):
+            if image_id in first_path:
+                self.duplicates.append({"path": path, "same_as": first_path[image_id]})
+                continue
+            first_path[image_id] = path
+            if image_id in written:
+                self.indexed += 1
+            else:
+                self.already_present += 1
+        return self
+
     def to_dict(self) -> dict:
-        reasons: dict[str, int] = defaultdict(int)
-        for s in self.skipped:
-            reasons[s["code"]] += 1
+        reasons = Counter(s["code"] for s in self.skipped)
         return {
             "total": self.total, "indexed": self.indexed, "already_present": self.already_present,
             "duplicates": len(self.duplicates), "skipped": len(self.skipped), "skipped_by_reason": dict(reasons),
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "nodes": {stage: dict(counts) for stage, counts in self.nodes.items()},
             "run": self.extra, "skipped_files": self.skipped, "duplicate_files": self.duplicates,
         }
 
@@ -66,104 +95,36 @@ class Report:
                 f"{len(self.skipped)} skipped of {self.total} in {self.seconds:.1f}s ({self.images_per_s:.1f} img/s)")
 
 
-@dataclass
-class NewImage:
-    """An embedded image on its way into the gallery."""
-
-    id: int
-    data: bytes
-    extension: str
-    content_type: str
-    vector: np.ndarray
-    label: str
-    source: str
-    key: str = ""  # set when the original already lives in the store (nothing to upload)
-
-    @classmethod
-    def of(cls, prepared: PreparedImage, data: bytes, vector: np.ndarray, label: str, source: str) -> "NewImage":
-        return cls(prepared.id, data, prepared.extension, prepared.content_type, vector, label, source)
-
-
-class GalleryWriter:
-    """Store the originals, then upsert the entries: an entry never points at a missing object,
-    and a write cut short is finished by running it again (ids and keys are content hashes)."""
-
-    def __init__(self, catalog: Catalog, store: ImageStore):
-        self.catalog = catalog
-        self.store = store
-
-    def write(self, images: Sequence[NewImage]) -> list[Entry]:
-        entries = []
-        for image in images:
-            key = image.key or object_key(image.id, image.extension)
-            if not image.key:
-                self.store.put(key, image.data, image.content_type)
-            entries.append(Entry(id=image.id, key=key, label=image.label, source=image.source, embedding=image.vector))
-        self.catalog.upsert(entries)
-        return entries
+def _batches(items: Iterable[SourceItem], size: int) -> Iterator[dict[str, np.ndarray]]:
+    chunk: list[SourceItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield {"path": np.array([i.path for i in chunk], dtype=object),
+                   "label": np.array([i.label for i in chunk], dtype=object)}
+            chunk = []
+    if chunk:
+        yield {"path": np.array([i.path for i in chunk], dtype=object),
+               "label": np.array([i.label for i in chunk], dtype=object)}
 
 
 def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: ImageEncoder, catalog: Catalog,
-                store: ImageStore, read: Callable[[str], bytes] = read_file,
+                store: ImageStore, read: Callable[[str], bytes] = read_file, in_store: bool = False,
                 progress: Callable[[Report], None] | None = None) -> Report:
-    """The in-process indexer: sequential reading and decoding, batched embedding."""
+    """The in-process runner: the stages in turn over batches of ``model.batch_size`` files."""
     report = Report()
-    writer = GalleryWriter(catalog, store)
-    seen: dict[int, str] = {}
     started = time.perf_counter()
-    batch: list[SourceItem] = []
-
-    def flush_batch() -> None:
-        _index_batch(batch, settings, encoder, catalog, writer, report, seen, read)
-        batch.clear()
+    read_prepare = ReadPrepare(settings, read, catalog)
+    embed = Embed(settings, encoder)
+    write = Write(settings, catalog, store, in_store=in_store)
+    for batch in _batches(items, settings.model.batch_size):
+        report.add(write(embed(read_prepare(batch))))
         if progress:
-            progress(report)
-
-    for item in items:
-        report.total += 1
-        batch.append(item)
-        if len(batch) >= settings.model.batch_size:
-            flush_batch()
-    if batch:
-        flush_batch()
+            progress(report.finish())
     with timed(report, "flush"):
         catalog.flush()
     report.seconds = time.perf_counter() - started
-    return report
-
-
-def _index_batch(batch: list[SourceItem], settings: Settings, encoder: ImageEncoder, catalog: Catalog,
-                 writer: GalleryWriter, report: Report, seen: dict[int, str], read: Callable[[str], bytes]) -> None:
-    ready: list[tuple[PreparedImage, bytes, SourceItem]] = []
-    for item in batch:
-        with timed(report, "read"):
-            try:
-                data = read(item.path)
-            except (OSError, NotFound) as exc:  # a backend outage is not a bad file: it aborts the run
-                report.skip(item.path, "unreadable", f"{type(exc).__name__}: {exc}")
-                continue
-        with timed(report, "decode"):
-            try:
-                prepared = prepare(data, size=encoder.input_size, **settings.images.model_dump())
-            except LookalikeError as exc:
-                report.skip(item.path, exc.code, exc.message)
-                continue
-        if prepared.id in seen:
-            report.duplicates.append({"path": item.path, "same_as": seen[prepared.id]})
-            continue
-        seen[prepared.id] = item.path
-        ready.append((prepared, data, item))
-    with timed(report, "lookup"):
-        present = catalog.existing_ids([p.id for p, _, _ in ready])
-    report.already_present += len(present)
-    ready = [r for r in ready if r[0].id not in present]
-    if not ready:
-        return
-    with timed(report, "embed"):
-        vectors = encoder.encode(np.stack([p.pixels for p, _, _ in ready]))
-    with timed(report, "write"):
-        writer.write([NewImage.of(p, data, vec, item.label, item.path) for (p, data, item), vec in zip(ready, vectors)])
-    report.indexed += len(ready)
+    return report.finish()
 
 
 @contextmanager

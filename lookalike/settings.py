@@ -96,6 +96,9 @@ class MilvusSettings(_Section):
     # (Serve replicas, the CLI, an ingest job) shares one local `milvus-lite server`.
     lite_server: bool = True
     lite_server_start_timeout_s: float = 60.0
+    # The shared server stops this long after the last process using it has gone (0: only when
+    # stopped by `lookalike lite-server stop` or by the `lookalike serve` that started it).
+    lite_server_idle_stop_s: float = Field(default=10.0, ge=0)
     # Past this many entities a Milvus Lite collection stops being fast: its per-search cost
     # grows with the row count whatever the index (HNSW, 1280-d: 6.9 ms at 10k, 27 ms at 50k,
     # ~0.5 ms per 1k rows; benchmarks/vector_search.py), passing the original's 15 ms near 25k.
@@ -160,6 +163,9 @@ class StoreSettings(_Section):
     backend: Literal["local", "s3"] = "local"
     local_dir: LocalPath = "data/images"
     s3: S3Settings = Field(default_factory=S3Settings)
+    # An entry indexed in place (its original is the user's own object, not one the service
+    # uploaded) is only unlinked by a delete; true deletes that object as well.
+    delete_foreign_originals: bool = False
 
 
 class ImageLimits(_Section):
@@ -233,6 +239,11 @@ class IngestSettings(_Section):
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     exclude_extensions: list[str] = Field(default_factory=list)
     index_wait_s: float = 600.0  # wait this long at the end for the index to cover new rows
+    # A backend that fails (object store, Milvus) is tried again this many times, waiting
+    # retry_backoff_s, then twice that, ...; then the run stops with the backend named, and
+    # running it again completes it exactly.
+    retries: int = Field(default=4, ge=0)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
     report_dir: LocalPath = "data/reports"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lookalike.catalog import Catalog, Entry, label_filter
+from lookalike.lite_server import open_catalog
 from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
 from lookalike.settings import MilvusSettings
 
@@ -36,7 +37,7 @@ def entries(vectors, labels=("a", "b")):
 def test_roundtrip_search_filter_get_delete(milvus):
     rng = np.random.default_rng(0)
     vectors = unit(rng, 300)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     assert catalog.upsert(entries(vectors)) == 300
     catalog.flush()
     assert catalog.count() == 300
@@ -71,7 +72,7 @@ def test_a_client_reads_its_own_writes_at_once(milvus):
     assert milvus.consistency_level == "Session"
     rng = np.random.default_rng(4)
     vectors = unit(rng, 40)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(vectors[:20]))
     catalog.search(vectors[0], 1)
     catalog.upsert(entries(vectors)[20:])  # no flush
@@ -82,7 +83,7 @@ def test_a_client_reads_its_own_writes_at_once(milvus):
 
 def test_a_lite_collection_past_its_fast_size_says_to_move_to_a_server(milvus):
     rng = np.random.default_rng(5)
-    catalog = Catalog.open(milvus.model_copy(update={"lite_fast_max_rows": 5}), DIM)
+    catalog = open_catalog(milvus.model_copy(update={"lite_fast_max_rows": 5}), DIM)
     catalog.upsert(entries(unit(rng, 5)))
     assert "warning" not in catalog.describe()
     catalog.upsert([Entry(id=77, key="k", label="", source="", embedding=unit(rng, 1)[0])])
@@ -97,7 +98,7 @@ def test_a_lite_collection_past_its_fast_size_says_to_move_to_a_server(milvus):
 def test_same_image_twice_is_one_entity(milvus):
     rng = np.random.default_rng(1)
     vectors = unit(rng, 3)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(vectors))
     catalog.upsert(entries(vectors))  # the same ids again (same content hash)
     catalog.flush()
@@ -106,7 +107,7 @@ def test_same_image_twice_is_one_entity(milvus):
 
 def test_quoting_in_label_filters(milvus):
     rng = np.random.default_rng(2)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(unit(rng, 4), labels=('say "hi"', "back\\slash")))
     catalog.flush()
     assert catalog.count(expr=label_filter('say "hi"')) == 2
@@ -118,7 +119,7 @@ def test_concurrent_inserts_of_one_image_create_it_once(milvus):
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(4)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     entry = entries(unit(rng, 1))[0]
     with ThreadPoolExecutor(8) as pool:
         created = list(pool.map(lambda _: catalog.insert_new([entry]), range(8)))
@@ -129,7 +130,7 @@ def test_concurrent_inserts_of_one_image_create_it_once(milvus):
 def test_non_ascii_labels_filter_search_and_list(milvus):
     rng = np.random.default_rng(3)
     vectors = unit(rng, 6)
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(vectors, labels=("café", "🍎", "日本")))
     catalog.flush()
     for label in ("café", "🍎", "日本"):
@@ -140,9 +141,9 @@ def test_non_ascii_labels_filter_search_and_list(milvus):
 
 
 def test_dimension_mismatch_is_refused(milvus):
-    Catalog.open(milvus, DIM).ensure_ready()
+    open_catalog(milvus, DIM).ensure_ready()
     with pytest.raises(SchemaMismatch):
-        Catalog.open(milvus, DIM * 2).ensure_ready()
+        open_catalog(milvus, DIM * 2).ensure_ready()
 
 
 @pytest.mark.parametrize("index_type, build", [("IVF_FLAT", {"nlist": 8}), ("IVF_SQ8", {"nlist": 8}),
@@ -152,7 +153,7 @@ def test_configured_index_is_the_one_built(milvus, index_type, build):
         "type": index_type, "build": {**milvus.index.build, index_type: build}})})
     rng = np.random.default_rng(3)
     vectors = unit(rng, 2000)
-    catalog = Catalog.open(settings, DIM)
+    catalog = open_catalog(settings, DIM)
     catalog.upsert(entries(vectors))
     info = catalog.build_index()
     assert info["type"] == index_type and info["metric"] == "L2"
@@ -196,7 +197,7 @@ def test_unreachable_milvus_is_backend_unavailable():
 def test_long_unicode_fields_are_clipped_to_the_varchar_byte_limits(milvus):
     rng = np.random.default_rng(4)
     label = "猫" * 200  # 600 bytes in UTF-8, over the 256-byte column
-    catalog = Catalog.open(milvus, DIM)
+    catalog = open_catalog(milvus, DIM)
     catalog.upsert([Entry(id=7, key="k.png", label=label, source="s" * 5000, embedding=unit(rng, 1)[0])])
     got = catalog.get_one(7)
     assert got.label == "猫" * 85 and len(got.label.encode()) <= 256

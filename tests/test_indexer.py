@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from lookalike.catalog import Catalog
 from lookalike.indexer import index_items
+from lookalike.lite_server import open_catalog
 from lookalike.sources import iter_folder
 from lookalike.store import make_store
 
@@ -21,7 +21,7 @@ def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root
     n_good = sum(1 for p in gallery_root.rglob("*") if p.is_file())
 
     settings = make_settings(tmp_path, milvus={"lite_server": False})
-    catalog = Catalog.open(settings.milvus, encoder.dim)
+    catalog = open_catalog(settings.milvus, encoder.dim)
     store = make_store(settings.store)
     items = list(iter_folder(source))
     assert len(items) == n_good + len(expected_skips) + 1

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from ingest.pipeline import run_ingest
-from lookalike.catalog import Catalog
 from lookalike.images import content_id
-from lookalike.lite_server import LiteServer
+from lookalike.lite_server import LiteServer, open_catalog
 from lookalike.settings import S3Settings
 from lookalike.store import S3Store, make_store
+from lookalike.writer import GalleryWriter
 
 from .conftest import REPO, make_settings
 from .support.images import CLASSES, draw, encode, make_gallery, messy_source
@@ -29,7 +29,7 @@ from .support.servers import HOST, free_ports, wait_for
 
 
 def _count(settings) -> int:
-    catalog = Catalog.open(settings.milvus, 1280)
+    catalog = open_catalog(settings.milvus, 1280)
     try:
         return catalog.count()
     finally:
@@ -101,20 +101,31 @@ def test_ingest_from_s3(ray_cluster, tmp_path, s3_server):
     settings = make_settings(tmp_path / "copy", store={"backend": "s3", "s3": {**s3, "bucket": "gallery-copy"}})
     report = run_ingest("s3://photos/2026", settings, report_path=str(tmp_path / "copy.json"))
     assert report.total == 9 and report.indexed == 9 and not report.skipped
-    catalog = Catalog.open(settings.milvus, 1280)
+    catalog = open_catalog(settings.milvus, 1280)
     entry = catalog.get_one(content_id(uploaded["2026/squares/1.png"]))
     assert entry.label == "squares" and entry.source == "2026/squares/1.png" and entry.key.endswith(".png")
     assert make_store(settings.store).get(entry.key) == uploaded["2026/squares/1.png"]
+    # A copy the service made is its own: deleting the entry deletes it.
+    assert GalleryWriter(catalog, make_store(settings.store)).remove(entry.id)[1] is True
+    assert not make_store(settings.store).exists(entry.key)
     catalog.close()
 
     # From the store's own bucket: nothing is uploaded, entries point at the existing objects.
     settings = make_settings(tmp_path / "in-place", store={"backend": "s3", "s3": {**s3, "bucket": "photos"}})
     report = run_ingest("s3://photos/2026", settings, report_path=str(tmp_path / "in-place.json"))
     assert report.indexed == 9
-    catalog = Catalog.open(settings.milvus, 1280)
+    catalog = open_catalog(settings.milvus, 1280)
     assert catalog.get_one(content_id(uploaded["2026/triangles/2.png"])).key == "2026/triangles/2.png"
-    catalog.close()
+    # Deleting an in-place entry unlinks it and keeps the user's original...
+    writer = GalleryWriter(catalog, make_store(settings.store))
+    assert writer.remove(content_id(uploaded["2026/triangles/2.png"]))[1] is False
+    assert not catalog.existing_ids([content_id(uploaded["2026/triangles/2.png"])])
     assert sorted(source_store.keys()) == sorted([*uploaded, "2026/notes/readme.txt", "2026/.trash/old.png"])
+    # ...unless the settings say to delete originals the service did not upload.
+    writer = GalleryWriter(catalog, make_store(settings.store), delete_foreign_originals=True)
+    assert writer.remove(content_id(uploaded["2026/circles/0.png"]))[1] is True
+    assert not source_store.exists("2026/circles/0.png")
+    catalog.close()
 
 
 def _ingest_cmd(source: Path, report: Path) -> list[str]:

@@ -1,22 +1,30 @@
-"""The shared local Milvus Lite server: several processes, one data directory."""
+"""The embedded Milvus: one supervised Lite server shared by several processes, which comes
+back by itself when killed and goes away when nobody uses it."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
+import numpy as np
 import pytest
 
-from lookalike.catalog import Catalog, resolve_uri
+from lookalike.catalog import Entry
 from lookalike.errors import BackendUnavailable
-from lookalike.lite_server import LiteServer
+from lookalike.lite_server import LiteServer, open_catalog
 from lookalike.settings import MilvusSettings
+
+from .support.servers import wait_for
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from lookalike.catalog import Catalog, Entry
+    from lookalike.catalog import Entry
+    from lookalike.lite_server import open_catalog
     from lookalike.settings import MilvusSettings
     uri, start = sys.argv[1], int(sys.argv[2])
-    catalog = Catalog.open(MilvusSettings(uri=uri), 8)  # joins the running server
+    catalog = open_catalog(MilvusSettings(uri=uri), 8)  # joins the running server
     rng = np.random.default_rng(start)
     for i in range(start, start + 200, 20):
         vecs = rng.normal(size=(20, 8)).astype(np.float32)
@@ -26,24 +34,42 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _entries(ids, dim=8, seed=0):
+    vecs = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
+    return [Entry(id=i, key=str(i), label="", source="", embedding=v) for i, v in zip(ids, vecs)]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def test_processes_share_one_server_and_concurrent_writers_lose_nothing(tmp_path):
     settings = MilvusSettings(uri=str(tmp_path / "shared.db"))
     server = LiteServer(settings.uri)
     assert server.running_uri() is None
     # A one-shot command with no server running opens the directory in-process...
-    assert resolve_uri(settings, shared=False)[0] == settings.uri
+    assert open_catalog(settings, 8).uri == settings.uri
     # ...while a process that shares it starts the server, which others then join.
-    uri, _ = resolve_uri(settings, shared=True)
+    catalog = open_catalog(settings, 8, shared=True)
+    uri = catalog.uri
     try:
         assert uri.startswith("http://127.0.0.1:") and server.running_uri() == uri
-        assert resolve_uri(settings, shared=False)[0] == uri
-        Catalog.open(settings, 8).ensure_ready()
+        assert open_catalog(settings, 8).uri == uri
+        catalog.ensure_ready()
         writers = [subprocess.Popen([sys.executable, "-c", WRITER, settings.uri, str(start)],
                                     stdout=subprocess.PIPE, text=True) for start in (0, 10_000, 20_000)]
         outputs = [w.communicate(timeout=120)[0].strip() for w in writers]
         assert all(w.returncode == 0 for w in writers)
         assert set(outputs) == {uri}
-        catalog = Catalog.open(settings, 8)
         catalog.flush()
         assert catalog.count() == 600
         assert catalog.existing_ids([0, 10_199, 20_100, 30_000]) == {0, 10_199, 20_100}
@@ -52,24 +78,104 @@ def test_processes_share_one_server_and_concurrent_writers_lose_nothing(tmp_path
         assert server.stop() is True
     assert server.running_uri() is None and not server.state_file.exists()
     # The data outlived the server: reopen it in-process.
-    reopened = Catalog.open(settings, 8, shared=False)
+    reopened = open_catalog(settings, 8)
     assert reopened.uri == settings.uri and reopened.count() == 600
     reopened.close()
 
 
+def test_killed_server_is_restarted_and_clients_reconnect(tmp_path):
+    """SIGKILL of the server: the supervisor starts it again on the same port, and a client that
+    saw it die gets BackendUnavailable until then, and the same rows after."""
+    settings = MilvusSettings(uri=str(tmp_path / "heal.db"), timeout_s=3)
+    server = LiteServer(settings.uri)
+    catalog = open_catalog(settings, 8, shared=True)
+    try:
+        catalog.upsert(_entries(range(300)))
+        assert catalog.count() == 300
+        victim, uri = server.server_pid, catalog.uri
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                count = catalog.count()
+                break
+            except BackendUnavailable:
+                failures += 1
+                assert time.monotonic() - killed < 10, "the Lite server did not come back within 10 s"
+                time.sleep(0.2)
+        print(f"recovered in {time.monotonic() - killed:.2f}s after {failures} failed calls")
+        assert count == 300 and catalog.uri == uri
+        assert server.server_pid not in (None, victim)
+    finally:
+        catalog.close()
+        server.stop()
+
+
+def test_supervisor_killed_takes_the_server_with_it_and_the_next_client_starts_one(tmp_path):
+    settings = MilvusSettings(uri=str(tmp_path / "orphan.db"), timeout_s=3)
+    server = LiteServer(settings.uri)
+    catalog = open_catalog(settings, 8, shared=True)
+    try:
+        catalog.upsert(_entries(range(50)))
+        supervisor, child, uri = server.pid, server.server_pid, catalog.uri
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: _gone(child), 10, "the orphaned Lite server to stop")
+        catalog.close()  # as after a failed call: the next one locates the server again
+        assert catalog.count() == 50
+        assert server.pid not in (None, supervisor) and catalog.uri == uri  # same port back
+    finally:
+        catalog.close()
+        server.stop()
+
+
+LEASEHOLDER = textwrap.dedent("""
+    import sys, time
+    from lookalike.lite_server import open_catalog
+    from lookalike.settings import MilvusSettings
+    catalog = open_catalog(MilvusSettings(uri=sys.argv[1], lite_server_idle_stop_s=1), 8, shared=True)
+    catalog.ensure_ready()
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_server_stops_once_no_process_uses_it(tmp_path):
+    """However the server was started (here by a process that then just exits, as a plain
+    `serve run` does), it stops when its last user is gone, and takes its child along."""
+    uri = str(tmp_path / "idle.db")
+    server = LiteServer(uri)
+    short = subprocess.Popen([sys.executable, "-c", LEASEHOLDER, uri, "0"], stdout=subprocess.PIPE, text=True)
+    long = subprocess.Popen([sys.executable, "-c", LEASEHOLDER, uri, "6"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert short.stdout.readline().strip() == "ready" and long.stdout.readline().strip() == "ready"
+        supervisor, child = server.pid, server.server_pid
+        assert supervisor and child
+        short.wait(timeout=30)
+        time.sleep(2)  # past the idle time: the other holder keeps it up
+        assert server.running_uri() is not None
+        long.wait(timeout=30)
+        wait_for(lambda: _gone(supervisor) and _gone(child), 15, "the idle Lite server to stop")
+        assert server.running_uri() is None and not server.state_file.exists()
+    finally:
+        for proc in (short, long):
+            proc.kill()
+        server.stop()
+
+
 def test_second_in_process_open_is_reported_not_hung(tmp_path):
     settings = MilvusSettings(uri=str(tmp_path / "locked.db"), lite_server=False, timeout_s=5)
-    first = Catalog.open(settings, 8)
+    first = open_catalog(settings, 8)
     first.ensure_ready()
-    code = ("from lookalike.catalog import Catalog; from lookalike.settings import MilvusSettings;"
-            f"Catalog.open(MilvusSettings(uri={settings.uri!r}, lite_server=False, timeout_s=5), 8).count()")
+    code = ("from lookalike.lite_server import open_catalog; from lookalike.settings import MilvusSettings;"
+            f"open_catalog(MilvusSettings(uri={settings.uri!r}, lite_server=False, timeout_s=5), 8).count()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "BackendUnavailable" in result.stderr
     first.close()
 
 
 def test_server_that_cannot_start_is_a_clear_error(tmp_path):
-    holder = Catalog.open(MilvusSettings(uri=str(tmp_path / "held.db"), lite_server=False), 8)
+    holder = open_catalog(MilvusSettings(uri=str(tmp_path / "held.db"), lite_server=False), 8)
     holder.ensure_ready()  # this process holds the directory's lock
     with pytest.raises(BackendUnavailable) as info:
         LiteServer(tmp_path / "held.db").start(timeout_s=30)
