@@ -68,9 +68,9 @@ def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict
 
 def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
-    from lookalike.lite_server import open_catalog
     from lookalike.encoder import ImageEncoder
     from lookalike.indexer import index_items
+    from lookalike.lite_server import open_catalog
     from lookalike.sources import iter_folder
     from lookalike.store import make_store
 

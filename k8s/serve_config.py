@@ -1,7 +1,9 @@
 """serveConfigV2 for the RayService, generated from config/serve.yaml (the one source of truth).
 
-The cluster variants differ from the local file in two places only: the HTTP proxy listens on
-0.0.0.0 (the Kubernetes Service must reach it), and on GPU clusters the Embedder asks for a GPU.
+The cluster variants differ from the local file in three places only: the HTTP proxy listens on
+0.0.0.0 (the Kubernetes Service must reach it), the Embedder keeps two replicas at least (a
+cluster has the room, and a replica that dies then stalls nothing: the other one answers while
+it is replaced), and on GPU clusters the Embedder asks for a GPU.
 
     python k8s/serve_config.py          # rewrite the generated blocks after editing config/serve.yaml
     python k8s/serve_config.py --check  # exit 1 if they drifted (the tests run this check too)
@@ -31,10 +33,12 @@ def generate(variant: str, serve_yaml: Path = SERVE_YAML) -> str:
     config = yaml.safe_load(serve_yaml.read_text())
     config = copy.deepcopy(config)
     config["http_options"]["host"] = "0.0.0.0"
-    if variant == "gpu":
-        for app in config["applications"]:
-            for deployment in app.get("deployments", []):
-                if deployment["name"] == "Embedder":
+    for app in config["applications"]:
+        for deployment in app.get("deployments", []):
+            if deployment["name"] == "Embedder":
+                scaling = deployment.setdefault("autoscaling_config", {})
+                scaling["min_replicas"] = max(2, scaling.get("min_replicas", 1))
+                if variant == "gpu":
                     deployment.setdefault("ray_actor_options", {})["num_gpus"] = 1
     return HEADER.format(variant=variant) + yaml.safe_dump(config, sort_keys=False)
 

@@ -102,8 +102,20 @@ def pytest_report_header(config):
 
 
 # -- the Serve application ----------------------------------------------------------------------
-# Replicas take no CPU reservation here so two apps fit the 2-core test machine.
-TEST_OPTIONS = {name: {"ray_actor_options": {"num_cpus": 0}} for name in ("Embedder", "Searcher", "Ingress")}
+def test_options(**overrides: dict) -> dict[str, dict]:
+    """The Serve config's per-deployment options (health checks, concurrency), one replica each
+    with no CPU reservation, so that several apps fit the 2-core test machine; ``overrides``:
+    per-deployment options on top (autoscaling, say)."""
+    from benchmarks.http_load import serve_options
+
+    out = {}
+    for name, options in serve_options().items():
+        options = {k: v for k, v in options.items() if k not in ("autoscaling_config", "ray_actor_options")}
+        out[name] = {**options, "ray_actor_options": {"num_cpus": 0}, **overrides.get(name, {})}
+    return out
+
+
+TEST_OPTIONS = test_options()
 
 
 @dataclass
@@ -118,12 +130,12 @@ class App:
         return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kwargs)
 
 
-def deploy(name: str, route_prefix: str, settings: Settings) -> None:
+def deploy(name: str, route_prefix: str, settings: Settings, options: dict | None = None) -> None:
     from ray import serve
 
     from deployments.app import build_from_settings
 
-    serve.run(build_from_settings(settings, TEST_OPTIONS), name=name, route_prefix=route_prefix)
+    serve.run(build_from_settings(settings, options or TEST_OPTIONS), name=name, route_prefix=route_prefix)
 
 
 @pytest.fixture(scope="session")

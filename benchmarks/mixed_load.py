@@ -1,0 +1,137 @@
+"""Mixed load: clients searching, adding and deleting at once, against a running service.
+
+    python -m benchmarks.mixed_load --url http://127.0.0.1:8000 [--clients 8] [--seconds 60] [--key KEY]
+
+Each client loops until the time is up: mostly searches (a gallery image), some adds (a new
+image of its own, never seen before) and some deletes (one of its own adds). The service's
+count must move by exactly adds - deletes, and nothing may answer 5xx. At the end every image
+the run added and did not delete is deleted again, so the gallery is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+MIX = (("search", 0.7), ("add", 0.2), ("delete", 0.1))
+
+
+def new_image(seed: int) -> bytes:
+    """A small PNG no one has sent before (its pixels come from the seed)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Tally:
+    requests: Counter = field(default_factory=Counter)  # (kind, status) -> n
+    server_errors: list[str] = field(default_factory=list)
+    created: int = 0
+    deleted: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in MIX})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, kind: str, response: httpx.Response, seconds: float) -> None:
+        with self.lock:
+            self.requests[(kind, response.status_code)] += 1
+            self.latencies[kind].append(seconds)
+            if response.status_code >= 500:
+                self.server_errors.append(f"{kind} {response.status_code} {response.text[:200]}")
+
+
+def _client(url: str, key: str | None, seed: int, deadline: float, queries: list[bytes], tally: Tally,
+            mine: list[str]) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+        n = 0
+        while time.monotonic() < deadline:
+            kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
+            if kind == "delete" and not mine:
+                kind = "add"
+            started = time.perf_counter()
+            if kind == "search":
+                r = client.post("/api/v1/search", params={"k": 5},
+                                files={"image": ("q", rng.choice(queries), "application/octet-stream")})
+            elif kind == "add":
+                n += 1
+                r = client.post("/api/v1/images", data={"label": "mixed-load"},
+                                files={"image": ("new.png", new_image(seed * 1_000_000 + n), "image/png")})
+                if r.status_code == 201:
+                    mine.append(r.json()["id"])
+                    with tally.lock:
+                        tally.created += 1
+            else:
+                image_id = mine.pop(rng.randrange(len(mine)))
+                r = client.delete(f"/api/v1/images/{image_id}")
+                if r.status_code == 200:
+                    with tally.lock:
+                        tally.deleted += 1
+            tally.record(kind, r, time.perf_counter() - started)
+
+
+def run(url: str, queries: list[bytes], *, clients: int = 8, seconds: float = 60.0, key: str | None = None,
+        seed: int = 0) -> dict:
+    """Drive the mixed load; returns the tally and the count before and after (cleaned up)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+        before = client.get("/api/v1/status").json()["count"]
+        tally, owned = Tally(), [[] for _ in range(clients)]
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=_client, args=(url, key, seed + i + 1, deadline, queries, tally, owned[i]))
+                   for i in range(clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        after = client.get("/api/v1/status").json()["count"]
+        left = [image_id for ids in owned for image_id in ids]
+        cleaned = sum(client.delete(f"/api/v1/images/{i}").status_code == 200 for i in left)
+        final = client.get("/api/v1/status").json()["count"]
+    total = sum(tally.requests.values())
+    return {
+        "clients": clients, "seconds": round(elapsed, 1), "requests": total, "rps": round(total / elapsed, 1),
+        "by_kind_status": {f"{k} {s}": n for (k, s), n in sorted(tally.requests.items())},
+        "p50_ms": {k: round(1000 * float(np.median(v)), 1) for k, v in tally.latencies.items() if v},
+        "created": tally.created, "deleted": tally.deleted, "count_before": before, "count_after": after,
+        "server_errors": tally.server_errors, "cleaned_up": cleaned, "count_final": final,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--key", help="the API key, if the service has one")
+    parser.add_argument("--gallery", default="data/gallery", help="query images: DIR/<label>/<file>")
+    args = parser.parse_args()
+    if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
+        parser.error("load is only sent to this machine (127.0.0.1)")
+    queries = [p.read_bytes() for p in sorted(Path(args.gallery).glob("*/*"))[:64]]
+    if not queries:
+        parser.error(f"no images under {args.gallery}")
+    result = run(args.url, queries, clients=args.clients, seconds=args.seconds, key=args.key)
+    print(json.dumps(result, indent=2))
+    ok = not result["server_errors"] and result["count_after"] - result["count_before"] == \
+        result["created"] - result["deleted"]
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
