@@ -13,9 +13,10 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "vector-search", "http-load", "quality"]
+ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "vector-search": "python -m benchmarks.vector_search",
-            "http-load": "python -m benchmarks.http_load", "quality": "python -m benchmarks.quality"}
+            "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
+            "quality": "python -m benchmarks.quality"}
 
 
 def load(results: Path) -> dict[str, dict]:

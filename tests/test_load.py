@@ -5,16 +5,13 @@ their own."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
-from pathlib import Path
-
-import httpx
 
 from benchmarks import mixed_load
+from benchmarks.replica_kill import kill_under_load, search_load
 
-from .conftest import API_KEY, deploy, test_options
+from .conftest import deploy, test_options
 
 MIXED_SECONDS = float(os.environ.get("LOOKALIKE_MIXED_LOAD_S", "12"))  # 60 for the full run
 
@@ -30,64 +27,23 @@ def test_mixed_searches_adds_and_deletes_lose_nothing(api):
     assert result["count_final"] == result["count_before"]  # its leftovers deleted: the gallery as it was
 
 
-def _load(url: str, clients: int, stop: threading.Event, query: bytes, log: list) -> list[threading.Thread]:
-    def client():
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while not stop.is_set():
-                started = time.monotonic()
-                r = c.post("/api/v1/search", files={"image": ("q", query)})
-                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                log.append((started, time.monotonic(), r.status_code, r.headers.get("Retry-After"),
-                            (body.get("error") or {}).get("backend")))
+def test_embedder_replica_killed_under_load(serve_url, api):
+    """With two Embedder replicas (as on Kubernetes), SIGKILL one under load: the other answers
+    while Serve replaces it, so the longest wait between two answers stays short (0.15 s
+    measured; one replica: 3.9 s with config/serve.yaml's 2 s health checks, 9.3 s with Serve's
+    defaults, benchmarks/replica_kill.py). Any request that does fail is a retriable 503 naming
+    the Embedder, never a 500."""
+    from ray import serve
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    return threads
-
-
-def replica_pid(app: str, deployment: str) -> int:
-    """The process of one replica, by the title Ray Serve gives it (ray::ServeReplica:<app>:<name>)."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(f"ray::ServeReplica:{app}:{deployment}"):
-            return int(proc.name)
-    raise LookupError(f"no {deployment} replica of {app}")
-
-
-def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, before_s: float = 3.0,
-                    after_s: float = 15.0) -> dict:
-    """SIGKILL one Embedder replica while ``clients`` search; what the clients saw."""
-    stop, log = threading.Event(), []
-    threads = _load(url, clients, stop, query, log)
-    time.sleep(before_s)
-    killed = time.monotonic()
-    os.kill(replica_pid(app, "Embedder"), signal.SIGKILL)
-    time.sleep(after_s)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    after = sorted(e for e in log if e[1] >= killed)
-    done = [end for _, end, status, _, _ in after if status == 200]
-    gaps = [b - a for a, b in zip([killed] + done, done)]
-    return {"requests_after_kill": len(after), "ok": len(done),
-            "failed": [(status, retry, backend) for _, _, status, retry, backend in after if status != 200],
-            "stall_s": round(max(gaps, default=after_s), 2),
-            "first_ok_started_after_kill_s": round(min((s - killed for s, _, st, _, _ in after
-                                                        if st == 200 and s >= killed), default=after_s), 2)}
-
-
-def test_embedder_replica_killed_under_load(api):
-    """In-flight requests get a retriable 503 naming the Embedder (never a 500), and Serve's
-    replacement (health checks every 2 s, config/serve.yaml) answers within seconds."""
-    query = next(iter(api.gallery.values()))[0].read_bytes()
-    result = kill_under_load(api.url, "main", query)
+    deploy("kill", "/kill", api.settings, test_options(Embedder={"num_replicas": 2}))
+    try:
+        query = next(iter(api.gallery.values()))[0].read_bytes()
+        result = kill_under_load(serve_url + "/kill", "kill", query, after_s=8.0)
+    finally:
+        serve.delete("kill")
     print(result)
     assert all(status == 503 and retry and backend == "embedder" for status, retry, backend in result["failed"])
-    assert result["ok"] > 0 and result["stall_s"] < result["requests_after_kill"] + 15
+    assert result["ok"] > 0 and result["stall_s"] < 3.0
 
 
 def _replicas(app: str) -> dict[str, int]:
@@ -113,7 +69,7 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
     stop, log = threading.Event(), []
     query = next(iter(api.gallery.values()))[0].read_bytes()
     try:
-        threads = _load(url, 8, stop, query, log)
+        threads = search_load(url, 8, stop, query, log)
         while time.monotonic() - started < 40:
             timeline.append((round(time.monotonic() - started, 1), _replicas("scale")))
             if timeline[-1][1]["Embedder"] >= 2 and time.monotonic() - started > 10:
