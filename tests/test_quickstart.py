@@ -1,6 +1,7 @@
 """The README's run path (make run): `python -m ingest` on a gallery, then `lookalike serve`
-(which runs `serve run` on the Serve config file and owns the shared Milvus Lite server), a
-search over HTTP, a clean stop."""
+(which runs `serve run` on the Serve config file with the shared Milvus Lite server up), a
+search over HTTP, the embedded Milvus killed and back by itself, a clean stop; then a plain
+`serve run` of the same config, which leaves nothing running either once stopped."""
 
 from __future__ import annotations
 
@@ -58,6 +59,20 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
         assert first["id"] == str(content_id(query.read_bytes())) and first["label"] == "rings"
         assert httpx.get(url + first["url"]).content == query.read_bytes()
         print(f"first search through `lookalike serve`: {1000 * (time.perf_counter() - started):.0f} ms")
+
+        # The embedded Milvus dies: searches answer 503 + Retry-After naming it, briefly, then
+        # work again on the same data, with nothing restarted by hand.
+        os.kill(lite.server_pid, signal.SIGKILL)
+        killed, answers = time.monotonic(), []
+        while time.monotonic() - killed < 10:
+            r = httpx.post(f"{url}/api/v1/search", files={"image": query.open("rb")}, timeout=60)
+            answers.append(r.status_code)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["error"]["backend"] == "milvus"
+            time.sleep(0.2)
+        print(f"searches after the Lite server was killed: {answers} in {time.monotonic() - killed:.1f}s")
+        assert answers[-1] == 200 and httpx.get(f"{url}/api/v1/status", timeout=10).json()["count"] == 30
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -67,3 +82,36 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
             raise
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
     assert lite.running_uri() is None and not lite.state_file.exists()  # it stopped what it started
+
+
+def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
+    """`serve run config/serve.yaml` alone (no `lookalike serve` around it) also starts the
+    shared Lite server; once it is stopped, the server stops by itself (its leaseholders are gone)."""
+    data = tmp_path / "data"
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images"), "LOOKALIKE_MILVUS__LITE_SERVER_IDLE_STOP_S": "2",
+           "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    serve_config = tmp_path / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(serve_config)], env=env,
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    lite = LiteServer(data / "lookalike.db")
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=5).json()["status"] == "ok",
+                 240, "serve run", proc)
+        supervisor, server = lite.pid, lite.server_pid
+        assert supervisor and server
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    wait_for(lambda: lite.pid is None and not Path(f"/proc/{server}").exists(), 30, "the Lite server to stop")
+    assert lite.running_uri() is None and not lite.state_file.exists()
