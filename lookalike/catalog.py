@@ -183,6 +183,7 @@ class Catalog:
 
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
+        from pymilvus.exceptions import MilvusException
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="Lookalike image embeddings")
@@ -191,8 +192,14 @@ class Catalog:
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX)
         schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX, description="original name or path")
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
-        self._call("create_collection", self.name, schema=schema,
-                   consistency_level=self.settings.consistency_level)
+        try:
+            self._call("create_collection", self.name, schema=schema,
+                       consistency_level=self.settings.consistency_level)
+        except MilvusException as exc:  # another process (a second replica starting) created it first
+            if "already exist" not in str(exc.message):
+                raise
+            self._check_schema()
+            return
         log.info("created collection %s (dim %d)", self.name, self.dim)
 
     def _check_schema(self) -> None:
