@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -13,9 +14,11 @@ from ingest.pipeline import run_ingest
 from lookalike.catalog import Catalog
 from lookalike.errors import BackendUnavailable
 from lookalike.images import content_id
+from lookalike.indexer import index_items
 from lookalike.lite_server import LiteServer, open_catalog
 from lookalike.retry import Retry
 from lookalike.settings import MilvusSettings
+from lookalike.sources import iter_folder
 from lookalike.store import LocalStore, make_store
 from lookalike.writer import GalleryWriter, NewImage
 
@@ -31,7 +34,7 @@ def _restart_later(server, delay_s: float) -> threading.Thread:
 
 
 def test_ingest_with_the_store_down_fails_clearly_then_retries_through_an_outage(ray_cluster, s3_server, tmp_path,
-                                                                                 gallery_root):
+                                                                                 gallery_root, encoder, caplog):
     s3 = {"endpoint": s3_server.endpoint, "access_key": s3_server.access_key,
           "secret_key": s3_server.secret_key, "bucket": "outage", "timeout_s": 3}
     settings = make_settings(tmp_path, store={"backend": "s3", "s3": s3},
@@ -47,17 +50,23 @@ def test_ingest_with_the_store_down_fails_clearly_then_retries_through_an_outage
         assert catalog.count() == 0
         catalog.close()
         # Down for a few seconds: the writes are tried again with backoff and the run completes.
-        restarted = _restart_later(s3_server, 2.0)
+        # (The in-process runner: the same stages, and a first write that surely meets the outage.)
         settings = make_settings(tmp_path, store={"backend": "s3", "s3": s3},
                                  ingest={"retries": 6, "retry_backoff_s": 0.5})
-        report = run_ingest(str(gallery_root), settings, report_path=str(tmp_path / "rerun.json"))
+        restarted = _restart_later(s3_server, 2.0)
+        caplog.set_level(logging.WARNING, logger="lookalike.retry")
+        catalog = open_catalog(settings.milvus, 1280, shared=True)
+        report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
+                             store=make_store(settings.store))
+        catalog.close()
     finally:
         if restarted:
             restarted.join(timeout=120)
         if s3_server.proc is None:
             s3_server.start()
         LiteServer(settings.milvus.uri).stop()
-    assert report.indexed == 30 and report.extra["count"] == 30
+    assert "trying again" in caplog.text  # the outage was met, and waited out
+    assert report.indexed == 30 and not report.skipped
     assert len(list(make_store(settings.store).keys())) == 30  # one object per entry, none orphaned
 
 
