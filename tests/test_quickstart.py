@@ -22,6 +22,19 @@ from .conftest import REPO
 from .support.servers import free_port, wait_for
 
 
+def _start_service(cmd: list[str], env: dict, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """``cmd`` + a copy of config/serve.yaml listening on a free port; (the process, its URL)."""
+    config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    serve_config = tmp_path / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([*cmd, str(serve_config)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
     data = tmp_path / "data"
     env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
@@ -35,15 +48,7 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
     assert ingested.returncode == 0, ingested.stderr[-3000:]
     assert "ingest: 30 indexed" in ingested.stdout
 
-    config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    serve_config = tmp_path / "serve.yaml"
-    serve_config.write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*cli, "serve", "--serve-config", str(serve_config)], env=env, cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start_service([*cli, "serve", "--serve-config"], env, tmp_path)
     lite = LiteServer(data / "lookalike.db")
     try:
         def ready() -> bool:
@@ -92,17 +97,10 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
            "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images"), "LOOKALIKE_MILVUS__LITE_SERVER_IDLE_STOP_S": "2",
            "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    config = yaml.safe_load((REPO / "config" / "serve.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    serve_config = tmp_path / "serve.yaml"
-    serve_config.write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(serve_config)], env=env,
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, url = _start_service([str(Path(sys.executable).with_name("serve")), "run"], env, tmp_path)
     lite = LiteServer(data / "lookalike.db")
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=5).json()["status"] == "ok",
+        wait_for(lambda: httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok",
                  240, "serve run", proc)
         supervisor, server = lite.pid, lite.server_pid
         assert supervisor and server
