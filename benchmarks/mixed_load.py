@@ -2,9 +2,11 @@
 
     python -m benchmarks.mixed_load --url http://127.0.0.1:8000 [--clients 8] [--seconds 60] [--key KEY]
 
-Each client loops until the time is up: mostly searches (a gallery image), some adds (a new
-image of its own, never seen before) and some deletes (one of its own adds). The service's
-count must move by exactly adds - deletes, and nothing may answer 5xx. At the end every image
+Each client loops until the time is up: mostly searches (a gallery image), some adds and some
+deletes (of an image it added itself). An add is a new image no one sent before, or, one time
+in three, one of a few images every client keeps adding, so that adds of the same picture
+race: exactly one of them may answer 201. The service's count must move by exactly the 201s
+minus the deletes, and nothing may answer 5xx. At the end every image
 the run added and did not delete is deleted again, so the gallery is left as it was.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 MIX = (("search", 0.7), ("add", 0.2), ("delete", 0.1))
+SHARED = 12  # images that every client adds now and then
 
 
 def new_image(seed: int) -> bytes:
@@ -68,8 +71,9 @@ def _client(url: str, key: str | None, seed: int, deadline: float, queries: list
                                 files={"image": ("q", rng.choice(queries), "application/octet-stream")})
             elif kind == "add":
                 n += 1
+                image_seed = 10**12 + rng.randrange(SHARED) if rng.random() < 1 / 3 else seed * 1_000_000 + n
                 r = client.post("/api/v1/images", data={"label": "mixed-load"},
-                                files={"image": ("new.png", new_image(seed * 1_000_000 + n), "image/png")})
+                                files={"image": ("new.png", new_image(image_seed), "image/png")})
                 if r.status_code == 201:
                     mine.append(r.json()["id"])
                     with tally.lock:
