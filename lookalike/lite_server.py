@@ -84,12 +84,12 @@ class LiteServer:
 
     def __init__(self, data_dir: str | os.PathLike):
         self.data_dir = Path(data_dir).resolve()
-        base = self.data_dir.with_name(self.data_dir.name)
-        self.state_file = base.with_name(base.name + ".server.json")
-        self.log_file = base.with_name(base.name + ".server.log")
-        self.lease_dir = base.with_name(base.name + ".server.leases")
-        self._lock_file = base.with_name(base.name + ".server.lock")
-        self._write_lock_file = base.with_name(base.name + ".write.lock")
+        name = self.data_dir.name
+        self.state_file = self.data_dir.with_name(name + ".server.json")
+        self.log_file = self.data_dir.with_name(name + ".server.log")
+        self.lease_dir = self.data_dir.with_name(name + ".server.leases")
+        self._lock_file = self.data_dir.with_name(name + ".server.lock")
+        self._write_lock_file = self.data_dir.with_name(name + ".write.lock")
 
     def write_lock(self):
         """Serialise writes from every process and thread: Milvus Lite does not take
@@ -137,8 +137,7 @@ class LiteServer:
             previous = self._read_state()
             port = _free_port(previous["port"] if previous else None)
             cmd = [sys.executable, "-m", "lookalike.lite_server", "--data-dir", str(self.data_dir),
-                   "--port", str(port), "--supervise", "--idle-stop-s", str(idle_stop_s),
-                   "--lease-dir", str(self.lease_dir)]
+                   "--port", str(port), "--supervise", "--idle-stop-s", str(idle_stop_s)]
             with open(self.log_file, "ab") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
@@ -274,7 +273,6 @@ def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False) 
         return Catalog(settings, dim, write_lock=server.write_lock)
     if not shared and server.running_uri() is None:
         return Catalog(settings, dim, write_lock=server.write_lock)
-
     return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=server.write_lock)
 
 
@@ -285,9 +283,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def supervise(data_dir: str, port: int, idle_stop_s: float, lease_dir: str) -> None:
+def supervise(data_dir: str, port: int, idle_stop_s: float) -> None:
     """The supervisor process: run the server, restart it when it dies, stop it on SIGTERM /
     SIGINT or once no leaseholder has lived for ``idle_stop_s`` (0: only when asked)."""
+    paths = LiteServer(data_dir)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
@@ -296,7 +295,18 @@ def supervise(data_dir: str, port: int, idle_stop_s: float, lease_dir: str) -> N
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
-    server, restarts, idle_since, served = spawn(), 0, None, False
+    def halt(server: subprocess.Popen) -> None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(paths.state_file.read_text())["pid"] == os.getpid():
+                paths.state_file.unlink()
+
+    server, started, restarts, idle_since, served = spawn(), time.monotonic(), 0, None, False
     print(f"supervisor {os.getpid()}: server pid {server.pid} on {HOST}:{port}", flush=True)
     while not stop:
         time.sleep(0.1)
@@ -306,29 +316,27 @@ def supervise(data_dir: str, port: int, idle_stop_s: float, lease_dir: str) -> N
             print(f"supervisor: the server exited with {code} before serving; giving up", flush=True)
             sys.exit(1)
         if code is not None and not stop:
-            restarts += 1
-            delay = min(0.2 * 2 ** min(restarts - 1, 5), 5.0) if restarts > 3 else 0.0  # a crash loop backs off
+            restarts = 1 if time.monotonic() - started > 60 else restarts + 1
+            delay = min(0.2 * 2 ** (restarts - 3), 5.0) if restarts > 3 else 0.0  # a crash loop backs off
             print(f"supervisor: server exited with {code}; restarting (#{restarts}) in {delay:.1f}s", flush=True)
             time.sleep(delay)
-            server = spawn()
+            server, started = spawn(), time.monotonic()
         if idle_stop_s > 0:
-            if live_leases(Path(lease_dir)):
+            if live_leases(paths.lease_dir):
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= idle_stop_s:
-                print(f"supervisor: no process has used the server for {idle_stop_s:.0f}s; stopping", flush=True)
-                break
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-    state_file = Path(data_dir).with_name(Path(data_dir).name + ".server.json")
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(state_file.read_text())["pid"] == os.getpid():
-            state_file.unlink()
+                # Under the start lock: a process that comes now waits, then starts a fresh one.
+                with _flocked(paths._lock_file):
+                    if live_leases(paths.lease_dir):
+                        idle_since = None
+                        continue
+                    print(f"supervisor: no process has used the server for {idle_stop_s:.0f}s; stopping",
+                          flush=True)
+                    halt(server)
+                    return
+    halt(server)
 
 
 def serve_forever(data_dir: str, port: int, host: str = HOST) -> None:
@@ -357,10 +365,8 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--supervise", action="store_true", help="run the server as a supervised child")
     parser.add_argument("--idle-stop-s", type=float, default=10.0)
-    parser.add_argument("--lease-dir")
     cli = parser.parse_args()
     if cli.supervise:
-        supervise(cli.data_dir, cli.port, cli.idle_stop_s,
-                  cli.lease_dir or cli.data_dir.rstrip("/") + ".server.leases")
+        supervise(cli.data_dir, cli.port, cli.idle_stop_s)
     else:
         serve_forever(cli.data_dir, cli.port)
