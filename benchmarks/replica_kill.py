@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import Results
+from benchmarks.common import Results, cpu_seconds_by_process
 
 
 def search_load(url: str, clients: int, stop: threading.Event, query: bytes, log: list) -> list[threading.Thread]:
@@ -44,17 +44,11 @@ def search_load(url: str, clients: int, stop: threading.Event, query: bytes, log
 
 def replica_pids(app: str, deployment: str) -> list[int]:
     """The processes of a deployment's replicas, by the title Ray Serve gives them."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(f"ray::ServeReplica:{app}:{deployment}"):
-            pids.append(int(proc.name))
+    pids = sorted(pid for pid, (title, _) in cpu_seconds_by_process().items()
+                  if title.startswith(f"ray::ServeReplica:{app}:{deployment}"))
     if not pids:
         raise LookupError(f"no {deployment} replica of {app}")
-    return sorted(pids)
+    return pids
 
 
 def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, before_s: float = 3.0,

@@ -39,7 +39,7 @@ def cmd_index(args, settings: Settings) -> int:
              catalog.uri)
     report = index_items(source.items(settings), settings, encoder=encoder, catalog=catalog, store=store,
                          read=source.reader(settings), in_store=source.in_store(settings),
-                         progress=lambda r: log.info("... %d seen, %d indexed", r.total, r.indexed))
+                         progress=lambda r: log.info("... %d seen, %d written", r.total, r.rows_written))
     catalog.close()
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

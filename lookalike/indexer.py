@@ -12,6 +12,7 @@ import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -38,6 +39,7 @@ class Report:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)  # what ran: source, target, final count, index
     path: str = ""  # where the JSON report was written
+    rows_written: int = 0  # rows the write stage stored so far (for progress; ``finish`` decides ``indexed``)
     _outcomes: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
 
     @property
@@ -57,6 +59,7 @@ class Report:
             self.total += 1
             if status in (INDEXED, ALREADY_PRESENT):
                 self._outcomes.append((str(path), int(image_id), str(status)))
+                self.rows_written += status == INDEXED
             else:
                 self.skip(str(path), str(status), str(message))
 
@@ -96,14 +99,8 @@ class Report:
 
 
 def _batches(items: Iterable[SourceItem], size: int) -> Iterator[dict[str, np.ndarray]]:
-    chunk: list[SourceItem] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield {"path": np.array([i.path for i in chunk], dtype=object),
-                   "label": np.array([i.label for i in chunk], dtype=object)}
-            chunk = []
-    if chunk:
+    items = iter(items)
+    while chunk := list(islice(items, size)):
         yield {"path": np.array([i.path for i in chunk], dtype=object),
                "label": np.array([i.label for i in chunk], dtype=object)}
 
@@ -120,7 +117,7 @@ def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: Ima
     for batch in _batches(items, settings.model.batch_size):
         report.add(write(embed(read_prepare(batch))))
         if progress:
-            progress(report.finish())
+            progress(report)
     with timed(report, "flush"):
         catalog.flush()
     report.seconds = time.perf_counter() - started

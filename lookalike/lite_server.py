@@ -69,7 +69,8 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
     return _start_time(pid) is not None
 
 
@@ -108,7 +109,7 @@ class LiteServer:
         """The URI of this directory's server while its supervisor lives (the server itself may
         be restarting: clients then get a 503 for a moment), else None."""
         state = self._read_state()
-        if state and _pid_alive(state["pid"]):
+        if state and pid_alive(state["pid"]):
             return f"http://{HOST}:{state['port']}"
         return None
 
@@ -116,13 +117,13 @@ class LiteServer:
     def pid(self) -> int | None:
         """The supervisor's pid, while it runs."""
         state = self._read_state()
-        return state["pid"] if state and _pid_alive(state["pid"]) else None
+        return state["pid"] if state and pid_alive(state["pid"]) else None
 
     @property
     def server_pid(self) -> int | None:
         """The server's pid (the supervisor's child), while it runs."""
         state = self._read_state()
-        if not state or not _pid_alive(state["pid"]):
+        if not state or not pid_alive(state["pid"]):
             return None
         try:
             children = Path(f"/proc/{state['pid']}/task/{state['pid']}/children").read_text().split()
@@ -181,7 +182,7 @@ class LiteServer:
         with _flocked(self._lock_file):
             state = self._read_state()
             self.state_file.unlink(missing_ok=True)
-            if not state or not _pid_alive(state["pid"]):
+            if not state or not pid_alive(state["pid"]):
                 return False
             _stop_pid(state["pid"], timeout_s)
             return True
@@ -213,11 +214,11 @@ def _stop_pid(pid: int, timeout_s: float) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait_s
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from lookalike.catalog import Entry
 from lookalike.errors import BackendUnavailable
-from lookalike.lite_server import LiteServer, open_catalog
+from lookalike.lite_server import LiteServer, open_catalog, pid_alive
 from lookalike.settings import MilvusSettings
 
 from .support.servers import wait_for
@@ -37,19 +37,6 @@ WRITER = textwrap.dedent("""
 def _entries(ids, dim=8, seed=0):
     vecs = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
     return [Entry(id=i, key=str(i), label="", source="", embedding=v) for i, v in zip(ids, vecs)]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_processes_share_one_server_and_concurrent_writers_lose_nothing(tmp_path):
@@ -120,7 +107,7 @@ def test_supervisor_killed_takes_the_server_with_it_and_the_next_client_starts_o
         catalog.upsert(_entries(range(50)))
         supervisor, child, uri = server.pid, server.server_pid, catalog.uri
         os.kill(supervisor, signal.SIGKILL)
-        wait_for(lambda: _gone(child), 10, "the orphaned Lite server to stop")
+        wait_for(lambda: not pid_alive(child), 10, "the orphaned Lite server to stop")
         catalog.close()  # as after a failed call: the next one locates the server again
         assert catalog.count() == 50
         assert server.pid not in (None, supervisor) and catalog.uri == uri  # same port back
@@ -155,7 +142,7 @@ def test_server_stops_once_no_process_uses_it(tmp_path):
         time.sleep(2)  # past the idle time: the other holder keeps it up
         assert server.running_uri() is not None
         long.wait(timeout=30)
-        wait_for(lambda: _gone(supervisor) and _gone(child), 15, "the idle Lite server to stop")
+        wait_for(lambda: not pid_alive(supervisor) and not pid_alive(child), 15, "the idle Lite server to stop")
         assert server.running_uri() is None and not server.state_file.exists()
     finally:
         for proc in (short, long):

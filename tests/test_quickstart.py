@@ -16,7 +16,7 @@ import httpx
 import yaml
 
 from lookalike.images import content_id
-from lookalike.lite_server import LiteServer
+from lookalike.lite_server import LiteServer, pid_alive
 
 from .conftest import REPO
 from .support.servers import free_port, wait_for
@@ -111,5 +111,5 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    wait_for(lambda: lite.pid is None and not Path(f"/proc/{server}").exists(), 30, "the Lite server to stop")
+    wait_for(lambda: lite.pid is None and not pid_alive(server), 30, "the Lite server to stop")
     assert lite.running_uri() is None and not lite.state_file.exists()
