@@ -25,8 +25,6 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PKGS)
 	$(BIN)/pip install -q -e '.[test]'
-	# The standalone Milvus server for the server-side tests (only its binary; no client pins).
-	$(BIN)/pip install -q --no-deps milvus==2.3.5
 	touch $@
 
 # Debian packages: the sample gallery's images.
@@ -88,5 +86,5 @@ bench-data:
 	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkgs >/dev/null; }; fi
 
 clean:
-	-$(BIN)/lookalike lite-server stop
+	-$(BIN)/lookalike local-milvus stop
 	rm -rf data

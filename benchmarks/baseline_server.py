@@ -21,7 +21,7 @@ from lookalike.catalog import Catalog
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import prepare
-from lookalike.lite_server import open_catalog
+from lookalike.local_milvus import open_catalog
 from lookalike.settings import load_settings
 from lookalike.store import make_store
 

@@ -11,9 +11,6 @@ import gzip
 import json
 import os
 import platform
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -78,19 +75,6 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def pids_named(name: str) -> list[int]:
-    """Processes whose executable name is ``name`` (e.g. the Milvus server binary)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
@@ -233,21 +217,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-# -- loopback-only network namespace ---------------------------------------------------------------
-def reexec_in_loopback_netns() -> None:
-    """Run this same command again inside a network namespace that has only loopback (the Milvus
-    server binds every interface and cannot be told otherwise; there it reaches nothing)."""
-    from tests.support.servers import in_isolated_netns
-
-    if in_isolated_netns() or os.environ.get("LOOKALIKE_BENCH_NETNS") == "off":
-        return
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rn", "true"]).returncode != 0:
-        raise SystemExit("this benchmark starts a Milvus server, which binds every interface: it needs "
-                         "`unshare -rn` (a loopback-only network namespace), which is not permitted here")
-    argv = [sys.executable, *sys.orig_argv[1:]]
-    os.execvp("unshare", ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv])
 
 
 # -- labelled data sets ----------------------------------------------------------------------------

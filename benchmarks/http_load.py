@@ -70,7 +70,7 @@ def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
     from lookalike.encoder import ImageEncoder
     from lookalike.indexer import index_items
-    from lookalike.lite_server import open_catalog
+    from lookalike.local_milvus import open_catalog
     from lookalike.sources import iter_folder
     from lookalike.store import make_store
 

@@ -37,7 +37,7 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
     """`lookalike eval --url` against the deployed application, one collection per set."""
     from benchmarks.http_load import deploy, serve_session
     from lookalike import cli
-    from lookalike.lite_server import serving
+    from lookalike.local_milvus import serving
     from lookalike.settings import load_settings
 
     os.environ.update({"LOOKALIKE_MILVUS__URI": str(work / "quality.db"),

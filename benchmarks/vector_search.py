@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA, Results, Stopwatch, embed_files, latency_stats, markdown_table, pids_named, \
-    reexec_in_loopback_netns, rss_bytes
+from benchmarks.common import DATA, Results, Stopwatch, embed_files, latency_stats, markdown_table, rss_bytes
 
 K = 10
 CHUNK = 20_000
@@ -179,7 +178,7 @@ def throughput(catalog, queries: np.ndarray, clients: int, seconds: float) -> di
 def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarray, args, pid_of) -> dict:
     """Insert ``n`` vectors, then build, sweep and load-test each index type."""
     from lookalike.catalog import Entry
-    from lookalike.lite_server import open_catalog
+    from lookalike.local_milvus import open_catalog
 
     collection = f"bench_{n}_{mix.dim}"
     catalog = open_catalog(milvus_settings(uri, collection, "FLAT"), mix.dim, shared=True)
@@ -228,29 +227,28 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
         print(f"  {backend} {index_type} QPS: " + ", ".join(f"{q['clients']}c {q['qps']}" for q in entry["qps"]),
               flush=True)
         out["index"][index_type] = entry
-    catalog._call("drop_collection", collection)
+    catalog.drop()
     catalog.close()
     return out
 
 
 # -- servers -------------------------------------------------------------------------------------------
 class MilvusServer:
-    def __init__(self, base: Path):
-        from tests.support.servers import MilvusStandalone
+    """The local Milvus server the service runs at scale (its own namespaces, a Unix socket)."""
 
-        self.inner = MilvusStandalone(base)
+    def __init__(self, base: Path):
+        from lookalike.milvus_server import MilvusServer as LocalMilvusServer
+
+        self.server = LocalMilvusServer(base)
 
     def __enter__(self):
-        self.inner.start()
-        return self.inner.uri
+        return self.server.start(timeout_s=300, idle_stop_s=0)[0]
 
     def __exit__(self, *exc):
-        self.inner.stop()
+        self.server.stop()
 
-    @staticmethod
-    def pid() -> int:
-        pids = pids_named("milvus")
-        return max(pids, key=rss_bytes) if pids else 0
+    def pid(self) -> int:
+        return self.server.server_pid or 0
 
 
 class LiteDir:
@@ -268,7 +266,7 @@ class LiteDir:
         self.server.stop()
 
     def pid(self) -> int:
-        return self.server.pid or 0
+        return self.server.supervisor_pid or 0
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -349,8 +347,6 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--real", type=int, default=0, help="use only this many real embeddings (0: all)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if args.sizes:
-        reexec_in_loopback_netns()
     args.index_types = args.index_types.split(",")
     args.clients = [int(c) for c in args.clients.split(",")]
     results = Results("vector-search", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
@@ -361,11 +357,12 @@ def main(argv: list[str] | None = None) -> Results:
     try:
         server_sizes = parse_sizes(args.sizes)
         if server_sizes:
-            with MilvusServer(base / "server") as uri:
+            server = MilvusServer(base / "server")
+            with server as uri:
                 for n, dim in server_sizes:
                     mix = Mixtures(real, dim)
                     runs.append(run_backend("milvus-server", uri, mix, n, mix.queries(args.queries), args,
-                                            MilvusServer.pid))
+                                            server.pid))
                     results.add("runs", runs)
         lite_args = argparse.Namespace(**{**vars(args), "index_types": args.lite_index_types.split(",")})
         for n in [int(x) for x in args.lite_sizes.split(",") if x]:

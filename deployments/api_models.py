@@ -3,6 +3,8 @@ what the routes are checked to return."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 # -- requests ----------------------------------------------------------------------------------
@@ -100,6 +102,8 @@ class ImagePage(BaseModel):
 
 class IndexResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
+    state: Literal["done", "building"] = Field(
+        description="done (200), or building (202): the rebuild goes on, searches keep answering meanwhile")
     index: dict
     seconds: float
 

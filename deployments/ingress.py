@@ -327,12 +327,18 @@ class Ingress:
 
     @app.post("/api/v1/index", response_model=m.IndexResponse, tags=["library"],
               summary="(Re)build the index with the configured type and parameters",
-              responses=m.errors(401, 403, 503))
-    async def build_index(self, request: Request) -> dict:
+              description="Builds into a new version of the collection while the current one answers, then "
+                          "switches to it: searches and writes go on. Answers 202 (state building) when it "
+                          "takes longer than `serve.index_wait_s`; a second call joins the running rebuild.",
+              responses={**m.errors(401, 403, 503),
+                         202: {"model": m.IndexResponse, "description": "still building"}})
+    async def build_index(self, request: Request, response: Response) -> dict:
         self._check_write(request)
         started = time.perf_counter()
-        index = await self._searcher("build_index")
-        return {"index": index, "seconds": round(time.perf_counter() - started, 3)}
+        result = await self._searcher("build_index", self.settings.serve.index_wait_s)
+        if result["state"] == "building":
+            response.status_code = 202  # it goes on; searches keep answering meanwhile
+        return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
     @app.get("/api/v1/status", response_model=m.Status, tags=["service"],
              summary="Health of Milvus, the store and the model; count; index")
@@ -395,7 +401,7 @@ class Ingress:
     async def seed_indexing(self, request: Request) -> dict:
         payload = await read_payload(request, self.settings, require_image=False)
         self._check_write(request, payload.get("key"))
-        return {"ok": True, "index": await self._searcher("build_index")}
+        return {"ok": True, **await self._searcher("build_index", self.settings.serve.index_wait_s)}
 
     @app.get("/status/", response_model=m.SeedStatus, tags=["the original's routes"],
              summary="Status, with the original's fields")

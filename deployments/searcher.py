@@ -19,7 +19,7 @@ from ray import serve
 
 from lookalike.catalog import Entry, label_filter
 from lookalike.errors import BackendUnavailable
-from lookalike.lite_server import open_catalog
+from lookalike.local_milvus import open_catalog
 from lookalike.models import get_model
 from lookalike.settings import Settings
 from lookalike.store import make_store
@@ -39,6 +39,7 @@ class Searcher:
         self.writer = GalleryWriter(self.catalog, make_store(settings.store),
                                     delete_foreign_originals=settings.store.delete_foreign_originals)
         self._write = asyncio.Lock()
+        self._rebuild: asyncio.Task | None = None
         self.searches, self.search_seconds = 0, 0.0  # time in Milvus, for the status route's breakdown
         try:
             self.catalog.ensure_ready()
@@ -92,9 +93,16 @@ class Searcher:
         total = await self._run(self.catalog.count, expr=expr)
         return {"items": [_entry_dict(e) for e in entries], "offset": offset, "limit": limit, "total": total}
 
-    async def build_index(self) -> dict:
-        async with self._write:
-            return await self._run(self.catalog.build_index)
+    async def build_index(self, wait_s: float) -> dict:
+        """Start an index rebuild (or join the one running) and wait up to ``wait_s`` for it:
+        ``{"state": "done" | "building", "index": ...}``. Searches and writes go on meanwhile
+        (``Catalog.build_index``); at 200,000 images a rebuild takes minutes."""
+        if self._rebuild is None or self._rebuild.done():
+            self._rebuild = asyncio.create_task(self._run(self.catalog.build_index))
+        done, _ = await asyncio.wait({self._rebuild}, timeout=wait_s)
+        if done:
+            return {"state": "done", "index": self._rebuild.result()}
+        return {"state": "building", "index": await self._run(self.catalog.index_info)}
 
     async def status(self) -> dict:
         return {**await self._run(self.catalog.describe), "searches": self.searches,

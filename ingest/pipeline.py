@@ -23,7 +23,7 @@ import ray
 
 from lookalike.errors import LookalikeError
 from lookalike.indexer import Report
-from lookalike.lite_server import open_catalog, serving
+from lookalike.local_milvus import choose_for_ingest, open_catalog, serving
 from lookalike.models import get_model
 from lookalike.ray_env import use_local_ray_env
 from lookalike.settings import Settings
@@ -113,14 +113,16 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
     source = Source.parse(spec)
     connect_ray()
     report = Report()
+    listed = time.perf_counter()
+    items = [{"path": i.path, "label": i.label} for i in source.items(settings)]
+    if limit:
+        items = items[:limit]
+    report.stage_seconds["list"] = time.perf_counter() - listed
+    dim = get_model(settings.model.name).dim
+    report.extra["engine"] = choose_for_ingest(settings.milvus, len(items), dim)  # a large new gallery: local server
     with serving(settings.milvus):
-        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        catalog = open_catalog(settings.milvus, dim, shared=True)
         catalog.ensure_ready()
-        listed = time.perf_counter()
-        items = [{"path": i.path, "label": i.label} for i in source.items(settings)]
-        if limit:
-            items = items[:limit]
-        report.stage_seconds["list"] = time.perf_counter() - listed
         log.info("ingesting %d files from %s into %s (%s)", len(items), source, settings.milvus.uri,
                  settings.milvus.collection)
         if items:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,8 +27,8 @@ LABEL_MAX = 256
 SOURCE_MAX = 2048
 OUTPUT_FIELDS = ["key", "label", "source"]
 _READS = frozenset({"search", "query", "get"})
-_WRITES = frozenset({"create_collection", "create_index", "drop_index", "upsert", "insert", "delete", "flush",
-                     "load_collection", "release_collection", "drop_collection"})
+_WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
+                     "create_alias", "alter_alias", "drop_alias", "drop_collection"})
 
 
 @dataclass
@@ -66,6 +66,11 @@ def _clip(text: str, max_bytes: int) -> str:
     return text if len(data) <= max_bytes else data[:max_bytes].decode(errors="ignore")
 
 
+def _plain(row: dict) -> dict:
+    """A row as read back (vectors may come as numpy or protobuf floats), ready to write again."""
+    return {k: (np.asarray(v, np.float32).tolist() if k == "embedding" else v) for k, v in dict(row).items()}
+
+
 def label_filter(label: str | None) -> str:
     """A Milvus boolean expression matching one label exactly. The label is written as a string
     literal with only backslash and double quote escaped, so any Unicode label ('café', '🍎')
@@ -93,11 +98,14 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 class Catalog:
     def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
-                 locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None):
+                 locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None,
+                 embedded: bool = False):
         """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
         each reconnection (the embedded Milvus's supervised server, see
-        ``lite_server.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
-        one writer at a time). The catalog never starts a process itself."""
+        ``local_milvus.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
+        one writer at a time). ``embedded``: Milvus Lite (which slows down as it grows). The
+        catalog never starts a process itself."""
+        self.embedded = embedded
         self.settings = settings
         self.dim = dim
         self._locate = locate
@@ -163,6 +171,15 @@ class Catalog:
                 self._client = None
 
     # -- schema and index -------------------------------------------------------------------
+    # ``settings.collection`` is an alias of a versioned collection (``images__1``, ...): an index
+    # rebuild fills the next version while the current one answers, then moves the alias.
+    def exists(self) -> bool:
+        return bool(self._call("has_collection", self.name))
+
+    def physical(self) -> str:
+        """The collection behind the name (the name itself for one created before aliases)."""
+        return self._call("describe_collection", self.name)["collection_name"]
+
     def ensure_ready(self) -> "Catalog":
         """Create the collection and its index if missing, check the dimension, load it. Once,
         whichever of the threads calling at once gets here first."""
@@ -176,14 +193,27 @@ class Catalog:
             else:
                 self._check_schema()
             if not self._call("list_indexes", self.name):
-                self._create_index()
+                self._create_index(self.name)
             self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
             self._ready = True
         return self
 
     def _create(self) -> None:
-        from pymilvus import DataType, MilvusClient
         from pymilvus.exceptions import MilvusException
+
+        first = f"{self.name}__1"
+        try:
+            self._create_physical(first)
+            self._call("create_alias", first, self.name)
+        except MilvusException as exc:  # another process (a second replica starting) created it first
+            if "exist" not in str(exc.message):
+                raise
+            self._check_schema()
+            return
+        log.info("created collection %s as %s (dim %d)", self.name, first, self.dim)
+
+    def _create_physical(self, name: str) -> None:
+        from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="Lookalike image embeddings")
@@ -192,15 +222,7 @@ class Catalog:
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX)
         schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX, description="original name or path")
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
-        try:
-            self._call("create_collection", self.name, schema=schema,
-                       consistency_level=self.settings.consistency_level)
-        except MilvusException as exc:  # another process (a second replica starting) created it first
-            if "already exist" not in str(exc.message):
-                raise
-            self._check_schema()
-            return
-        log.info("created collection %s (dim %d)", self.name, self.dim)
+        self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level)
 
     def _check_schema(self) -> None:
         info = self._call("describe_collection", self.name)
@@ -224,25 +246,94 @@ class Catalog:
                          metric_type=self.settings.metric, params={"params": idx.build_params})
         return params
 
-    def _create_index(self) -> None:
-        self._call("create_index", self.name, self._index_params(), timeout=self.settings.index.build_timeout_s)
+    def _create_index(self, collection: str) -> None:
+        self._call("create_index", collection, self._index_params(), timeout=self.settings.index.build_timeout_s)
 
-    def build_index(self) -> dict:
-        """(Re)build the index with the configured type and parameters; returns describe_index."""
+    def build_index(self, progress: Callable[[str], None] | None = None) -> dict:
+        """(Re)build the index with the configured type and parameters, without taking search
+        down: the rows are copied into the next version of the collection, indexed and loaded
+        there while the current one answers; then, with writers held off (this machine's write
+        lock), the rows written meanwhile are carried over, the alias moves, and the old version
+        is dropped. Returns index_info."""
+        say = progress or (lambda message: log.info("%s: %s", self.name, message))
         self.ensure_ready()
         self._call("flush", self.name)
-        self._call("release_collection", self.name)
-        for name in self._call("list_indexes", self.name):
-            self._call("drop_index", self.name, name)
-        self._create_index()
-        self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
+        old = self.physical()
+        base, _, version = old.rpartition("__")
+        new = f"{base}__{int(version) + 1}" if version.isdigit() and base else f"{old}__1"
+        if self._call("has_collection", new):  # left by a rebuild that died half-way
+            self._call("drop_collection", new)
+        self._create_physical(new)
+        self._create_index(new)
+        say(f"copying {old} into {new}")
+        copied = 0
+        for batch in self._scan(old, ["id", *OUTPUT_FIELDS, "embedding"]):
+            self._call("insert", new, [_plain(r) for r in batch])
+            copied += len(batch)
+        self._call("flush", new)
+        say(f"copied {copied} rows; building the index")
+        self.wait_for_index(self.settings.index.build_timeout_s, collection=new)
+        self._call("load_collection", new, timeout=self.settings.index.build_timeout_s)
+        with self._insert_lock, self._write_lock():
+            now, there = self._ids(old), self._ids(new)
+            self._copy(old, new, sorted(now - there), write_locked=True)
+            if there - now:
+                self._call("delete", new, ids=sorted(there - now), write_locked=True)
+            if old == self.name:  # a collection from before aliases: the name becomes an alias
+                self._call("drop_collection", old, write_locked=True)
+                self._call("create_alias", new, self.name, write_locked=True)
+            else:
+                self._call("alter_alias", new, self.name, write_locked=True)
+        say(f"{self.name} now points at {new} ({len(now - there)} rows written meanwhile, "
+            f"{len(there - now)} deleted meanwhile); dropping {old}")
+        if old != self.name:
+            self._call("drop_collection", old)
         return self.index_info()
 
-    def index_info(self) -> dict:
-        names = self._call("list_indexes", self.name)
+    def entries(self, *, with_vectors: bool = False, batch_size: int = 1000) -> Iterator[list[Entry]]:
+        """Every entry, in batches (for copying a gallery elsewhere)."""
+        self.ensure_ready()
+        fields = ["id", *OUTPUT_FIELDS] + (["embedding"] if with_vectors else [])
+        for batch in self._scan(self.name, fields, batch_size):
+            yield [self._entry(r) for r in batch]
+
+    def drop(self) -> None:
+        """Drop the collection: the alias and every version behind it."""
+        if not self._call("has_collection", self.name):
+            return
+        physical = self.physical()
+        if physical != self.name:
+            self._call("drop_alias", self.name)
+        self._call("drop_collection", physical)
+        self._ready = False
+
+    def _ids(self, collection: str) -> set[int]:
+        return {int(row["id"]) for batch in self._scan(collection, ["id"]) for row in batch}
+
+    def _scan(self, collection: str, fields: list[str], batch_size: int = 1000):
+        """Every row of ``collection`` in batches (pymilvus's query iterator)."""
+        iterator = self._call("query_iterator", collection, batch_size=batch_size, filter="", output_fields=fields)
+        try:
+            while batch := iterator.next():
+                yield batch
+        finally:
+            iterator.close()
+
+    def _copy(self, source: str, target: str, ids: Iterable[int], *, write_locked: bool = False) -> int:
+        """Copy rows (ids, vectors, fields) from one collection to another, no re-embedding."""
+        ids = sorted(ids)
+        step = self.settings.insert_batch_size
+        for i in range(0, len(ids), step):
+            rows = self._call("get", source, ids=ids[i: i + step], output_fields=["*"])
+            self._call("upsert", target, [_plain(r) for r in rows], write_locked=write_locked)
+        return len(ids)
+
+    def index_info(self, collection: str | None = None) -> dict:
+        collection = collection or self.name
+        names = self._call("list_indexes", collection)
         if not names:
             return {}
-        info = self._call("describe_index", self.name, names[0])
+        info = self._call("describe_index", collection, names[0])
         params = info.get("params")
         if isinstance(params, str):
             params = json.loads(params)
@@ -256,11 +347,11 @@ class Catalog:
             "pending_index_rows": info.get("pending_index_rows", 0),
         }
 
-    def wait_for_index(self, timeout_s: float) -> dict:
+    def wait_for_index(self, timeout_s: float, collection: str | None = None) -> dict:
         """Wait until the index covers every flushed row (or the timeout); returns index_info."""
         deadline = time.monotonic() + timeout_s
         while True:
-            info = self.index_info()
+            info = self.index_info(collection)
             done = not info or (info["pending_index_rows"] == 0 and info["state"] in ("Finished", None))
             if done or time.monotonic() > deadline:
                 return info
@@ -373,11 +464,11 @@ class Catalog:
     def scale_warning(self, count: int) -> str | None:
         """Advice when an embedded Milvus Lite collection has outgrown it, else None."""
         limit = self.settings.lite_fast_max_rows
-        if not self.settings.is_lite or count <= limit:
+        if not self.embedded or count <= limit:
             return None
         return (f"{count:,} images in Milvus Lite, which stays fast up to about {limit:,}: every search now "
-                "costs more as the gallery grows. Move to a Milvus server (milvus.uri, see the README's scale "
-                "section).")
+                "costs more as the gallery grows. Move it to the local Milvus server: lookalike migrate --to local "
+                "(see the README's scale section).")
 
     def describe(self) -> dict[str, Any]:
         """Health and shape, for the status route: never raises for a down backend."""

@@ -1,4 +1,4 @@
-"""``lookalike``: serve, index, search, status, gallery, lite-server."""
+"""``lookalike``: serve, index, search, eval, status, gallery, local-milvus, migrate."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ log = logging.getLogger("lookalike")
 
 
 def _open_core(settings: Settings):
-    from .lite_server import open_catalog
+    from .local_milvus import open_catalog
     from .encoder import ImageEncoder
     from .store import make_store
 
@@ -30,14 +30,18 @@ def _open_core(settings: Settings):
 
 def cmd_index(args, settings: Settings) -> int:
     from .indexer import index_items
+    from .local_milvus import choose_for_ingest
+    from .models import get_model
     from .sources import Source
 
     source = Source.parse(args.source)
+    items = list(source.items(settings))
+    choose_for_ingest(settings.milvus, len(items), get_model(settings.model.name).dim)
     encoder, catalog, store = _open_core(settings)
     encoder.load()
     log.info("indexing %s with %s (%s, %s) into %s", source, encoder.spec.name, encoder.device, encoder.precision,
              catalog.uri)
-    report = index_items(source.items(settings), settings, encoder=encoder, catalog=catalog, store=store,
+    report = index_items(items, settings, encoder=encoder, catalog=catalog, store=store,
                          read=source.reader(settings), in_store=source.in_store(settings),
                          progress=lambda r: log.info("... %d seen, %d written", r.total, r.rows_written))
     catalog.close()
@@ -154,20 +158,35 @@ def cmd_gallery(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_lite_server(args, settings: Settings) -> int:
-    from .lite_server import LiteServer
+def cmd_local_milvus(args, settings: Settings) -> int:
+    from .local_milvus import engine, local_service
 
-    if not settings.milvus.is_lite:
-        print(f"milvus.uri is a server ({settings.milvus.uri}), not a Milvus Lite directory", file=sys.stderr)
+    service = local_service(settings.milvus)
+    if service is None:
+        print(f"nothing local to run: Milvus is {engine(settings.milvus)} at {settings.milvus.uri}"
+              + (" (milvus.lite_server is off)" if settings.milvus.is_lite else ""), file=sys.stderr)
         return 2
-    server = LiteServer(settings.milvus.uri)
     if args.action == "start":  # started by hand: it runs until stopped by hand
-        uri, started = server.start(settings.milvus.lite_server_start_timeout_s, idle_stop_s=0)
-        print(f"{'started' if started else 'already running'}: {uri}")
+        uri, started = service.start(settings.milvus.local_start_timeout_s, idle_stop_s=0)
+        print(f"{service.what}: {'started' if started else 'already running'} at {uri}")
     elif args.action == "stop":
-        print("stopped" if server.stop() else "not running")
+        print(f"{service.what}: {'stopped' if service.stop() else 'not running'}")
     else:
-        print(server.running_uri() or "not running")
+        print(f"{service.what}: {service.running_uri() or 'not running'}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    from .migrate import migrate
+
+    result = migrate(settings, args.to, sample=args.sample,
+                     progress=lambda n: n % 10_000 == 0 and log.info("... %d copied", n))
+    print(json.dumps(result, indent=2))
+    if args.to == "local":
+        print(f"from now on this data directory uses the local Milvus server ({settings.milvus.engine_file}); "
+              f"the Lite copy stays in {settings.milvus.uri} until you delete it")
+    else:
+        print(f"now point Lookalike at it: LOOKALIKE_MILVUS__URI={args.to} (or milvus.uri in the settings file)")
     return 0
 
 
@@ -192,7 +211,7 @@ def open_writes_refusal(serve_config: str, settings: Settings) -> str | None:
 def cmd_serve(args, settings: Settings) -> int:
     """`serve run` the Serve config, with the shared Milvus Lite server up while it runs (and
     stopped with it, if this command started it)."""
-    from .lite_server import serving
+    from .local_milvus import serving
     from .ray_env import use_local_ray_env
 
     refusal = open_writes_refusal(args.serve_config, settings)
@@ -265,9 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=40)
     p.set_defaults(func=cmd_gallery)
 
-    p = sub.add_parser("lite-server", help="the shared local Milvus Lite server")
+    p = sub.add_parser("local-milvus", help="the local Milvus process this data directory uses (the shared "
+                                            "Milvus Lite server, or the local Milvus server)")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.set_defaults(func=cmd_lite_server)
+    p.set_defaults(func=cmd_local_milvus)
+
+    p = sub.add_parser("migrate", help="copy the gallery (ids, vectors, fields; no re-embedding) to another Milvus "
+                                       "and check it")
+    p.add_argument("--to", required=True, help="`local` (the local Milvus server) or a server URI")
+    p.add_argument("--sample", type=int, default=200, help="vectors compared after the copy")
+    p.set_defaults(func=cmd_migrate)
     return parser
 
 

@@ -92,17 +92,27 @@ class MilvusSettings(_Section):
     consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Session"
     timeout_s: float = 10.0
     insert_batch_size: int = Field(default=256, ge=1)
+    # For a local uri (a .db path): lite (embedded Milvus Lite), local_server (the standalone
+    # Milvus server Lookalike runs in its own loopback-only namespaces, for large galleries), or
+    # auto: what the data directory remembers (<uri>.engine.json), else Lite; an ingest of more
+    # than lite_fast_max_rows images into a fresh gallery picks local_server and remembers it.
+    engine: Literal["auto", "lite", "local_server"] = "auto"
+    # The local server's data; empty: milvus-server/ beside the Lite uri.
+    local_server_dir: LocalPath = ""
     # Milvus Lite opens a data directory in one process only. With this on, every process
     # (Serve replicas, the CLI, an ingest job) shares one local `milvus-lite server`.
     lite_server: bool = True
-    lite_server_start_timeout_s: float = 60.0
-    # The shared server stops this long after the last process using it has gone (0: only when
-    # stopped by `lookalike lite-server stop` or by the `lookalike serve` that started it).
-    lite_server_idle_stop_s: float = Field(default=10.0, ge=0)
+    # A local process (the Lite server, the local Milvus server) that does not answer this long
+    # after its start is reported as failed to start (the Milvus server takes 5-17 s here).
+    local_start_timeout_s: float = Field(default=180.0, gt=0)
+    # A local process stops this long after the last process using it has gone (0: only when
+    # stopped by `lookalike local-milvus stop` or by the `lookalike serve` that started it).
+    local_idle_stop_s: float = Field(default=10.0, ge=0)
     # Past this many entities a Milvus Lite collection stops being fast: its per-search cost
     # grows with the row count whatever the index (HNSW, 1280-d: 6.9 ms at 10k, 27 ms at 50k,
     # ~0.5 ms per 1k rows; benchmarks/vector_search.py), passing the original's 15 ms near 25k.
-    # Status, the CLI and the logs then say to move to a Milvus server.
+    # Status, the CLI and the logs then say to move to a Milvus server, and engine auto sends a
+    # fresh gallery this large to the local server.
     lite_fast_max_rows: int = Field(default=25_000, ge=1)
 
     @property
@@ -110,9 +120,13 @@ class MilvusSettings(_Section):
         return is_lite_uri(self.uri)
 
     @property
-    def shared_lite_dir(self) -> str | None:
-        """The Lite data directory that other processes reach through a lite server, if any."""
-        return self.uri if self.is_lite and self.lite_server else None
+    def engine_file(self) -> Path:
+        """Where a local data directory remembers its engine (see ``local_milvus.engine``)."""
+        return Path(self.uri).with_suffix(".engine.json")
+
+    @property
+    def local_server_path(self) -> Path:
+        return Path(self.local_server_dir) if self.local_server_dir else Path(self.uri).parent / "milvus-server"
 
     @field_validator("uri")
     @classmethod
@@ -222,6 +236,14 @@ class ServeSettings(_Section):
     batch_wait_timeout_s: float = Field(default=0.0, ge=0)
     # Deadline for one call from the ingress to the Embedder / Searcher.
     handle_timeout_s: float = 30.0
+    # POST /api/v1/index waits this long for the rebuild, then answers 202 while it goes on.
+    index_wait_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _index_wait_within_deadline(self) -> "ServeSettings":
+        if self.index_wait_s >= self.handle_timeout_s:
+            raise ValueError("serve.index_wait_s must be shorter than serve.handle_timeout_s")
+        return self
 
 
 class IngestSettings(_Section):

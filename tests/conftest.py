@@ -23,7 +23,7 @@ from lookalike.settings import Settings, load_settings  # noqa: E402
 
 from .support.images import make_gallery  # noqa: E402
 from .support.servers import (  # noqa: E402
-    HOST, LiteServerProcess, MilvusStandalone, SeaweedS3, free_port, in_isolated_netns,
+    HOST, LiteServerProcess, LocalServer, SeaweedS3, free_port, in_isolated_netns,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,12 +67,16 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    if not in_isolated_netns():
-        pytest.skip("the Milvus server binds every interface: run the suite with `make test` "
-                    "(a loopback-only network namespace)")
-    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-server")).start()
-    yield server
+def milvus_server(tmp_path_factory) -> LocalServer:
+    """A real Milvus server: the local one Lookalike runs (in its own loopback-only namespaces,
+    behind a Unix socket), for this session."""
+    server = LocalServer(tmp_path_factory.mktemp("milvus") / "server")
+    refusal = server.service.refusal()
+    if refusal:
+        if os.environ.get("CI"):
+            pytest.fail(refusal)
+        pytest.skip(refusal)
+    yield server.start()
     server.stop()
 
 
@@ -97,7 +101,7 @@ def serve_url(ray_cluster) -> str:
 
 
 def pytest_report_header(config):
-    return f"network namespace: {'loopback only' if in_isolated_netns() else 'host (Milvus server tests skip)'}"
+    return f"network namespace: {'loopback only' if in_isolated_netns() else 'host'}"
 
 
 
@@ -142,7 +146,7 @@ def deploy(name: str, route_prefix: str, settings: Settings, options: dict | Non
 def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     """The default stack: Milvus Lite through its shared server, local image store, API key on
     writes; the generated gallery indexed beforehand with the in-process indexer."""
-    from lookalike.lite_server import open_catalog
+    from lookalike.local_milvus import open_catalog
     from lookalike.indexer import index_items
     from lookalike.lite_server import LiteServer
     from lookalike.sources import iter_folder

@@ -78,7 +78,7 @@ def _tiny(index_types):
 def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtures, milvus_server):
     queries = mixtures.queries(12)
     runs = [vector_search.run_backend("milvus-server", milvus_server.uri, mixtures, 3000, queries,
-                                      _tiny(["FLAT", "HNSW"]), vector_search.MilvusServer.pid)]
+                                      _tiny(["FLAT", "HNSW"]), lambda: milvus_server.service.server_pid or 0)]
     lite = vector_search.LiteDir(tmp_path)
     with lite as uri:
         runs.append(vector_search.run_backend("milvus-lite", uri, mixtures, 3000, queries, _tiny(["HNSW"]), lite.pid))

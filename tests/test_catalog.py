@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from lookalike.catalog import Catalog, Entry, label_filter
-from lookalike.lite_server import open_catalog
+from lookalike.local_milvus import open_catalog
 from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
 from lookalike.settings import MilvusSettings
+
+from .support.servers import wait_for
 
 DIM = 32
 
@@ -161,19 +163,20 @@ def test_configured_index_is_the_one_built(milvus, index_type, build):
     # Still finds each vector itself.
     assert catalog.search(vectors[11], 1)[0][0].id == 1011
     if settings.is_lite:
-        _check_lite_index_files(Path(settings.uri), index_type, build)
+        _check_lite_index_files(Path(settings.uri) / "collections" / catalog.physical(), index_type, build)
 
 
-def _check_lite_index_files(data_dir: Path, index_type: str, build: dict):
+def _check_lite_index_files(collection_dir: Path, index_type: str, build: dict):
     """Milvus Lite drops flat build params silently: read what faiss really built."""
-    manifest = json.loads((data_dir / "collections/images/manifest.json").read_text())
+    manifest = json.loads((collection_dir / "manifest.json").read_text())
     spec = manifest["index_specs"]["embedding"]
     assert spec["build_params"] == build
-    files = sorted(data_dir.glob("collections/images/partitions/*/indexes/*.idx"))
     if index_type == "FLAT":
         assert spec["index_type"] == "FLAT"
         return
-    assert files, "no index files were written"
+    # Milvus Lite writes the index file a moment after it reports the index finished.
+    wait_for(lambda: list(collection_dir.glob("partitions/*/indexes/*.idx")), 30, "the index file")
+    files = sorted(collection_dir.glob("partitions/*/indexes/*.idx"))
     raw = faiss.read_index(str(files[-1]))  # keep a reference: downcast does not own it
     index = faiss.downcast_index(raw)
     if index_type.startswith("IVF"):

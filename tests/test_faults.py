@@ -15,7 +15,8 @@ from lookalike.catalog import Catalog
 from lookalike.errors import BackendUnavailable
 from lookalike.images import content_id
 from lookalike.indexer import index_items
-from lookalike.lite_server import LiteServer, open_catalog
+from lookalike.local_milvus import open_catalog
+from lookalike.lite_server import LiteServer
 from lookalike.retry import Retry
 from lookalike.settings import MilvusSettings
 from lookalike.sources import iter_folder

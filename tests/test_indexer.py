@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from lookalike.indexer import index_items
-from lookalike.lite_server import open_catalog
+from lookalike.local_milvus import open_catalog
 from lookalike.sources import iter_folder
 from lookalike.store import make_store
 

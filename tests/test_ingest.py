@@ -18,7 +18,8 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from lookalike.images import content_id
-from lookalike.lite_server import LiteServer, open_catalog
+from lookalike.local_milvus import open_catalog
+from lookalike.lite_server import LiteServer
 from lookalike.settings import S3Settings
 from lookalike.store import S3Store, make_store
 from lookalike.writer import GalleryWriter

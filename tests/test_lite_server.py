@@ -13,7 +13,9 @@ import pytest
 
 from lookalike.catalog import Entry
 from lookalike.errors import BackendUnavailable
-from lookalike.lite_server import LiteServer, open_catalog, pid_alive
+from lookalike.local_milvus import open_catalog
+from lookalike.lite_server import LiteServer
+from lookalike.supervisor import pid_alive
 from lookalike.settings import MilvusSettings
 
 from .support.servers import wait_for
@@ -21,7 +23,7 @@ from .support.servers import wait_for
 WRITER = textwrap.dedent("""
     import sys, numpy as np
     from lookalike.catalog import Entry
-    from lookalike.lite_server import open_catalog
+    from lookalike.local_milvus import open_catalog
     from lookalike.settings import MilvusSettings
     uri, start = sys.argv[1], int(sys.argv[2])
     catalog = open_catalog(MilvusSettings(uri=uri), 8)  # joins the running server
@@ -105,12 +107,12 @@ def test_supervisor_killed_takes_the_server_with_it_and_the_next_client_starts_o
     catalog = open_catalog(settings, 8, shared=True)
     try:
         catalog.upsert(_entries(range(50)))
-        supervisor, child, uri = server.pid, server.server_pid, catalog.uri
+        supervisor, child, uri = server.supervisor_pid, server.server_pid, catalog.uri
         os.kill(supervisor, signal.SIGKILL)
         wait_for(lambda: not pid_alive(child), 10, "the orphaned Lite server to stop")
         catalog.close()  # as after a failed call: the next one locates the server again
         assert catalog.count() == 50
-        assert server.pid not in (None, supervisor) and catalog.uri == uri  # same port back
+        assert server.supervisor_pid not in (None, supervisor) and catalog.uri == uri  # same port back
     finally:
         catalog.close()
         server.stop()
@@ -118,9 +120,9 @@ def test_supervisor_killed_takes_the_server_with_it_and_the_next_client_starts_o
 
 LEASEHOLDER = textwrap.dedent("""
     import sys, time
-    from lookalike.lite_server import open_catalog
+    from lookalike.local_milvus import open_catalog
     from lookalike.settings import MilvusSettings
-    catalog = open_catalog(MilvusSettings(uri=sys.argv[1], lite_server_idle_stop_s=1), 8, shared=True)
+    catalog = open_catalog(MilvusSettings(uri=sys.argv[1], local_idle_stop_s=1), 8, shared=True)
     catalog.ensure_ready()
     print("ready", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -136,7 +138,7 @@ def test_server_stops_once_no_process_uses_it(tmp_path):
     long = subprocess.Popen([sys.executable, "-c", LEASEHOLDER, uri, "6"], stdout=subprocess.PIPE, text=True)
     try:
         assert short.stdout.readline().strip() == "ready" and long.stdout.readline().strip() == "ready"
-        supervisor, child = server.pid, server.server_pid
+        supervisor, child = server.supervisor_pid, server.server_pid
         assert supervisor and child
         short.wait(timeout=30)
         time.sleep(2)  # past the idle time: the other holder keeps it up
@@ -154,7 +156,7 @@ def test_second_in_process_open_is_reported_not_hung(tmp_path):
     settings = MilvusSettings(uri=str(tmp_path / "locked.db"), lite_server=False, timeout_s=5)
     first = open_catalog(settings, 8)
     first.ensure_ready()
-    code = ("from lookalike.lite_server import open_catalog; from lookalike.settings import MilvusSettings;"
+    code = ("from lookalike.local_milvus import open_catalog; from lookalike.settings import MilvusSettings;"
             f"open_catalog(MilvusSettings(uri={settings.uri!r}, lite_server=False, timeout_s=5), 8).count()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "BackendUnavailable" in result.stderr

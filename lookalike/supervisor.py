@@ -1,0 +1,321 @@
+"""One small owner for every local process Lookalike starts: the embedded Milvus Lite server
+and the local Milvus server (``lite_server.py``, ``milvus_server.py``) are both a
+``LocalService`` and share this mechanism.
+
+- **Started once, shared by all.** Whichever process needs the service first starts a small
+  supervisor (``python -m lookalike.supervisor``), under a file lock (filelock), detached from
+  it; the supervisor runs the service as its child and records its pid and endpoint next to
+  the data directory (``<dir>.server.json``). Later processes read that file and join.
+- **Restarted when it dies,** on the same endpoint, so clients reconnect by themselves (a
+  crash loop backs off; a service that never came up is not retried).
+- **Tied to its supervisor by a lifeline:** the child's stdin is a pipe the supervisor holds
+  and never writes. However the supervisor ends (SIGKILL included) the pipe closes, and the
+  child shuts itself down cleanly. Closing it is also how the supervisor stops the child.
+- **Gone when unused:** every process that uses the service holds a lease (a file named by its
+  pid, holding the process's start time from psutil, so a reused pid does not count). Once no
+  leaseholder has lived for ``idle_stop_s`` the supervisor stops the child and exits, however
+  the users were started (``lookalike serve``, a plain ``serve run``, an ingest job, a test).
+  ``stop()`` stops it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from filelock import FileLock
+
+from .errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    """The running process ``pid`` (a zombie counts as gone), else None."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except psutil.Error:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    return _process(pid) is not None
+
+
+def _stamp(pid: int) -> str | None:
+    """What names one process even after its pid is reused: its start time."""
+    proc = _process(pid)
+    return None if proc is None else repr(proc.create_time())
+
+
+def stop_process(pid: int, timeout_s: float) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL after ``timeout_s``."""
+    proc = _process(pid)
+    if proc is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        proc.terminate()
+        _, alive = psutil.wait_procs([proc], timeout=timeout_s)
+        for late in alive:
+            late.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+class LocalService:
+    """One local service per data directory, seen from any process. Subclasses say how to run
+    it (``command``), where it answers (``pick_endpoint`` / ``uri``) and how to see it up
+    (``answers``); this class starts, shares, finds and stops it."""
+
+    what = "a local service"  # for messages: "the embedded Milvus Lite server"
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.data_dir = Path(data_dir).resolve()
+        name = self.data_dir.name
+        self.state_file = self.data_dir.with_name(name + ".server.json")
+        self.log_file = self.data_dir.with_name(name + ".server.log")
+        self.lease_dir = self.data_dir.with_name(name + ".server.leases")
+        self._start_lock = self.data_dir.with_name(name + ".server.lock")
+        self._write_lock = self.data_dir.with_name(name + ".write.lock")
+
+    # -- what a kind of service defines -----------------------------------------------------
+    def pick_endpoint(self, previous: str | None) -> str:
+        """Where a new server will answer (``previous``: where the last one did)."""
+        raise NotImplementedError
+
+    def command(self, endpoint: str) -> list[str]:
+        """The child process's command line (it must stop cleanly when its stdin closes)."""
+        raise NotImplementedError
+
+    def uri(self, endpoint: str) -> str:
+        raise NotImplementedError
+
+    def answers(self, endpoint: str) -> bool:
+        raise NotImplementedError
+
+    def refusal(self) -> str | None:
+        """Why this service cannot run on this machine, if it cannot."""
+        return None
+
+    # -- the shared mechanism ---------------------------------------------------------------
+    def write_lock(self) -> FileLock:
+        """Serialises writes from every process and thread of this machine."""
+        return FileLock(self._write_lock, thread_local=False, is_singleton=False)
+
+    def _lock(self) -> FileLock:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(self._start_lock)
+
+    def _state(self) -> dict | None:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if pid_alive(state["pid"]) else None
+
+    def running_uri(self) -> str | None:
+        """The URI while the supervisor lives (its child may be restarting: clients then get a
+        503 for a moment), else None."""
+        state = self._state()
+        return self.uri(state["endpoint"]) if state else None
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        state = self._state()
+        return state["pid"] if state else None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the server process itself: the innermost of the supervisor's
+        descendants (a Lite server; the Milvus binary inside its namespace)."""
+        proc = _process(self.supervisor_pid or 0)
+        if proc is None:
+            return None
+        with contextlib.suppress(psutil.Error):
+            leaves = [p for p in proc.children(recursive=True) if not p.children()]
+            return leaves[0].pid if leaves else None
+        return None
+
+    def start(self, timeout_s: float = 60.0, idle_stop_s: float = 10.0) -> tuple[str, bool]:
+        """Start the supervised service unless it runs; returns (uri, started_by_this_call)."""
+        refusal = self.refusal()
+        if refusal:
+            raise BackendUnavailable("milvus", refusal)
+        with self._lock():
+            uri = self.running_uri()
+            if uri:
+                return uri, False
+            previous = None
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                previous = json.loads(self.state_file.read_text())["endpoint"]
+            endpoint = self.pick_endpoint(previous)
+            kind = f"{type(self).__module__}:{type(self).__name__}"
+            cmd = [sys.executable, "-m", "lookalike.supervisor", "--service", kind, "--data-dir", str(self.data_dir),
+                   "--endpoint", endpoint, "--idle-stop-s", str(idle_stop_s)]
+            with open(self.log_file, "ab") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+            deadline = time.monotonic() + timeout_s
+            while not self.answers(endpoint):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stop_process(proc.pid, 10.0)
+                    proc.wait()
+                    raise BackendUnavailable("milvus", f"{self.what} did not start", detail=self._log_tail())
+                time.sleep(0.1)
+            self.state_file.write_text(json.dumps({"pid": proc.pid, "endpoint": endpoint}))
+            log.info("%s for %s: %s (supervisor pid %d)", self.what, self.data_dir, self.uri(endpoint), proc.pid)
+            return self.uri(endpoint), True
+
+    def ensure(self, timeout_s: float = 60.0, idle_stop_s: float = 10.0) -> str:
+        """The running service's URI, starting it if needed; this process holds a lease on it."""
+        self.lease()
+        return self.running_uri() or self.start(timeout_s, idle_stop_s)[0]
+
+    def lease(self, pid: int | None = None) -> None:
+        """Keep the service up while process ``pid`` (this one by default) lives."""
+        pid = pid or os.getpid()
+        stamp = _stamp(pid)
+        if stamp is None:
+            return
+        self.lease_dir.mkdir(parents=True, exist_ok=True)
+        path = self.lease_dir / str(pid)
+        with contextlib.suppress(OSError):
+            if path.read_text() == stamp:
+                return
+        path.write_text(stamp)
+
+    def live_leases(self) -> list[int]:
+        """The pids holding a lease that still run; forgets the others."""
+        alive = []
+        for path in self.lease_dir.glob("*") if self.lease_dir.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                if _stamp(int(path.name)) == path.read_text():
+                    alive.append(int(path.name))
+                    continue
+                path.unlink()
+        return alive
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        """Stop the supervisor and its service; True if one was running."""
+        with self._lock():
+            state = self._state()
+            self.state_file.unlink(missing_ok=True)
+            if not state:
+                return False
+            stop_process(state["pid"], timeout_s)
+            return True
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_file.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "no log"
+
+    # -- the supervisor process -------------------------------------------------------------
+    def supervise(self, endpoint: str, idle_stop_s: float) -> None:
+        """Run the service, restart it when it dies, stop it on SIGTERM / SIGINT or once no
+        leaseholder has lived for ``idle_stop_s`` (0: only when asked)."""
+        stop: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+
+        def spawn() -> subprocess.Popen:
+            return subprocess.Popen(self.command(endpoint), stdin=subprocess.PIPE)  # stdin: the lifeline
+
+        child, started, restarts, idle_since, served = spawn(), time.monotonic(), 0, None, False
+        print(f"supervisor {os.getpid()}: {self.what} (pid {child.pid}) at {self.uri(endpoint)}", flush=True)
+        while not stop:
+            time.sleep(0.1)
+            code = child.poll()
+            served = served or (code is None and self.answers(endpoint))
+            if code is not None and not served:  # it never came up: a restart would fail alike
+                print(f"supervisor: {self.what} exited with {code} before serving; giving up", flush=True)
+                sys.exit(1)
+            if code is not None and not stop:
+                restarts = 1 if time.monotonic() - started > 60 else restarts + 1
+                delay = min(0.2 * 2 ** (restarts - 3), 5.0) if restarts > 3 else 0.0  # a crash loop backs off
+                print(f"supervisor: {self.what} exited with {code}; restarting (#{restarts}) in {delay:.1f}s",
+                      flush=True)
+                time.sleep(delay)
+                child, started = spawn(), time.monotonic()
+            if idle_stop_s > 0:
+                if self.live_leases():
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= idle_stop_s:
+                    # Under the start lock: a process that comes now waits, then starts a fresh one.
+                    with self._lock():
+                        if self.live_leases():
+                            idle_since = None
+                            continue
+                        print(f"supervisor: no process has used it for {idle_stop_s:.0f}s; stopping", flush=True)
+                        self._halt(child)
+                        return
+        self._halt(child)
+
+    def _halt(self, child: subprocess.Popen) -> None:
+        """Close the lifeline (the child shuts down cleanly), SIGKILL it if it has not in 60 s;
+        forget the state file if it is still ours."""
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if json.loads(self.state_file.read_text())["pid"] == os.getpid():
+                self.state_file.unlink()
+
+
+def on_lifeline_closed(callback) -> None:
+    """In a supervised child: call ``callback`` (from a thread) when stdin closes, that is when
+    the supervisor has gone or asks it to stop."""
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):  # unbuffered: no lock left held at interpreter exit
+                pass
+        except OSError:
+            pass
+        finally:
+            callback()
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def _service(spec: str, data_dir: str) -> LocalService:
+    module, _, name = spec.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, LocalService)):
+        raise SystemExit(f"{spec} is not a LocalService")
+    return cls(data_dir)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lookalike.supervisor")
+    parser.add_argument("--service", required=True, help="module:LocalServiceClass")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--idle-stop-s", type=float, default=10.0)
+    cli = parser.parse_args()
+    _service(cli.service, cli.data_dir).supervise(cli.endpoint, cli.idle_stop_s)
+
+
+if __name__ == "__main__":
+    from lookalike.supervisor import main as main_of_the_module  # this file runs as __main__: its classes differ
+
+    main_of_the_module()
