@@ -33,8 +33,9 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q openclipart-png >/dev/null; \
 	  else sudo apt-get install -y -q openclipart-png >/dev/null; fi; fi
 
-# Debian packages the tests need: Chromium for the web page (never a browser download) and
-# iproute2 for the loopback-only network namespace.
+# Debian packages the tests need: Chromium for the web page (never a browser download),
+# iproute2 for the loopback-only network namespace, docker-compose to validate the compose file
+# offline (no Docker engine).
 test-deps:
 	@pkgs=""; [ -x /usr/bin/chromium ] || pkgs="chromium chromium-driver"; \
 	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
@@ -42,6 +43,10 @@ test-deps:
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get install -y -q $$pkgs >/dev/null || \
 	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkgs >/dev/null; }; fi
+	@# Its recommends would bring a Docker engine: only the client is wanted.
+	@command -v docker-compose >/dev/null || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get install -y -q --no-install-recommends docker-compose >/dev/null || \
+	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }; }
 
 gallery: install system-deps
 	@if [ "$(GALLERY)" = "data/gallery" ]; then $(BIN)/lookalike gallery --out data/gallery; fi
@@ -54,9 +59,9 @@ serve: install
 
 run: index serve
 
-# In a network namespace with only loopback (unshare), every test is provably local and the
-# Milvus server tests can run (that server binds all interfaces). Falls back to the host
-# network where namespaces are not allowed; those tests then skip.
+# In a network namespace with only loopback (unshare), every test is provably local. Falls back
+# to the host network where namespaces are not allowed (the local Milvus server's tests, which
+# need namespaces of their own, then skip).
 test: install test-deps
 	@if unshare -rn true 2>/dev/null; then \
 	  PATH="$(TEST_PATH)" unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \

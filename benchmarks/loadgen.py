@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from benchmarks.common import latency_stats
 
@@ -48,9 +49,11 @@ class LoadResult:
         stats = latency_stats(self.latencies)
         parts = [server[k] for k in ("decode_ms", "embed_ms", "search_ms")]
         other = round(stats["mean_ms"] - sum(parts), 2) if stats["mean_ms"] and None not in parts else None
+        search = latency_stats(np.asarray(self.timings["search_ms"]) / 1000)  # the service's own, per request
         return {"clients": self.clients, "requests": ok + errors, "ok": ok, "errors": errors,
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
                 "qps": round(ok / self.seconds, 2), **stats, **{f"server_{k}": v for k, v in server.items()},
+                "server_search_p50_ms": search["p50_ms"], "server_search_p99_ms": search["p99_ms"],
                 "other_ms": other}
 
 

@@ -190,6 +190,23 @@ def cmd_migrate(args, settings: Settings) -> int:
     return 0
 
 
+def serve_config_with_host(serve_config: str, host: str | None) -> str:
+    """The Serve config to run: the file as it is, or (``--http-host``, e.g. 0.0.0.0 inside a
+    container) a copy of it that listens on ``host``."""
+    import tempfile
+
+    import yaml
+
+    if not host:
+        return serve_config
+    config = yaml.safe_load(Path(serve_config).read_text()) or {}
+    config.setdefault("http_options", {})["host"] = host
+    handle, path = tempfile.mkstemp(prefix="serve-", suffix=".yaml")
+    with os.fdopen(handle, "w") as out:
+        yaml.safe_dump(config, out, sort_keys=False)
+    return path
+
+
 def open_writes_refusal(serve_config: str, settings: Settings) -> str | None:
     """Why the service must not start: listening beyond this machine with no API key would leave
     nothing but the peer-address check between the network and the write routes."""
@@ -214,7 +231,8 @@ def cmd_serve(args, settings: Settings) -> int:
     from .local_milvus import serving
     from .ray_env import use_local_ray_env
 
-    refusal = open_writes_refusal(args.serve_config, settings)
+    serve_config = serve_config_with_host(args.serve_config, args.http_host)
+    refusal = open_writes_refusal(serve_config, settings)
     if refusal:
         print(f"lookalike: {refusal}", file=sys.stderr)
         return 2
@@ -224,11 +242,11 @@ def cmd_serve(args, settings: Settings) -> int:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
     with serving(settings.milvus) as uri:
         if uri:
-            log.info("Milvus Lite %s served at %s", settings.milvus.uri, uri)
+            log.info("the local Milvus for %s is served at %s", settings.milvus.uri, uri)
         serve_bin = Path(sys.executable).with_name("serve")
         # `serve run` shuts Serve and its local Ray down on SIGINT; give it SIGINT's default
         # handling even if ours is ignored (started in the background), and forward TERM/INT.
-        proc = subprocess.Popen([str(serve_bin), "run", args.serve_config], env=env,
+        proc = subprocess.Popen([str(serve_bin), "run", serve_config], env=env,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         stopping = []
 
@@ -249,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the Ray Serve application (HTTP API and web page)")
     p.add_argument("--serve-config", default="config/serve.yaml", help="Serve config file")
+    p.add_argument("--http-host", help="listen on this address instead of the config's (0.0.0.0 in a container; "
+                                       "beyond loopback an API key is required)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("index", help="index a folder tree (<label>/<file>), a list file or s3://bucket/prefix, "

@@ -187,7 +187,9 @@ def test_list_pages_and_index_and_status(api, client):
     assert labelled["total"] == 5 and {i["label"] for i in labelled["items"]} == {"stripes"}
     assert client.get("/api/v1/images", params={"limit": 0}).status_code == 422
 
-    index = client.post("/api/v1/index").json()["index"]
+    rebuilt = client.post("/api/v1/index")
+    assert rebuilt.status_code == 200 and rebuilt.json()["state"] == "done"
+    index = rebuilt.json()["index"]
     assert index["type"] == "HNSW" and index["params"] == {"M": 16, "efConstruction": 200}
 
     status = client.get("/api/v1/status").json()
@@ -354,3 +356,33 @@ def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_proc
             time.sleep(1)
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["id"] == str(content_id(data))  # nothing was lost
+
+
+def test_searches_keep_answering_while_the_index_is_rebuilt(api, client, anon):
+    """POST /api/v1/index under search load: every search 200 (before, the collection was
+    released for the build and searches failed), the count unchanged."""
+    import threading
+
+    count = client.get("/api/v1/status").json()["count"]
+    images = [p.read_bytes() for paths in api.gallery.values() for p in paths[:2]]
+    stop, statuses = threading.Event(), []
+
+    def search(offset: int) -> None:
+        with httpx.Client(base_url=api.url, timeout=60) as c:
+            i = offset
+            while not stop.is_set():
+                statuses.append(_search(c, images[i % len(images)], k=3).status_code)
+                i += 1
+
+    threads = [threading.Thread(target=search, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    rebuilt = client.post("/api/v1/index")
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert rebuilt.status_code == 200 and rebuilt.json()["state"] == "done"
+    assert len(statuses) > 5 and set(statuses) == {200}, sorted(set(statuses))
+    assert client.get("/api/v1/status").json()["count"] == count

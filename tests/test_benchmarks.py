@@ -172,6 +172,31 @@ def test_preprocessing_comparison(out, gallery_root):
     assert "| generated | crop |" in (out / "quality.md").read_text()
 
 
+def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):
+    """benchmarks.scale end to end on a tiny set: made from the test gallery, ingested with
+    python -m ingest into the local Milvus server (a fresh install's own choice past Lite's fast
+    size, lowered here), served and searched over HTTP. In a child: it runs its own Ray."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    n = 3 * sum(1 for _ in gallery_root.glob("*/*"))  # originals, mirrors and crops
+    done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--n", str(n), "--originals", str(gallery_root),
+                           "--lite-n", "0", "--sample-per-class", "0", "--slice", "10", "--seconds", "1",
+                           "--queries", "5", "--clients", "1,2", "--work", str(tmp_path), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((out / "scale.json").read_text())
+    assert data["set"]["files"] == n and data["ingest"]["indexed"] + data["ingest"]["duplicates"] == n
+    assert data["ingest"]["run"]["engine"] == "local_server"
+    gallery = data["galleries"]["the large gallery"]
+    assert gallery["engine"] == "local_server" and gallery["count"] == data["ingest"]["indexed"]
+    assert [r["clients"] for r in gallery["rows"]] == [1, 2] and all(r["errors"] == 0 for r in gallery["rows"])
+    assert gallery["rss_mib"]["Milvus server"] > 100  # the server's memory is in the table
+    assert "| the large gallery |" in (out / "scale.md").read_text()
+
+
 def test_summary_page_is_built_from_the_results(out, tmp_path):
     page = tmp_path / "benchmarks.md"
     text = summary.build(out, page)

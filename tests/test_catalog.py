@@ -205,3 +205,49 @@ def test_long_unicode_fields_are_clipped_to_the_varchar_byte_limits(milvus):
     got = catalog.get_one(7)
     assert got.label == "猫" * 85 and len(got.label.encode()) <= 256
     assert len(got.source) == 2048
+
+
+def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
+    """The rebuild fills the next version of the collection and moves the alias: searches all
+    answer meanwhile, and rows written or deleted meanwhile are carried over."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 2000)
+    catalog = open_catalog(milvus, DIM)
+    catalog.upsert(entries(vectors))
+    catalog.flush()
+    before = catalog.physical()
+    reader, stop, answers, failures = open_catalog(milvus, DIM), threading.Event(), [], []
+
+    def search() -> None:
+        while not stop.is_set():
+            i = int(rng.integers(0, 2000))
+            try:
+                answers.append(reader.search(vectors[i], 1)[0][0].id == 1000 + i)
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+                failures.append(repr(exc))
+
+    def write_after_the_copy(message: str) -> None:
+        """Called by the rebuild as it goes: once the rows are copied, add and delete some."""
+        if message.startswith("copied"):
+            extra = unit(np.random.default_rng(10), 30)
+            catalog.upsert(Entry(id=5000 + i, key="new", label="n", source="", embedding=v) for i, v in enumerate(extra))
+            catalog.delete([1000 + i for i in range(10)])
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    info = catalog.build_index(progress=write_after_the_copy)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert len(answers) > 10 and all(answers)
+    assert info["type"] == milvus.index.type
+    after = catalog.physical()
+    assert after != before and not catalog._call("has_collection", before)  # the old version is gone
+    assert catalog.count() == 2000 + 30 - 10
+    assert catalog.existing_ids([1000, 1011, 5029]) == {1011, 5029}
+    reader.close()
+    catalog.close()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -61,6 +62,25 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def count_after_kill(catalog, pid: int, within_s: float, what: str) -> int:
+    """SIGKILL ``pid`` (a Milvus server), then ask ``catalog`` for its count until it answers
+    (BackendUnavailable meanwhile, as the service's 503s); fails unless back ``within_s``."""
+    from lookalike.errors import BackendUnavailable
+
+    os.kill(pid, signal.SIGKILL)
+    killed, failures = time.monotonic(), 0
+    while True:
+        try:
+            count = catalog.count()
+            break
+        except BackendUnavailable:
+            failures += 1
+            assert time.monotonic() - killed < within_s, f"{what} did not come back within {within_s} s"
+            time.sleep(0.2)
+    print(f"{what}: back in {time.monotonic() - killed:.2f}s after {failures} failed calls")
+    return count
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

@@ -1,0 +1,157 @@
+"""The local Milvus server Lookalike runs for large galleries: reachable through its Unix socket
+only, back by itself when killed, gone with its supervisor; chosen for a large new gallery and
+remembered; refused with the alternatives where namespaces are not allowed; a Lite gallery
+moved to it without re-embedding."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+
+from lookalike.catalog import Entry
+from lookalike.errors import BackendUnavailable
+from lookalike.local_milvus import choose_for_ingest, engine, open_catalog
+from lookalike.migrate import _compare, migrate
+from lookalike.milvus_server import MilvusServer
+from lookalike.settings import MilvusSettings
+from lookalike.supervisor import pid_alive
+
+from .conftest import make_settings
+from .support.servers import count_after_kill, wait_for
+
+DIM = 1280  # the configured model's: migrate and the CLI read it from there
+
+
+def _entries(n: int, seed: int = 0, start: int = 1) -> list[Entry]:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [Entry(id=start + i, key=f"k{start + i}.png", label="a" if i % 2 else "b", source=f"s/{i}.png",
+                  embedding=v) for i, v in enumerate(vectors)]
+
+
+def _listening() -> set[tuple[str, int, int]]:
+    """Every listening TCP socket of this machine: (address, port, pid)."""
+    return {(c.laddr.ip, c.laddr.port, c.pid or 0) for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def _tree(pid: int) -> set[int]:
+    try:
+        return {pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
+    settings = MilvusSettings(uri=str(tmp_path / "lookalike.db"), engine="local_server", timeout_s=3)
+    server = MilvusServer(settings.local_server_path)
+    before = _listening()
+    catalog = open_catalog(settings, DIM, shared=True)  # starts it: this process holds a lease
+    try:
+        catalog.upsert(_entries(300))
+        assert catalog.uri == f"unix:{settings.local_server_path / 'milvus.sock'}"
+        assert stat.S_IMODE(os.stat(settings.local_server_path / "milvus.sock").st_mode) == 0o600
+        processes = _tree(server.supervisor_pid)
+        assert len(processes) >= 4  # supervisor, unshare, relay, the Milvus binary
+        # Nothing of it listens in this machine's network (Milvus binds ~10 ports on every interface
+        # in its own namespace), and nothing new listens beyond loopback.
+        opened = _listening() - before
+        assert not {s for s in opened if s[2] in processes}, opened
+        assert not {s for s in opened if not s[0].startswith("127.")}, opened
+
+        # SIGKILL of the Milvus binary: 503s (BackendUnavailable) for a while, then the same rows.
+        victim = server.server_pid
+        count = count_after_kill(catalog, victim, 90, "the local Milvus server")
+        assert count == 300 and server.server_pid not in (None, victim)
+
+        # SIGKILL of the supervisor: every process of the server ends with it (the lifeline and
+        # the pid namespace), and the next client starts a fresh one on the same data.
+        processes = _tree(server.supervisor_pid)
+        os.kill(server.supervisor_pid, signal.SIGKILL)
+        wait_for(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
+        catalog.close()
+        assert open_catalog(settings, DIM, shared=True).count() == 300
+    finally:
+        catalog.close()
+        server.stop()
+    assert server.running_uri() is None
+
+
+def test_without_user_namespaces_it_refuses_and_says_what_remains(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "unshare").write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    (fake / "unshare").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    settings = MilvusSettings(uri=str(tmp_path / "lookalike.db"), engine="local_server", lite_fast_max_rows=5)
+    with pytest.raises(BackendUnavailable) as info:
+        MilvusServer(settings.local_server_path).start(timeout_s=30)
+    message = info.value.message
+    assert "does not allow" in message and "Operation not permitted" in message
+    assert "milvus.engine: lite" in message and "docker compose" in message
+    # Chosen for a large gallery, it is not: the gallery stays in Lite, and nothing is remembered.
+    auto = settings.model_copy(update={"engine": "auto"})
+    assert choose_for_ingest(auto, 100, DIM) == "lite" and not auto.engine_file.exists()
+
+
+def test_a_gallery_already_in_lite_stays_there_when_it_grows(tmp_path):
+    settings = MilvusSettings(uri=str(tmp_path / "lookalike.db"), lite_server=False, lite_fast_max_rows=5)
+    catalog = open_catalog(settings, DIM)
+    catalog.upsert(_entries(3))
+    catalog.close()
+    assert choose_for_ingest(settings, 100, DIM) == "lite"  # lookalike migrate moves it; ingest does not
+    assert engine(settings) == "lite" and not settings.engine_file.exists()
+
+
+def test_a_large_new_gallery_goes_to_the_local_server_and_every_later_run_finds_it(tmp_path, gallery_root):
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(tmp_path / "data" / "lookalike.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "data" / "images"),
+           "LOOKALIKE_MILVUS__LITE_FAST_MAX_ROWS": "5"}  # the gallery is larger than this
+    lookalike = [sys.executable, "-m", "lookalike.cli"]
+    try:
+        done = subprocess.run([*lookalike, "index", str(gallery_root)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        choice = json.loads((tmp_path / "data" / "lookalike.engine.json").read_text())
+        assert choice["engine"] == "local_server" and "past Milvus Lite's fast size" in choice["reason"]
+        assert not (tmp_path / "data" / "lookalike.db").exists()  # nothing went to Lite
+        indexed = int(done.stdout.split(" indexed")[0].split()[-1])
+        status = subprocess.run([*lookalike, "status"], env=env, capture_output=True, text=True, timeout=300)
+        milvus = json.loads(status.stdout)["milvus"]
+        assert status.returncode == 0 and milvus["count"] == indexed > 5
+        assert milvus["uri"].startswith("unix:") and "warning" not in milvus
+    finally:
+        subprocess.run([*lookalike, "local-milvus", "stop"], env=env, timeout=120)
+
+
+def test_migrate_moves_a_lite_gallery_to_the_local_server_without_re_embedding(tmp_path):
+    settings = make_settings(tmp_path, milvus={"lite_server": False})
+    lite = open_catalog(settings.milvus, DIM)
+    entries = _entries(500, seed=3)
+    lite.upsert(entries)
+    lite.flush()
+    lite.close()
+    try:
+        result = migrate(settings, "local", sample=100)
+        assert result["copied"] == 500 and result["count"] == {"source": 500, "target": 500}
+        assert result["sampled"] == 100 and result["mismatches"] == 0 and result["to"] == "local_server"
+        assert engine(settings.milvus) == "local_server"  # remembered for every later run
+        moved = open_catalog(settings.milvus, DIM)
+        assert moved.uri.startswith("unix:") and moved.count() == 500
+        hit = moved.search(entries[42].embedding, 1)[0][0]
+        assert (hit.id, hit.key, hit.label, hit.source) == (43, "k43.png", "b", "s/42.png")
+        # The check that guards it: a vector that differs is counted.
+        source = open_catalog(settings.milvus.model_copy(update={"engine": "lite"}), DIM)
+        changed = Entry(id=43, key="k43.png", label="b", source="s/42.png", embedding=entries[0].embedding)
+        moved.upsert([changed])
+        assert _compare(source, moved, [42, 43, 44]) == 1
+        source.close()
+        moved.close()
+    finally:
+        MilvusServer(settings.milvus.local_server_path).stop()
