@@ -13,6 +13,7 @@ import asyncio
 import base64
 import ipaddress
 import socket
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ def payloads(images: list[bytes], **fields) -> list[dict]:
 
 
 async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int,
-               timeout: float) -> LoadResult:
+               timeout: float, stop: threading.Event | None) -> LoadResult:
     result = LoadResult(clients=clients, seconds=seconds)
     deadline = time.monotonic() + seconds
     sent = 0
@@ -71,7 +72,7 @@ async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_r
         async def one_client(c: int) -> None:
             nonlocal sent
             i = c
-            while time.monotonic() < deadline and sent < max_requests:
+            while time.monotonic() < deadline and sent < max_requests and not (stop and stop.is_set()):
                 sent += 1
                 body = bodies[i % len(bodies)]
                 i += clients
@@ -97,6 +98,7 @@ async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_r
 
 
 def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int = 100_000,
-             timeout: float = 60.0) -> dict:
+             timeout: float = 60.0, stop: threading.Event | None = None) -> dict:
+    """``stop``: end early once it is set (load for as long as something else takes)."""
     require_loopback(url)
-    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout)).summary()
+    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout, stop)).summary()

@@ -161,11 +161,14 @@ def environment(work: Path, **settings: str) -> dict:
             **{f"LOOKALIKE_{k.upper()}": v for k, v in settings.items()}}
 
 
-def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[int], seconds: float) -> dict:
-    """Deploy the service on ``env``'s settings, measure, note every process's RSS, delete it."""
+def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[int], seconds: float,
+                      rebuild: bool = False) -> dict:
+    """Deploy the service on ``env``'s settings, measure, note every process's RSS (``rebuild``:
+    then rebuild its index under search load), delete it."""
     from ray import serve
 
     from benchmarks.http_load import deploy, measure_lookalike
+    from benchmarks.rebuild_load import rebuild_under_load
     from lookalike.local_milvus import engine, local_service
     from lookalike.settings import load_settings
 
@@ -179,6 +182,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
         status = httpx.get(f"{base}/api/v1/status", timeout=60).json()
         rows = measure_lookalike(base, bodies, clients, seconds)
         rss = rss_by_role()
+        rebuilt = rebuild_under_load(base, settings, bodies, clients[-1], seconds) if rebuild else None
         serve.delete("lookalike")
         service = local_service(settings.milvus)
         if service is not None:  # the next gallery's figures count only its own processes
@@ -187,7 +191,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
         os.environ.clear()
         os.environ.update(saved)
     return {"count": status.get("count"), "index": status.get("index"), "engine": engine(settings.milvus),
-            "rows": rows, "rss_mib": rss}
+            "rows": rows, "rss_mib": rss, "rebuild": rebuilt}
 
 
 def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
@@ -242,6 +246,8 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--sample-per-class", type=int, default=40, help="the sample gallery (per class; 0: none)")
     parser.add_argument("--slice", type=int, default=1000, help="files for the model-only and sequential ways")
     parser.add_argument("--clients", default="1,8")
+    parser.add_argument("--no-rebuild", dest="rebuild", action="store_false",
+                        help="skip rebuilding the large gallery's index under search load at the end")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--originals", help="a <label>/<image> folder to take the originals from "
@@ -291,7 +297,8 @@ def main(argv: list[str] | None = None) -> Results:
         with serve_session() as base:
             for name, env in galleries_env:
                 print(f"{name}:", flush=True)
-                galleries[name] = serve_and_measure(base, env, bodies, clients, args.seconds)
+                galleries[name] = serve_and_measure(base, env, bodies, clients, args.seconds,
+                                                    rebuild=args.rebuild and env is big_env)
                 results.add("galleries", galleries)
     finally:
         from lookalike.local_milvus import local_service
@@ -338,6 +345,11 @@ def report(results: Results) -> None:
         results.section("Memory by process (MiB)", markdown_table(
             [{"gallery": name, **g["rss_mib"]} for name, g in galleries.items()],
             ["gallery", *sorted({k for g in galleries.values() for k in g["rss_mib"]})]))
+    rebuilt = (galleries.get("the large gallery") or {}).get("rebuild")
+    if rebuilt:
+        from benchmarks.rebuild_load import report as rebuild_report
+
+        rebuild_report(results, rebuilt)
     ingest, ways = data.get("ingest"), data.get("ingest_ways")
     if ingest and ways:
         stages = ingest.get("stage_seconds", {})

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality", "scale"]
+ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality", "scale", "rebuild-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
-            "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale"}
+            "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
+            "rebuild-load": "python -m benchmarks.rebuild_load"}
 
 
 def load(results: Path) -> dict[str, dict]:

@@ -196,6 +196,12 @@ def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):
     assert gallery["rss_mib"]["Milvus server"] > 100  # the server's memory is in the table
     assert "| the large gallery |" in (out / "scale.md").read_text()
 
+    # Then its index rebuilt under search load (benchmarks.rebuild_load's measurement).
+    rebuild = gallery["rebuild"]
+    assert rebuild["count_after"] == rebuild["count_before"] == gallery["count"]
+    assert rebuild["index_answers"][-1] == 200 and rebuild["during"]["ok"] > 0 and rebuild["during"]["errors"] == 0
+    assert "Searches while the index is rebuilt" in (out / "scale.md").read_text()
+
 
 def test_summary_page_is_built_from_the_results(out, tmp_path):
     page = tmp_path / "benchmarks.md"

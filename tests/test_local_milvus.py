@@ -26,6 +26,9 @@ from .conftest import make_settings
 from .support.servers import count_after_kill, wait_for
 
 DIM = 1280  # the configured model's: migrate and the CLI read it from there
+# What the standalone server of the `milvus` package listens on (gRPC, HTTP/metrics, its
+# components): on every interface, and with no setting to change that.
+MILVUS_PORTS = {19530, 19529, 9091, 13333, 53100, 19531, 21121, 21122, 21123, 21124}
 
 
 def _entries(n: int, seed: int = 0, start: int = 1) -> list[Entry]:
@@ -59,11 +62,11 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         assert stat.S_IMODE(os.stat(settings.local_server_path / "milvus.sock").st_mode) == 0o600
         processes = _tree(server.supervisor_pid)
         assert len(processes) >= 4  # supervisor, unshare, relay, the Milvus binary
-        # Nothing of it listens in this machine's network (Milvus binds ~10 ports on every interface
-        # in its own namespace), and nothing new listens beyond loopback.
+        # Nothing of it listens in this machine's network: Milvus binds ~10 ports on every interface,
+        # in its own namespace (what else opened meanwhile, Ray's workers say, is not its).
         opened = _listening() - before
         assert not {s for s in opened if s[2] in processes}, opened
-        assert not {s for s in opened if not s[0].startswith("127.")}, opened
+        assert not {s for s in opened if s[1] in MILVUS_PORTS}, opened
 
         # SIGKILL of the Milvus binary: 503s (BackendUnavailable) for a while, then the same rows.
         victim = server.server_pid
@@ -76,7 +79,10 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         os.kill(server.supervisor_pid, signal.SIGKILL)
         wait_for(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
         catalog.close()
-        assert open_catalog(settings, DIM, shared=True).count() == 300
+        fresh = open_catalog(settings, DIM, shared=True)
+        # Back after a crash it waits for its predecessor's session to expire (503s meanwhile).
+        wait_for(lambda: fresh.count() == 300, 90, "the restarted local server's rows")
+        fresh.close()
     finally:
         catalog.close()
         server.stop()
