@@ -95,7 +95,7 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
     shared Lite server; once it is stopped, the server stops by itself (its leaseholders are gone)."""
     data = tmp_path / "data"
     env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
-           "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images"), "LOOKALIKE_MILVUS__LITE_SERVER_IDLE_STOP_S": "2",
+           "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images"), "LOOKALIKE_MILVUS__LOCAL_IDLE_STOP_S": "2",
            "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     proc, url = _start_service([str(Path(sys.executable).with_name("serve")), "run"], env, tmp_path)
