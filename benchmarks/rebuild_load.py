@@ -56,9 +56,10 @@ def report(results: Results, row: dict) -> None:
         [{"when": "before", **row["steady"]}, {"when": "during the rebuild", **row["during"]}],
         ["when", "requests", "ok", "errors", "qps", "p50_ms", "p99_ms", "server_search_p50_ms"],
         ["", "searches", "200", "errors", "QPS", "p50 ms", "p99 ms", "search_ms p50"]))
+    answers = row["index_answers"]
+    said = f"{answers.count(202)} × 202 (still building), then {answers[-1]}" if 202 in answers else str(answers)
     results.section("The rebuild", f"{row['count_before']:,} images before, {row['count_after']:,} after; rebuilt "
-                                   f"in {row['rebuild_s']:.0f} s (`POST /api/v1/index` answered "
-                                   f"{row['index_answers']}).")
+                                   f"in {row['rebuild_s']:.0f} s (`POST /api/v1/index` answered {said}).")
 
 
 def main(argv: list[str] | None = None) -> Results:

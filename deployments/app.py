@@ -35,7 +35,7 @@ def build_from_settings(settings: Settings, options: dict[str, dict] | None = No
     options = options or {}
     uri = share(settings.milvus)  # the replicas are separate processes: one shared Lite server
     if uri:
-        log.info("Milvus Lite %s is served at %s", settings.milvus.uri, uri)
+        log.info("the local Milvus for %s is served at %s", settings.milvus.uri, uri)
     embedder = Embedder.options(**options.get("Embedder", {})).bind(settings)
     searcher = Searcher.options(**options.get("Searcher", {})).bind(settings)
     return Ingress.options(**options.get("Ingress", {})).bind(embedder, searcher, settings)
