@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--n", type=int, default=200_000, help="images in the large gallery")
     parser.add_argument("--lite-n", type=int, default=25_000, help="entries copied into Milvus Lite (0: none)")
     parser.add_argument("--sample-per-class", type=int, default=40, help="the sample gallery (per class; 0: none)")
-    parser.add_argument("--slice", type=int, default=1000, help="files for the model-only and sequential ways")
+    parser.add_argument("--slice", type=int, default=1000,
+                        help="files for the model-only and sequential ways (0: not measured)")
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--no-rebuild", dest="rebuild", action="store_false",
                         help="skip rebuilding the large gallery's index under search load at the end")
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> Results:
         results.add("set", build_set(images, args.n, Path(args.originals) if args.originals else None))
         files = sorted(images.glob("*/*.png"))
         rng = random.Random(0)
-        results.add("ingest_ways", ingest_ways(rng.sample(files, args.slice), work / "ways"))
+        if args.slice:
+            results.add("ingest_ways", ingest_ways(rng.sample(files, args.slice), work / "ways"))
         print(f"ingesting {len(files):,} files with python -m ingest", flush=True)
         big.mkdir(exist_ok=True)
         # A fresh install's own choice (engine auto); a smoke run lowers Lite's size so that it

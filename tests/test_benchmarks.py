@@ -183,7 +183,7 @@ def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):
 
     n = 3 * sum(1 for _ in gallery_root.glob("*/*"))  # originals, mirrors and crops
     done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--n", str(n), "--originals", str(gallery_root),
-                           "--lite-n", "0", "--sample-per-class", "0", "--slice", "10", "--seconds", "1",
+                           "--lite-n", "0", "--sample-per-class", "0", "--slice", "0", "--seconds", "1",
                            "--queries", "5", "--clients", "1,2", "--work", str(tmp_path), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
