@@ -207,14 +207,19 @@ def serve_config_with_host(serve_config: str, host: str | None) -> str:
     return path
 
 
-def open_writes_refusal(serve_config: str, settings: Settings) -> str | None:
-    """Why the service must not start: listening beyond this machine with no API key would leave
-    nothing but the peer-address check between the network and the write routes."""
+def open_writes_refusal(serve_config: str, settings: Settings, host: str | None = None) -> str | None:
+    """Why the service must not start: listening beyond this machine (the config's host, or
+    ``host`` given instead) with no API key would leave nothing but the peer-address check between
+    the network and the write routes."""
     import ipaddress
 
     import yaml
 
-    host = str((yaml.safe_load(Path(serve_config).read_text()) or {}).get("http_options", {}).get("host", "127.0.0.1"))
+    if host is None:
+        host = str((yaml.safe_load(Path(serve_config).read_text()) or {}).get("http_options", {})
+                   .get("host", "127.0.0.1"))
+    else:
+        serve_config = "the service (--http-host)"
     try:
         local = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -231,11 +236,11 @@ def cmd_serve(args, settings: Settings) -> int:
     from .local_milvus import serving
     from .ray_env import use_local_ray_env
 
-    serve_config = serve_config_with_host(args.serve_config, args.http_host)
-    refusal = open_writes_refusal(serve_config, settings)
+    refusal = open_writes_refusal(args.serve_config, settings, args.http_host)
     if refusal:
         print(f"lookalike: {refusal}", file=sys.stderr)
         return 2
+    serve_config = serve_config_with_host(args.serve_config, args.http_host)
 
     env = use_local_ray_env(dict(os.environ))
     if args.config:
@@ -257,6 +262,8 @@ def cmd_serve(args, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         code = proc.wait()
+    if serve_config != args.serve_config:
+        Path(serve_config).unlink(missing_ok=True)
     return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
 
 

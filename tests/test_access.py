@@ -3,6 +3,8 @@ Starlette app; the same rules through the running service are in test_api.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -104,3 +106,11 @@ def test_lookalike_serve_refuses_a_non_loopback_host_without_a_key(tmp_path, mon
         if refused:
             assert cli.main(["serve", "--serve-config", str(config)]) == 2
             assert "no API key is set" in capsys.readouterr().err and not started
+    # --http-host (a container) is the same check on the address given instead of the file's.
+    config.write_text(yaml.safe_dump({"http_options": {"host": "127.0.0.1", "port": 8000}}))
+    monkeypatch.setenv("LOOKALIKE_API__API_KEY", "")
+    assert cli.main(["serve", "--serve-config", str(config), "--http-host", "0.0.0.0"]) == 2
+    assert "--http-host" in capsys.readouterr().err and not started
+    copy = cli.serve_config_with_host(str(config), "0.0.0.0")
+    assert yaml.safe_load(open(copy))["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    os.unlink(copy)
