@@ -151,6 +151,8 @@ def ingest(folder: Path, env: dict, report: Path) -> dict:
                    check=True)
     data = json.loads(report.read_text())
     data["wall_s"] = round(time.perf_counter() - started, 1)
+    for listing in ("skipped_files", "duplicate_files"):  # counted in the report; the lists stay in its file
+        data.pop(listing, None)
     return data
 
 
