@@ -26,6 +26,7 @@ KEY_MAX = 1024
 LABEL_MAX = 256
 SOURCE_MAX = 2048
 OUTPUT_FIELDS = ["key", "label", "source"]
+ROW_FIELDS = ["id", *OUTPUT_FIELDS, "embedding"]  # a whole row: what a copy reads and writes
 _READS = frozenset({"search", "query", "get"})
 _WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
                      "create_alias", "alter_alias", "drop_alias", "drop_collection"})
@@ -267,7 +268,7 @@ class Catalog:
         self._create_index(new)
         say(f"copying {old} into {new}")
         copied = 0
-        for batch in self._scan(old, ["id", *OUTPUT_FIELDS, "embedding"]):
+        for batch in self._scan(old, ROW_FIELDS):
             self._call("insert", new, [_plain(r) for r in batch])
             copied += len(batch)
         self._call("flush", new)
@@ -324,7 +325,7 @@ class Catalog:
         ids = sorted(ids)
         step = self.settings.insert_batch_size
         for i in range(0, len(ids), step):
-            rows = self._call("get", source, ids=ids[i: i + step], output_fields=["*"])
+            rows = self._call("get", source, ids=ids[i: i + step], output_fields=ROW_FIELDS)
             self._call("upsert", target, [_plain(r) for r in rows], write_locked=write_locked)
         return len(ids)
 
