@@ -9,6 +9,8 @@
   batch wait 20 ms  lookalike with serve.batch_wait_timeout_s = 0.02
   onnx threads spinning  lookalike with model.spin_wait = true
   Serve default mode  lookalike in a Ray cluster without RAY_SERVE_THROUGHPUT_OPTIMIZED
+  no Ray token auth   lookalike in a Ray cluster with RAY_AUTH_MODE=disabled (what the token
+                    on every internal call costs)
   before issue 11   the query path as it was before the speed work, in that same cluster:
                     torch (bf16 autocast on this CPU), a 10 ms batch wait
 
@@ -42,7 +44,8 @@ import yaml
 from lookalike.ray_env import use_local_ray_env
 
 # Before Ray is imported: Serve reads its throughput mode once per process, the driver's included
-# (the handles it builds follow it), so a target in the other mode runs in a child process.
+# (the handles it builds follow it), and the auth mode is the cluster's, so a target with another
+# cluster environment runs in a child process with a cluster of its own.
 use_local_ray_env()
 
 from benchmarks.common import (  # noqa: E402
@@ -51,7 +54,6 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.loadgen import payloads, run_load  # noqa: E402
 from tests.support.servers import HOST, free_port, wait_for  # noqa: E402
 
-THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 
 K = 5
 
@@ -165,10 +167,6 @@ def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
     return load_series(url, bodies, clients, seconds, lambda: service_counters(base))
 
 
-def throughput_mode() -> bool:
-    return os.environ.get(THROUGHPUT_ENV) == "1"
-
-
 @contextmanager
 def serve_session():
     """A local Ray cluster (every CPU of this machine) with Serve's proxy on 127.0.0.1, started
@@ -208,14 +206,16 @@ def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> 
     return rows
 
 
-# Each target: its settings overrides, and whether its cluster runs Serve's throughput mode.
+# Each target: its settings overrides, and its cluster's environment beyond `make run`'s.
+SERVE_DEFAULT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 TARGETS = {
-    "lookalike": ({}, True),
-    "no batching": ({"serve": {"batch_max_size": 1}}, True),
-    "batch wait 20 ms": ({"serve": {"batch_wait_timeout_s": 0.02}}, True),
-    "onnx threads spinning": ({"model": {"spin_wait": True}}, True),
-    "Serve default mode": ({}, False),
-    "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, False),
+    "lookalike": ({}, {}),
+    "no batching": ({"serve": {"batch_max_size": 1}}, {}),
+    "batch wait 20 ms": ({"serve": {"batch_wait_timeout_s": 0.02}}, {}),
+    "onnx threads spinning": ({"model": {"spin_wait": True}}, {}),
+    "Serve default mode": ({}, SERVE_DEFAULT_MODE),
+    "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, SERVE_DEFAULT_MODE),
+    "no Ray token auth": ({}, {"RAY_AUTH_MODE": "disabled"}),
 }
 
 
@@ -270,16 +270,16 @@ def main(argv: list[str] | None = None) -> Results:
         print("original design (baseline_server.py):", flush=True)
         rows["original design"] = run_baseline(env, bodies, clients, args.seconds)
         results.add("rows", rows)
-        here = [t for t in targets if TARGETS[t][1] == throughput_mode()]
-        rows.update(measure_targets(settings, here, bodies, clients, args.seconds))
+        rows.update(measure_targets(settings, [t for t in targets if not TARGETS[t][1]], bodies, clients,
+                                    args.seconds))
         results.add("rows", rows)
-        there = [t for t in targets if t not in here]
-        if there:
+        for cluster_env in {json.dumps(TARGETS[t][1], sort_keys=True) for t in targets if TARGETS[t][1]}:
+            there = [t for t in targets if json.dumps(TARGETS[t][1], sort_keys=True) == cluster_env]
             out = work / "rows.json"
             subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", ",".join(there),
                             "--clients", args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery),
                             "--queries", str(args.queries), "--rows-to", str(out)],
-                           env={**env, THROUGHPUT_ENV: "0" if throughput_mode() else "1"}, cwd=REPO, check=True)
+                           env={**env, **json.loads(cluster_env)}, cwd=REPO, check=True)
             rows.update(json.loads(out.read_text()))
             results.add("rows", rows)
     finally:

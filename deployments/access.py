@@ -4,9 +4,16 @@ Writes (add, delete, index; the original's /insert/ and /indexing/):
 - with ``api.api_key`` set, only with that key (``Authorization: Bearer``, ``X-API-Key``, or
   the original routes' JSON ``key``), compared in constant time; a valid key is allowed from
   anywhere, a page on another site included (the key is the proof);
-- without a key, only from this machine (a loopback peer, not forwarded by a proxy) and never
-  from another site's page: a cross-site request forgery is refused by its ``Sec-Fetch-Site``
-  or ``Origin`` header. A fresh install therefore exposes no write to the network.
+- without a key, only from this machine and never from another site's page: a cross-site
+  request forgery is refused by its ``Sec-Fetch-Site`` or ``Origin`` header. A fresh install
+  therefore exposes no write to the network.
+
+Who sent a request (``client_host``): the TCP peer, unless the peer is one of
+``api.trusted_proxies`` (addresses or networks, as uvicorn's ``forwarded_allow_ips``); then the
+address that proxy forwards (``Forwarded: for=``, ``X-Forwarded-For``, ``X-Real-IP``: the
+right-most address that is not itself a trusted proxy, or the first if all are). A forwarding header (any of
+``FORWARDING_HEADERS``) from a peer that is not a trusted proxy makes the sender unknown: a
+proxy on this machine would otherwise make every client look local.
 
 Reads are open; ``ReadCors`` lets the configured origins' pages call them (never with
 credentials). A preflight for any other route gets no CORS headers, so browsers refuse it.
@@ -48,15 +55,63 @@ def key_matches(given: str, expected: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def is_local_peer(request: Request) -> bool:
-    """The TCP peer is this machine and no proxy says it forwards someone else."""
-    if request.headers.get("x-forwarded-for") or request.headers.get("forwarded"):
-        return False
-    host = request.client.host if request.client else ""
+# Headers by which a proxy (or a client pretending to be one) names another sender.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-client-ip", "true-client-ip",
+                      "cf-connecting-ip", "fastly-client-ip", "x-cluster-client-ip", "x-original-forwarded-for",
+                      "client-ip")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: list[str]) -> tuple[Network, ...]:
+    """Addresses and CIDR networks (ValueError names a bad entry)."""
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip().strip('"')
+    if text.startswith("["):  # [v6]:port
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None  # "unknown", an obfuscated name, garbage
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _forwarded_chain(request: Request) -> list[str]:
+    """The addresses a proxy says the request passed through, the client first."""
+    if forwarded := request.headers.get("forwarded"):
+        return [part.strip()[4:] for element in forwarded.split(",") for part in element.split(";")
+                if part.strip().lower().startswith("for=")]
+    if xff := request.headers.get("x-forwarded-for"):
+        return [part for part in xff.split(",")]
+    if real := request.headers.get("x-real-ip"):
+        return [real]
+    return []
+
+
+def client_host(request: Request, trusted: tuple[Network, ...] = ()):
+    """Who sent the request (an ip_address), or None when it cannot be told."""
+    peer = _address(request.client.host) if request.client else None
+    forwarded = any(request.headers.get(name) for name in FORWARDING_HEADERS)
+    if peer is None or not forwarded:
+        return peer
+    if not any(peer in net for net in trusted):
+        return None  # forwarded by someone we do not trust to say so
+    chain = [_address(hop) for hop in _forwarded_chain(request)]
+    if not chain or None in chain:
+        return None  # a trusted proxy that named nobody we can check
+    for address in reversed(chain):
+        if not any(address in net for net in trusted):
+            return address
+    return chain[0]  # every hop a trusted proxy: the first one sent it
+
+
+def is_local_client(request: Request, trusted: tuple[Network, ...] = ()) -> bool:
+    host = client_host(request, trusted)
+    return host is not None and host.is_loopback
 
 
 def is_cross_site(request: Request) -> bool:
@@ -70,14 +125,16 @@ def is_cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
-def check_write(request: Request, api_key: str, body_key: str | None = None) -> None:
+def check_write(request: Request, api_key: str, body_key: str | None = None,
+                trusted: tuple[Network, ...] = ()) -> None:
     if api_key:
         if not key_matches(presented_key(request, body_key), api_key):
             raise Unauthorized("this route needs the API key (Authorization: Bearer <key> or X-API-Key)")
         return
-    if not is_local_peer(request):
+    if not is_local_client(request, trusted):
         raise Forbidden("writes need an API key on this server (set api.api_key); without one they are "
-                        "taken only from this machine", code="api_key_required")
+                        "taken only from this machine, and not through a proxy unless it is one of "
+                        "api.trusted_proxies", code="api_key_required")
     if is_cross_site(request):
         raise Forbidden("a write from another site's page is refused (cross-site request)", code="cross_site")
 

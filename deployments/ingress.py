@@ -30,7 +30,8 @@ from lookalike.store import LocalStore, make_store
 from lookalike.writer import NewImage
 
 from . import api_models as m
-from .access import ReadCors, check_write, key_matches, presented_key
+from .access import ReadCors, check_write, key_matches, parse_networks, presented_key
+from .disclosure import public_source, public_status
 from .inputs import Payload, float_param, id_param, int_param, label_param, read_payload
 from .middleware import RequestContext, request_id
 
@@ -137,6 +138,7 @@ class Ingress:
         self.store = make_store(settings.store)
         self.model = get_model(settings.model.name)
         self.fetch_allow = url_fetch.AllowList.parse(settings.api.url_fetch_allow)
+        self.trusted_proxies = parse_networks(settings.api.trusted_proxies)
         app.state.cors_origins = settings.api.cors_origins
         if not settings.api.api_key.get_secret_value():
             log.warning("no API key (api.api_key): write routes are taken only from this machine")
@@ -167,7 +169,15 @@ class Ingress:
 
     # -- helpers -----------------------------------------------------------------------------
     def _check_write(self, request: Request, body_key: str | None = None) -> None:
-        check_write(request, self.settings.api.api_key.get_secret_value(), body_key)
+        check_write(request, self.settings.api.api_key.get_secret_value(), body_key, self.trusted_proxies)
+
+    def _is_operator(self, request: Request) -> bool:
+        """Whoever may write may also see the server's insides (disclosure.py)."""
+        try:
+            self._check_write(request)
+        except LookalikeError:
+            return False
+        return True
 
     async def _image_bytes(self, payload: Payload, timings: dict) -> bytes:
         if payload.image is not None:
@@ -183,15 +193,17 @@ class Ingress:
     def _prepare(self, data: bytes) -> PreparedImage:
         return prepare(data, size=self.model.input_size, **self.settings.images.model_dump())
 
-    def _public(self, item: dict) -> dict:
-        return {**item, "id": str(item["id"]), "url": self.store.url(item["key"])}
+    def _public(self, item: dict, operator: bool) -> dict:
+        source = item.get("source", "")
+        return {**item, "id": str(item["id"]), "url": self.store.url(item["key"]),
+                "source": source if operator else public_source(source)}
 
     def _query_params(self, payload: Payload) -> tuple[int, str | None, float | None]:
         api = self.settings.api
         k = int_param(payload, "k", api.top_k_default, low=1, high=api.top_k_max)
         return k, label_param(payload), float_param(payload, "min_score", low=-1.0, high=1.0)
 
-    async def _run_search(self, payload: Payload) -> tuple[list[dict], dict]:
+    async def _run_search(self, payload: Payload, operator: bool) -> tuple[list[dict], dict]:
         timings: dict = {}
         k, label, min_score = self._query_params(payload)
         data = await self._image_bytes(payload, timings)
@@ -204,20 +216,20 @@ class Ingress:
         started = time.perf_counter()
         hits = await self._searcher("search", vector, k, label, min_score)
         timings["search_ms"] = _ms(time.perf_counter() - started)
-        return [self._public(h) for h in hits], timings
+        return [self._public(h, operator) for h in hits], timings
 
-    async def _add(self, payload: Payload) -> tuple[dict, bool]:
+    async def _add(self, payload: Payload) -> tuple[dict, bool]:  # writers are operators: entries whole
         label = label_param(payload, "label") or ""
         data = await self._image_bytes(payload, {})
         prepared = await asyncio.to_thread(self._prepare, data)
         if await self._searcher("exists", prepared.id):  # known: no embedding needed
-            return self._public(await self._searcher("get", prepared.id)), False
+            return self._public(await self._searcher("get", prepared.id), True), False
         vector = await self._embed(prepared)
         image = NewImage.of(prepared, data, vector, label, payload.name or payload.url or "")
         item, created = await self._searcher("add", image)  # the one write path: store, then Milvus
-        return self._public(item), created
+        return self._public(item, True), created
 
-    async def _status(self) -> dict:
+    async def _status(self, operator: bool) -> dict:
         async def safe(backend, handle, method):
             try:
                 return await self._remote(backend, handle, method)
@@ -229,7 +241,7 @@ class Ingress:
         model.setdefault("healthy", "error" not in model)
         store = await asyncio.to_thread(self.store.describe)
         healthy = all(part.get("healthy") for part in (milvus, model, store))
-        return {
+        status = {
             "status": "ok" if healthy else "degraded",
             "count": milvus.get("count"),
             "dimension": self.model.dim,
@@ -239,6 +251,7 @@ class Ingress:
             "store": store,
             "version": VERSION,
         }
+        return status if operator else public_status(status)
 
     # -- the page and the docs ------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -273,7 +286,7 @@ class Ingress:
                      min_score: float | None = MIN_SCORE) -> dict:
         started = time.perf_counter()
         payload = await read_payload(request, self.settings)
-        results, timings = await self._run_search(payload)
+        results, timings = await self._run_search(payload, self._is_operator(request))
         timings["total_ms"] = _ms(time.perf_counter() - started)
         response.headers["Server-Timing"] = ", ".join(f"{name.removesuffix('_ms')};dur={value}"
                                                       for name, value in timings.items())
@@ -287,7 +300,8 @@ class Ingress:
         k_, label, min_ = self._query_params(Payload(fields=dict(request.query_params)))
         started = time.perf_counter()
         hits = await self._searcher("similar", ident, k_, label, min_)
-        return {"id": str(ident), "results": [self._public(h) for h in hits],
+        operator = self._is_operator(request)
+        return {"id": str(ident), "results": [self._public(h, operator) for h in hits],
                 "timings": {"search_ms": _ms(time.perf_counter() - started)}}
 
     # -- the library ---------------------------------------------------------------------------
@@ -303,17 +317,18 @@ class Ingress:
         return {**item, "created": created}
 
     @app.get("/api/v1/images", response_model=m.ImagePage, tags=["library"], summary="List images, paged")
-    async def list_images(self, offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(50, ge=1),
-                          filter: str | None = FILTER) -> dict:
+    async def list_images(self, request: Request, offset: int = Query(0, ge=0, le=10_000_000),
+                          limit: int = Query(50, ge=1), filter: str | None = FILTER) -> dict:
         payload = Payload(fields={"limit": limit, "filter": filter})
         limit = int_param(payload, "limit", 50, low=1, high=self.settings.api.page_size_max)
         page = await self._searcher("list", offset, limit, label_param(payload))
-        return {**page, "items": [self._public(i) for i in page["items"]]}
+        operator = self._is_operator(request)
+        return {**page, "items": [self._public(i, operator) for i in page["items"]]}
 
     @app.get("/api/v1/images/{image_id}", response_model=m.ImageEntry, tags=["library"], summary="One image",
              responses=m.errors(404, 422, 503))
-    async def get_image(self, image_id: str = IMAGE_ID) -> dict:
-        return self._public(await self._searcher("get", id_param(image_id)))
+    async def get_image(self, request: Request, image_id: str = IMAGE_ID) -> dict:
+        return self._public(await self._searcher("get", id_param(image_id)), self._is_operator(request))
 
     @app.delete("/api/v1/images/{image_id}", response_model=m.DeleteResponse, tags=["library"],
                 summary="Delete an image: its entry, then the file the service stored for it",
@@ -342,8 +357,8 @@ class Ingress:
 
     @app.get("/api/v1/status", response_model=m.Status, tags=["service"],
              summary="Health of Milvus, the store and the model; count; index")
-    async def status(self) -> dict:
-        return await self._status()
+    async def status(self, request: Request) -> dict:
+        return await self._status(self._is_operator(request))
 
     @app.head("/images/{key:path}", include_in_schema=False)
     @app.get("/images/{key:path}", tags=["library"], summary="A stored image (local store), or a redirect to it",
@@ -379,8 +394,9 @@ class Ingress:
     async def seed_search(self, request: Request) -> dict:
         payload = await read_payload(request, self.settings)
         self._check_seed_key(request, payload)
-        payload.fields.setdefault("k", payload.get("topk") or SEED_K)
-        results, timings = await self._run_search(payload)
+        topk = payload.get("topk")
+        payload.fields.setdefault("k", SEED_K if topk is None or topk == "" else topk)  # 0 is refused, as -1 is
+        results, timings = await self._run_search(payload, False)  # only its URLs are answered
         body = {"ok": True, **{f"image{i}": self._absolute(request, r["url"]) for i, r in enumerate(results, 1)}}
         body["embedding_time"] = round(timings["decode_ms"] + timings["embed_ms"])  # integer ms
         body["search_time"] = round(timings["search_ms"])
@@ -405,7 +421,7 @@ class Ingress:
 
     @app.get("/status/", response_model=m.SeedStatus, tags=["the original's routes"],
              summary="Status, with the original's fields")
-    async def seed_status(self) -> dict:
-        status = await self._status()
+    async def seed_status(self, request: Request) -> dict:
+        status = await self._status(self._is_operator(request))
         return {"ok": status["status"] == "ok", "entities_num": status["count"], "cpu": machine.cpu_percent(),
                 "memory": machine.memory_percent(), "gpu": status["model"].get("gpu") or "none", **status}

@@ -98,8 +98,8 @@ async def read_payload(request: Request, settings: Settings, *, require_image: b
 async def _read_multipart(request: Request, payload: Payload) -> None:
     try:
         form = await request.form(max_files=4, max_fields=32)
-    except Exception as exc:  # malformed multipart body
-        raise BadRequest(f"cannot parse the multipart body: {exc}") from None
+    except Exception as exc:  # malformed multipart body; Starlette's HTTPException reads "400: why"
+        raise BadRequest(f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}") from None
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if key == FORM_FIELD:
@@ -152,6 +152,8 @@ def int_param(payload: Payload, name: str, default: int, *, low: int, high: int)
     if raw is None or raw == "":
         return default
     try:
+        if isinstance(raw, bool):  # JSON true is not 1
+            raise ValueError
         value = int(raw)
         if isinstance(raw, float) and raw != value:
             raise ValueError
@@ -167,6 +169,8 @@ def float_param(payload: Payload, name: str, *, low: float, high: float) -> floa
     if raw is None or raw == "":
         return None
     try:
+        if isinstance(raw, bool):
+            raise ValueError
         value = float(raw)
     except (TypeError, ValueError):
         raise InvalidParameter(f"'{name}' must be a number") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -80,7 +81,10 @@ def build_dataset(source: Source, items: list[dict], settings: Settings) -> ray.
     embed_actors, embed_gpus = _pool_sizes(settings)
     # A stage's own error (a backend that stayed down, named) reaches the driver as itself,
     # not as Ray Data's generic UserCodeException.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
+    # Work is spread over every embedding actor, not taken by the first one ready.
+    context.wait_for_min_actors_s = math.ceil(ing.actors_ready_timeout_s)
     ds = ray.data.from_items(items)
     ds = ds.map_batches(read_prepare, fn_kwargs={"settings": settings, "source": source},
                         batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus, batch_format="numpy")

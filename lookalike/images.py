@@ -80,8 +80,8 @@ def open_image(
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise UnsupportedMedia("not an image, or an image format that is not supported") from None
-    except Image.DecompressionBombError as exc:
-        raise TooLarge(str(exc)) from None
+    except Image.DecompressionBombError:  # Pillow's own bound, far past ours; its words are not ours
+        raise TooLarge(f"the image has too many pixels; the limit is {max_pixels} pixels") from None
     except Exception as exc:  # corrupt headers make Pillow raise many kinds of error
         raise InvalidImage(f"cannot read the image header: {exc}") from None
     if img.format not in EXTENSIONS:
@@ -100,8 +100,8 @@ def open_image(
             img.draft("RGB", (draft, draft))
         img.load()
         img = ImageOps.exif_transpose(img)
-    except Image.DecompressionBombError as exc:
-        raise TooLarge(str(exc)) from None
+    except Image.DecompressionBombError:  # Pillow's own bound, far past ours; its words are not ours
+        raise TooLarge(f"the image has too many pixels; the limit is {max_pixels} pixels") from None
     except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, ValueError, ...
         raise InvalidImage(f"cannot decode the image: {exc}") from None
     return img, fmt

@@ -10,6 +10,7 @@ settings are loaded, so the object can be shipped to other processes unchanged.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -207,6 +208,11 @@ class ApiSettings(_Section):
     # writes are taken only from this machine and never from another site's page
     # (deployments/access.py).
     api_key: SecretStr = SecretStr("")
+    # Reverse proxies (addresses or CIDR networks) whose forwarding headers name the client, as
+    # uvicorn's forwarded_allow_ips. Empty: a keyless write that carries any forwarding header
+    # (X-Forwarded-For, Forwarded, X-Real-IP, ...) is refused, since a proxy on this machine would
+    # make every client look local. Matters only without an API key.
+    trusted_proxies: list[str] = Field(default_factory=list)
     # Origins whose pages may call the read routes (search, similar, status, images, the
     # original's /search/ and /status/) from a browser: ["*"] any, [] none. Never with
     # credentials, never the write routes.
@@ -218,6 +224,16 @@ class ApiSettings(_Section):
     # Hosts and CIDRs that may be fetched although not public (an internal image server), e.g.
     # ["images.internal", "10.20.0.0/16"]. Empty: public addresses only.
     url_fetch_allow: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"api.trusted_proxies: {entry!r} is not an IP address or CIDR network") from None
+        return value
 
     @model_validator(mode="after")
     def _k_bounds(self) -> "ApiSettings":
@@ -258,6 +274,10 @@ class IngestSettings(_Section):
     embed_actor_gpus: float = Field(default=-1, ge=-1)  # -1: 1 when the cluster has GPUs, else 0
     write_actors: int = Field(default=1, ge=1)
     write_batch_size: int = Field(default=128, ge=1)
+    # The pools' actors (models loaded) are all ready before the first batch is handed out, or
+    # the run stops after this long saying the cluster lacks resources. Without the wait, on a
+    # busy machine the first embedding actor ready took every batch of a small job.
+    actors_ready_timeout_s: float = Field(default=600.0, gt=0)
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     exclude_extensions: list[str] = Field(default_factory=list)
     index_wait_s: float = 600.0  # wait this long at the end for the index to cover new rows

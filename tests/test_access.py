@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from deployments.access import ReadCors, check_write
+from deployments.access import FORWARDING_HEADERS, ReadCors, check_write, client_host, parse_networks
 from lookalike.errors import Forbidden, Unauthorized
 
 
@@ -32,6 +32,38 @@ def test_without_a_key_writes_come_only_from_this_machine():
         assert err.value.code == "api_key_required"
     with pytest.raises(Forbidden):  # a proxy on this machine forwarding someone else
         check_write(request(x_forwarded_for="203.0.113.9"), "")
+
+
+@pytest.mark.parametrize("header", FORWARDING_HEADERS)
+def test_without_trusted_proxies_any_forwarding_header_makes_a_keyless_write_foreign(header):
+    """nginx is often set to send only X-Real-IP: from a loopback peer that must not pass."""
+    value = "for=203.0.113.9" if header == "forwarded" else "203.0.113.9"
+    with pytest.raises(Forbidden) as err:
+        check_write(request(**{header.replace("-", "_"): value}), "")
+    assert err.value.code == "api_key_required"
+    with pytest.raises(Forbidden):  # even naming this machine: nobody is trusted to say so
+        check_write(request(**{header.replace("-", "_"): value.replace("203.0.113.9", "127.0.0.1")}), "")
+
+
+def test_a_trusted_proxy_names_the_client():
+    trusted = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+    proxy = ("10.1.2.3", 443)
+    assert str(client_host(request(client=proxy, x_real_ip="203.0.113.9"), trusted)) == "203.0.113.9"
+    # A client's own X-Forwarded-For is kept by proxies: the right-most untrusted hop is the sender.
+    spoofed = request(client=proxy, x_forwarded_for="127.0.0.1, 203.0.113.9, 10.0.0.2")
+    assert str(client_host(spoofed, trusted)) == "203.0.113.9"
+    with pytest.raises(Forbidden):
+        check_write(spoofed, "", trusted=trusted)
+    assert str(client_host(request(client=proxy, forwarded='for="[2001:db8::1]:4711";proto=https'),
+                           trusted)) == "2001:db8::1"
+    # Through a trusted proxy on this machine, a client on this machine may write without a key.
+    check_write(request(x_forwarded_for="127.0.0.1"), "", trusted=trusted)
+    check_write(request(client=proxy, x_real_ip="::1"), "", trusted=trusted)
+    # An untrusted peer's headers are not believed; a trusted one that names garbage is refused.
+    assert client_host(request(client=("203.0.113.7", 1), x_real_ip="127.0.0.1"), trusted) is None
+    assert client_host(request(client=proxy, x_forwarded_for="unknown"), trusted) is None
+    with pytest.raises(ValueError):
+        parse_networks(["not-an-address"])
 
 
 @pytest.mark.parametrize("headers", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,7 +48,7 @@ def test_search_returns_the_query_image_first_with_a_working_url(api, anon, labe
     assert r.status_code == 200, r.text
     body = r.json()
     first = body["results"][0]
-    assert first["id"] == str(content_id(data)) and first["label"] == label and first["source"] == str(path)
+    assert first["id"] == str(content_id(data)) and first["label"] == label and first["source"] == path.name
     assert first["score"] == pytest.approx(1.0, abs=1e-3) and len(body["results"]) == 5
     assert [h["label"] for h in body["results"][:3]] == [label] * 3  # its class-mates come next
     image = anon.get(first["url"])
@@ -83,6 +84,14 @@ def test_k_default_and_bounds(api, anon):
     for bad in (0, 101, "abc", 2.5):
         r = _search(anon, data, k=bad)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", bad
+    b64 = base64.b64encode(data).decode()
+    for field, bad in (("k", True), ("k", 0), ("min_score", False), ("k", "true")):
+        r = anon.post("/api/v1/search", json={"image": b64, field: bad})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", (field, bad)
+    for topk in (0, -1, 101, True):  # the original's route: 0 is no more "the default" than -1 is
+        r = anon.post("/search/", json={"image": b64, "topk": topk})
+        assert r.status_code == 422 and r.json()["ok"] is False, (topk, r.text)
+    assert len([k for k in anon.post("/search/", json={"image": b64, "topk": 3}).json() if k.startswith("image")]) == 3
 
 
 def test_filter_and_min_score(api, anon):
@@ -197,6 +206,34 @@ def test_list_pages_and_index_and_status(api, client):
     assert status["model"]["name"] == "efficientnet-lite0" and status["model"]["loaded"] is True
     assert status["milvus"]["healthy"] and status["store"]["backend"] == "local"
     assert status["index"]["type"] == "HNSW"
+
+
+def test_anonymous_readers_see_no_server_internals(api, client, anon):
+    """Paths, addresses and node ids go to operators (the key) only; errors speak in our words."""
+    internals = [str(api.settings.store.local_dir), api.settings.milvus.uri, str(api.gallery["circles"][0].parent)]
+    data = _file(api, "circles", 0).read_bytes()
+    public = [anon.get("/api/v1/status"), anon.get("/status/"), anon.get("/api/v1/images", params={"limit": 50}),
+              _search(anon, data, k=3), anon.get(f"/api/v1/images/{content_id(data)}"),
+              anon.get(f"/api/v1/images/{content_id(data)}/similar", params={"k": 3})]
+    for r in public:
+        assert r.status_code == 200, r.text
+        assert not [secret for secret in internals if secret in r.text], (r.request.url, r.text[:2000])
+        assert "node" not in r.text, r.request.url
+    status = anon.get("/api/v1/status").json()
+    assert status["milvus"]["healthy"] and status["milvus"]["count"] == status["count"] and "uri" not in status["milvus"]
+    assert status["store"] == {"backend": "local", "healthy": True}
+    assert _search(anon, data, k=1).json()["results"][0]["source"] == api.gallery["circles"][0].name
+
+    operator = client.get("/api/v1/status").json()  # with the key: everything, for the operator
+    assert operator["store"]["root"] == str(Path(api.settings.store.local_dir).resolve())
+    assert operator["milvus"]["uri"] and operator["milvus"]["node"] and operator["model"]["node"]
+    assert _search(client, data, k=1).json()["results"][0]["source"] == str(api.gallery["circles"][0])
+
+    bomb = _search(anon, png_with_size(30_000, 30_000)).json()["error"]["message"]
+    assert bomb == f"the image has too many pixels; the limit is {api.settings.images.max_pixels} pixels"
+    broken = anon.post("/api/v1/search", content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data"})
+    assert broken.status_code == 400 and broken.json()["error"]["message"].startswith(
+        "cannot parse the multipart body: ") and "400" not in broken.json()["error"]["message"], broken.text
 
 
 # -- the seed's routes -----------------------------------------------------------------------
@@ -317,6 +354,13 @@ def test_without_a_key_writes_are_local_and_same_site_only(api_s3):
         for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
             r = c.post("/api/v1/images", headers=headers, **form)
             assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site", r.text
+        for header in ("X-Real-IP", "X-Forwarded-For", "Forwarded"):  # a proxy on this machine, not trusted
+            forwarded = {header: "for=203.0.113.9" if header == "Forwarded" else "203.0.113.9"}
+            r = c.post("/api/v1/images", headers=forwarded, **form)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "api_key_required", r.text
+            assert c.post("/insert/", headers=forwarded, json={"image": base64.b64encode(data).decode()}).json()[
+                "ok"] is False
+            assert c.delete(f"/api/v1/images/{content_id(data)}", headers=forwarded).status_code == 403
         assert c.post("/insert/", headers={"Origin": "http://evil.example"}, json={
             "image": base64.b64encode(data).decode()}).json()["ok"] is False  # the original's shape, under /s3
         r = c.post("/api/v1/images", headers={"Origin": api_s3.url.rsplit("/", 1)[0]}, **form)  # its own page
@@ -386,3 +430,22 @@ def test_searches_keep_answering_while_the_index_is_rebuilt(api, client, anon):
     assert rebuilt.status_code == 200 and rebuilt.json()["state"] == "done"
     assert len(statuses) > 5 and set(statuses) == {200}, sorted(set(statuses))
     assert client.get("/api/v1/status").json()["count"] == count
+
+
+# -- what listens beyond this machine ----------------------------------------------------------
+def test_replicas_internal_rpc_refuses_callers_without_the_cluster_token(api):
+    """Every Serve replica runs an inter-deployment gRPC server on [::] (hard-coded in Ray) that
+    unpickles what it is sent; Ray's token auth (lookalike/ray_env.py) must refuse a caller
+    without the token. The call goes to 127.0.0.1 only."""
+    import grpc
+    import psutil
+
+    wildcard = [(c.laddr.port, c.pid) for c in psutil.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.ip in ("::", "0.0.0.0") and c.pid]
+    replicas = [(port, pid) for port, pid in wildcard if "ServeReplica" in psutil.Process(pid).name()]
+    assert replicas, f"no replica listens beyond loopback any more: {wildcard}; update this test"
+    for port, pid in replicas:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (psutil.Process(pid).name(), err.value)

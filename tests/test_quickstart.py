@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from benchmarks.loadgen import payloads, run_load
 from lookalike.images import content_id
 from lookalike.lite_server import LiteServer
 from lookalike.supervisor import pid_alive
@@ -79,14 +80,22 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
             time.sleep(0.2)
         print(f"searches after the Lite server was killed: {answers} in {time.monotonic() - killed:.1f}s")
         assert answers[-1] == 200 and httpx.get(f"{url}/api/v1/status", timeout=10).json()["count"] == 30
+        load = run_load(f"{url}/api/v1/search", payloads([query.read_bytes()], k=5), clients=4, seconds=5)
+        assert load["errors"] == 0 and load["requests"] > 0, load
     finally:
-        proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         try:
             code = proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
+    stopped_in = time.monotonic() - stopping
+    print(f"`lookalike serve` stopped {stopped_in:.1f}s after Ctrl-C")
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    # Serve's ingress replica used to hold 30 s "for load balancers" (lookalike/ray_env.py); ~8 s
+    # here idle, 20 s leaves room for a busy machine.
+    assert stopped_in < 20, (tmp_path / "serve.log").read_text()[-3000:]
     assert lite.running_uri() is None and not lite.state_file.exists()  # it stopped what it started
 
 

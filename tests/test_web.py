@@ -65,6 +65,7 @@ def test_upload_by_click_shows_the_image_first_with_timings(page, api, tmp_path)
     assert page.locator("#results .card").count() == 10
     timings = page.locator("#timings").inner_text()
     assert "decode" in timings and "embed" in timings and "search" in timings
+    assert "fetch" not in timings and "null" not in timings, timings  # nothing was fetched for an upload
     href = first.locator("a").get_attribute("href")
     assert httpx.get(api.url + href).content == path.read_bytes()  # the link opens the full image
     assert page.locator("#message").is_hidden()

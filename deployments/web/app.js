@@ -151,12 +151,11 @@ function render(body, query) {
     list.appendChild(card);
   });
   const t = body.timings || {};
-  const parts = [];
-  if (t.fetch_ms !== undefined) parts.push(`fetch ${t.fetch_ms} ms`);
-  if (t.decode_ms !== undefined) parts.push(`decode ${t.decode_ms} ms`);
-  if (t.embed_ms !== undefined) parts.push(`embed ${t.embed_ms} ms`);
-  if (t.search_ms !== undefined) parts.push(`search ${t.search_ms} ms`);
-  $("timings").textContent = parts.join(" · ");
+  // A step that did not run (no fetch for an upload) is absent or null: not shown.
+  $("timings").textContent = ["fetch", "decode", "embed", "search"]
+    .filter((step) => t[`${step}_ms`] != null)
+    .map((step) => `${step} ${t[`${step}_ms`]} ms`)
+    .join(" · ");
 }
 
 async function refreshStatus() {
