@@ -31,7 +31,7 @@ from PIL import Image
 from benchmarks.common import random_weights
 from lookalike.catalog import Catalog, Entry
 from lookalike.encoder import ImageEncoder
-from lookalike.gallery import OPENCLIPART
+from lookalike.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
 from lookalike.images import prepare
 from lookalike.settings import load_settings
 from lookalike.sources import iter_folder
@@ -41,7 +41,7 @@ from lookalike.store import LocalStore, object_key
 def build_images(out: Path, n: int, fmt: str) -> Path:
     """Take n openclipart PNGs spread over every class; keep PNG or convert to JPEG."""
     files = sorted(p for p in OPENCLIPART.glob("*/*/*.png"))
-    files = [p for p in files if _pixels(p) <= 20_000_000]
+    files = [p for p in files if usable_image(p, SAMPLE_MAX_PIXELS)]
     step = max(1, len(files) // n)
     chosen = files[::step][:n]
     if len(chosen) < n:
@@ -62,14 +62,6 @@ def build_images(out: Path, n: int, fmt: str) -> Path:
             canvas.paste(rgba, mask=rgba.getchannel("A"))
             canvas.save(target, "JPEG", quality=90)
     return out
-
-
-def _pixels(path: Path) -> int:
-    try:
-        with Image.open(path) as img:
-            return img.size[0] * img.size[1]
-    except Image.DecompressionBombError:  # a few openclipart PNGs are hundreds of megapixels
-        return 1 << 62
 
 
 def model_only(files: list[Path], settings) -> dict:

@@ -46,7 +46,7 @@ ORIGINAL_SEARCH_MS = 15.0  # the original's ~15 ms of search at 210k ImageNet im
 def real_embeddings(limit: int = 0) -> np.ndarray:
     """EfficientNet-Lite0 vectors of every usable openclipart PNG, cached under data/bench/."""
     from lookalike.encoder import ImageEncoder
-    from lookalike.gallery import OPENCLIPART, _usable
+    from lookalike.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
     from lookalike.settings import load_settings
 
     cache = DATA / "openclipart-lite0.npy"
@@ -54,7 +54,7 @@ def real_embeddings(limit: int = 0) -> np.ndarray:
         vectors = np.load(cache)
         return vectors[:limit] if limit else vectors
     settings = load_settings()
-    paths = sorted(str(p) for p in OPENCLIPART.glob("*/*/*.png") if _usable(p, 20_000_000))
+    paths = sorted(str(p) for p in OPENCLIPART.glob("*/*/*.png") if usable_image(p, SAMPLE_MAX_PIXELS))
     if limit:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     print(f"embedding {len(paths)} openclipart images (cached for later runs) ...", flush=True)

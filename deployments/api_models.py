@@ -47,16 +47,13 @@ class SeedSearchJson(BaseModel):
     topk: int | None = Field(None, ge=1)
 
 
-class SeedKeyJson(BaseModel):
-    key: str | None = Field(None, description="the API key")
-
-
 # -- responses -----------------------------------------------------------------------------------
 class ImageEntry(BaseModel):
     id: str = Field(description="63-bit id from the image's SHA-256, as a string", examples=["4306154112467219081"])
     key: str = Field(description="the object's key in the image store")
     label: str
-    source: str = Field(description="where the image came from (file name, path or URL)")
+    source: str = Field(description="where the image came from: its file name, or, for operators (who may "
+                                    "write), the path, key or URL as recorded")
     url: str = Field(description="where a browser loads the image")
 
 

@@ -125,7 +125,6 @@ K = Query(None, ge=1, description="how many results (api.top_k_max at most)")
 FILTER = Query(None, max_length=256, description="only images with this label")
 MIN_SCORE = Query(None, ge=-1, le=1, description="cosine similarity at least")
 IMAGE_ID = Path(description="the image's id (a decimal 63-bit integer)", examples=["4306154112467219081"])
-WRITE = ["write (API key)"]
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=200)

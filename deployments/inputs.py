@@ -50,9 +50,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("invalid Content-Length header") from None
         if declared > limit:
             raise TooLarge(f"the request body is {declared} bytes; the limit is {limit}")
-    body = await read_capped(request.stream(), limit, "the request body")
-    request._body = body  # Starlette re-reads a cached body when parsing forms
-    return body
+    return await read_capped(request.stream(), limit, "the request body")
 
 
 def decode_base64(text: Any) -> bytes:
@@ -72,7 +70,7 @@ async def read_payload(request: Request, settings: Settings, *, require_image: b
     body = await read_body(request, body_limit(settings))
     payload = Payload(fields=dict(request.query_params))
     if content_type == "multipart/form-data":
-        await _read_multipart(request, payload)
+        await _read_multipart(request, body, payload)
     elif content_type in ("application/json", "text/json") or (not content_type and body[:1] in (b"{", b"[")):
         _read_json(body, payload)
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
@@ -95,9 +93,12 @@ async def read_payload(request: Request, settings: Settings, *, require_image: b
     return payload
 
 
-async def _read_multipart(request: Request, payload: Payload) -> None:
+async def _read_multipart(request: Request, body: bytes, payload: Payload) -> None:
+    async def replay() -> dict:  # the body, read already (capped), for Starlette's form parser
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form(max_files=4, max_fields=32)
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
     except Exception as exc:  # malformed multipart body; Starlette's HTTPException reads "400: why"
         raise BadRequest(f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}") from None
     for key, value in form.multi_items():

@@ -55,9 +55,6 @@ class ImageStore(ABC):
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
@@ -101,9 +98,6 @@ class LocalStore(ImageStore):
             return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no stored image {key!r}") from None
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -205,18 +199,6 @@ class S3Store(ImageStore):
         finally:
             response.close()
             response.release_conn()
-
-    def exists(self, key: str) -> bool:
-        from minio.error import S3Error
-
-        self.ensure_bucket()
-        try:
-            self._guard(self.client.stat_object, bucket_name=self.bucket, object_name=safe_key(key))
-            return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
-                return False
-            raise
 
     def delete(self, key: str) -> None:
         self.ensure_bucket()

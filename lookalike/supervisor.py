@@ -161,18 +161,25 @@ class LocalService:
             kind = f"{type(self).__module__}:{type(self).__name__}"
             cmd = [sys.executable, "-m", "lookalike.supervisor", "--service", kind, "--data-dir", str(self.data_dir),
                    "--endpoint", endpoint, "--idle-stop-s", str(idle_stop_s)]
+            # The supervisor detaches (daemon: a new session, then a fork whose parent exits at
+            # once, telling its child's pid): it belongs to no process of ours, so a Ray worker that
+            # started it and exits does not take it along (Ray kills its workers' children), and
+            # leaseholders alone decide when it stops.
             with open(self.log_file, "ab") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-            deadline = time.monotonic() + timeout_s
+                launcher = subprocess.Popen([*cmd, "--daemon"], stdout=subprocess.PIPE, stderr=out,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                told = launcher.stdout.readline().strip()
+                launcher.wait()
+            if not told.isdigit():
+                raise BackendUnavailable("milvus", f"{self.what} did not start", detail=self._log_tail())
+            pid, deadline = int(told), time.monotonic() + timeout_s
             while not self.answers(endpoint):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    stop_process(proc.pid, 10.0)
-                    proc.wait()
+                if not pid_alive(pid) or time.monotonic() > deadline:
+                    stop_process(pid, 10.0)
                     raise BackendUnavailable("milvus", f"{self.what} did not start", detail=self._log_tail())
                 time.sleep(0.1)
-            self.state_file.write_text(json.dumps({"pid": proc.pid, "endpoint": endpoint}))
-            log.info("%s for %s: %s (supervisor pid %d)", self.what, self.data_dir, self.uri(endpoint), proc.pid)
+            self.state_file.write_text(json.dumps({"pid": pid, "endpoint": endpoint}))
+            log.info("%s for %s: %s (supervisor pid %d)", self.what, self.data_dir, self.uri(endpoint), pid)
             return self.uri(endpoint), True
 
     def ensure(self, timeout_s: float = 60.0, idle_stop_s: float = 10.0) -> str:
@@ -311,7 +318,15 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--idle-stop-s", type=float, default=10.0)
+    parser.add_argument("--daemon", action="store_true", help="fork, print the child's pid, exit (the child "
+                                                              "supervises, its output to stderr)")
     cli = parser.parse_args()
+    if cli.daemon:
+        child = os.fork()
+        if child:
+            print(child, flush=True)
+            os._exit(0)
+        os.dup2(2, 1)  # stdout was the pipe to the launcher: the log from now on
     _service(cli.service, cli.data_dir).supervise(cli.endpoint, cli.idle_stop_s)
 
 
