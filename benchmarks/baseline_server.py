@@ -27,7 +27,7 @@ from lookalike.store import make_store
 
 
 def make_handler(settings, encoder: ImageEncoder, catalog: Catalog, store):
-    limits = settings.images.model_dump()
+    limits = settings.images
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -58,7 +58,7 @@ def make_handler(settings, encoder: ImageEncoder, catalog: Catalog, store):
                 image = request["image"].split(",", 1)[-1]  # a data URL or plain base64
                 k = int(request.get("k", 5))
                 t = time.perf_counter()
-                pixels = prepare(base64.b64decode(image), size=encoder.input_size, **limits).pixels
+                pixels = prepare(base64.b64decode(image), encoder.input_size, limits).pixels
                 decode = time.perf_counter() - t
                 t = time.perf_counter()
                 vector = encoder.encode(pixels[None])

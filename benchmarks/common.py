@@ -1,5 +1,6 @@
-"""What every benchmark shares: where results go (JSON + Markdown + PNG), the machine they ran
-on, latency statistics, the loopback-only network namespace, and the labelled data sets.
+"""What every benchmark shares: where results go (JSON + Markdown + PNG, with the machine they ran
+on), timing, tables, and the labelled data sets. Servers, load and process statistics are the
+harness's (``harness/``), shared with the tests.
 
 Timings on shared machines are noisy: each benchmark measures the things it compares side by
 side in one run, and its tables show ratios from that run.
@@ -10,12 +11,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from harness.processes import machine, machine_line
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -25,96 +27,7 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
                    "ankle-boot"]
 
 
-# -- the machine -----------------------------------------------------------------------------------
-def machine() -> dict:
-    """What the numbers were measured on."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu": _cpu_model(), "memory_gib": round(_mem_total() / 2**30, 1), "gpu": None}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
-def machine_line(info: dict) -> str:
-    gpu = info.get("gpu") or "no GPU"
-    return f"{info['cpus']} vCPU ({info['cpu']}), {info['memory_gib']} GiB, {gpu}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _mem_total() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
-    """Every process's command line and CPU seconds (user + system) so far, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            found[int(entry.name)] = (cmdline, (int(fields[11]) + int(fields[12])) / tick)
-    return found
-
-
-def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], role) -> dict[str, float]:
-    """CPU seconds spent between two ``cpu_seconds_by_process`` snapshots, summed by
-    ``role(pid, cmdline)`` (None: not counted)."""
-    spent: dict[str, float] = {}
-    for pid, (cmdline, seconds) in after.items():
-        name = role(pid, cmdline)
-        if name is not None:
-            spent[name] = spent.get(name, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
-    return spent
-
-
 # -- statistics ------------------------------------------------------------------------------------
-def latency_stats(seconds: Sequence[float]) -> dict:
-    """p50 / p95 / p99 / mean in milliseconds."""
-    if not len(seconds):
-        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
-    ms = np.asarray(seconds, dtype=np.float64) * 1000
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(ms.mean()), 3)}
-
-
 class Stopwatch:
     """``with sw: ...`` adds the block's time; ``sw.seconds`` is the total."""
 
@@ -252,7 +165,7 @@ def fashion_mnist_set(out: Path | None = None, per_class: int = 100) -> Path:
 
 
 # -- embeddings ------------------------------------------------------------------------------------
-def embed_files(paths: Sequence[str | os.PathLike], encoder, limits: dict, threads: int = 2
+def embed_files(paths: Sequence[str | os.PathLike], encoder, limits, threads: int = 2
                 ) -> tuple[np.ndarray, list[int]]:
     """Unit vectors of the files that decode (through the one preprocessing), and their indices."""
     from concurrent.futures import ThreadPoolExecutor
@@ -262,7 +175,7 @@ def embed_files(paths: Sequence[str | os.PathLike], encoder, limits: dict, threa
 
     def one(path):
         try:
-            return prepare(Path(path).read_bytes(), size=encoder.input_size, **limits).pixels
+            return prepare(Path(path).read_bytes(), encoder.input_size, limits).pixels
         except (LookalikeError, OSError):
             return None
 

@@ -33,10 +33,10 @@ def prepared_images(n: int, size: int, gallery: Path) -> np.ndarray:
     from lookalike.images import prepare
     from lookalike.settings import load_settings
 
-    limits = load_settings().images.model_dump()
+    limits = load_settings().images
     files = sorted(p for p in gallery.glob("*/*") if p.is_file())
     files = files[:: max(1, len(files) // n)][:n]
-    return np.stack([prepare(f.read_bytes(), size=size, **limits).pixels for f in files])
+    return np.stack([prepare(f.read_bytes(), size, limits).pixels for f in files])
 
 
 def encoder_for(model: str, runtime: str, precision: str, batch: int, spin_wait: bool = False):

@@ -35,11 +35,9 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import yaml
 
 from lookalike.ray_env import use_local_ray_env
 
@@ -48,24 +46,14 @@ from lookalike.ray_env import use_local_ray_env
 # cluster environment runs in a child process with a cluster of its own.
 use_local_ray_env()
 
-from benchmarks.common import (  # noqa: E402
-    REPO, Results, cpu_seconds_by_process, cpu_spent, markdown_table, openclipart_set,
-)
-from benchmarks.loadgen import payloads, run_load  # noqa: E402
-from tests.support.servers import HOST, free_port, wait_for  # noqa: E402
+from benchmarks.common import REPO, Results, markdown_table, openclipart_set  # noqa: E402
+from harness.load import payloads, run_load  # noqa: E402
+from harness.processes import cpu_seconds_by_process, cpu_spent  # noqa: E402
+from harness.serve import deploy, serve_session, wait_healthy  # noqa: E402
+from harness.servers import HOST, free_port  # noqa: E402
 
 
 K = 5
-
-
-def wait_healthy(url: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
-    wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, url, proc)
-
-
-def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict]:
-    """Per-deployment options from the Serve config, as `serve run config/serve.yaml` applies them."""
-    app = yaml.safe_load(path.read_text())["applications"][0]
-    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app["deployments"]}
 
 
 def prepare_gallery(settings, gallery: Path) -> None:
@@ -165,34 +153,6 @@ def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
     url = f"{base}/api/v1/search"
     run_load(url, bodies, 2, 3.0)  # warm-up: model, handles, Milvus connection
     return load_series(url, bodies, clients, seconds, lambda: service_counters(base))
-
-
-@contextmanager
-def serve_session():
-    """A local Ray cluster (every CPU of this machine) with Serve's proxy on 127.0.0.1, started
-    as `make run` starts it; yields the base URL. Everything it started is shut down afterwards."""
-    import ray
-    from ray import serve
-
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    try:
-        port = free_port()
-        serve.start(http_options={"host": HOST, "port": port})
-        yield f"http://{HOST}:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-def deploy(settings, base: str, name: str = "lookalike") -> None:
-    """The application as `serve run config/serve.yaml` deploys it, on these settings."""
-    from ray import serve
-
-    from deployments.app import build_from_settings
-
-    serve.run(build_from_settings(settings, serve_options()), name=name, route_prefix="/")
-    wait_healthy(f"{base}/healthz")
 
 
 def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> list[dict]:

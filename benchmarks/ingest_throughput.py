@@ -67,7 +67,7 @@ def build_images(out: Path, n: int, fmt: str) -> Path:
 def model_only(files: list[Path], settings) -> dict:
     encoder = ImageEncoder(settings.model).load()
     size = encoder.input_size
-    pixels = np.stack([prepare(f.read_bytes(), size=size, **settings.images.model_dump()).pixels for f in files])
+    pixels = np.stack([prepare(f.read_bytes(), size, settings.images).pixels for f in files])
     encoder.encode(pixels[: settings.model.batch_size])  # warm-up
     started = time.perf_counter()
     encoder.encode(pixels)
@@ -87,7 +87,7 @@ def sequential(files: list[Path], settings, work: Path) -> dict:
     started = time.perf_counter()
     for path in files:
         data = path.read_bytes()
-        prepared = prepare(data, size=encoder.input_size, **settings.images.model_dump())
+        prepared = prepare(data, encoder.input_size, settings.images)
         vector = encoder.encode(prepared.pixels[None])[0]
         key = object_key(prepared.id, prepared.extension)
         store.put(key, data, prepared.content_type)

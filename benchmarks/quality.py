@@ -35,7 +35,7 @@ def datasets(args) -> dict[str, Path]:
 
 def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
     """`lookalike eval --url` against the deployed application, one collection per set."""
-    from benchmarks.http_load import deploy, serve_session
+    from harness.serve import deploy, serve_session
     from lookalike import cli
     from lookalike.local_milvus import serving
     from lookalike.settings import load_settings
@@ -69,7 +69,7 @@ def preprocessing(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
     for name, folder in sets.items():
         gallery = load_gallery(list(iter_folder(folder)))
         for fit in args.fits:
-            limits = {**base.images.model_dump(), "fit": fit}
+            limits = base.images.model_copy(update={"fit": fit})
             gallery.vectors, kept = embed_files(gallery.paths, encoder, limits)
             assert len(kept) == len(gallery.paths), f"{name}: {len(gallery.paths) - len(kept)} images did not decode"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import Results, markdown_table
-from benchmarks.loadgen import payloads, run_load
+from harness.load import payloads, run_load
 
 
 def rebuild_under_load(base: str, settings, bodies: list[dict], clients: int, seconds: float) -> dict:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Results:
 
     from ray import serve
 
-    from benchmarks.http_load import deploy, serve_session
+    from harness.serve import deploy, serve_session
     from lookalike.local_milvus import local_service
     from lookalike.settings import load_settings
 

@@ -19,27 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 
-from benchmarks.common import Results, cpu_seconds_by_process
-
-
-def search_load(url: str, clients: int, stop: threading.Event, query: bytes, log: list) -> list[threading.Thread]:
-    """``clients`` threads searching until ``stop``; each answer logged as (start, end, status,
-    Retry-After, the backend an error names)."""
-    def client():
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while not stop.is_set():
-                started = time.monotonic()
-                r = c.post("/api/v1/search", files={"image": ("q", query)})
-                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                log.append((started, time.monotonic(), r.status_code, r.headers.get("Retry-After"),
-                            (body.get("error") or {}).get("backend")))
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    return threads
+from benchmarks.common import Results
+from harness.load import payloads, run_load
+from harness.processes import cpu_seconds_by_process
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
@@ -55,14 +38,15 @@ def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, befor
                     after_s: float = 15.0) -> dict:
     """SIGKILL one Embedder replica while ``clients`` search; what the clients saw after it."""
     stop, log = threading.Event(), []
-    threads = search_load(url, clients, stop, query, log)
+    load = threading.Thread(target=run_load, args=(f"{url}/api/v1/search", payloads([query]), clients, 3600.0),
+                            kwargs={"stop": stop, "record": log}, daemon=True)
+    load.start()
     time.sleep(before_s)
     killed = time.monotonic()
     os.kill(replica_pids(app, "Embedder")[0], signal.SIGKILL)
     time.sleep(after_s)
     stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    load.join(timeout=60)
     after = sorted(e for e in log if e[1] >= killed)
     done = [end for _, end, status, _, _ in after if status == 200]
     gaps = [b - a for a, b in zip([killed] + done, done)]
@@ -94,7 +78,9 @@ def main() -> None:
     results = Results("replica-kill", args.out, clients=args.clients)
     from ray import serve
 
-    from benchmarks.http_load import openclipart_set, prepare_gallery, serve_options, serve_session
+    from benchmarks.common import openclipart_set
+    from benchmarks.http_load import prepare_gallery
+    from harness.serve import serve_options, serve_session
     from deployments.app import build_from_settings
     from lookalike.lite_server import LiteServer
     from lookalike.settings import load_settings

@@ -31,7 +31,7 @@ import numpy as np
 import psutil
 
 from benchmarks.common import FASHION_CLASSES, FASHION_MNIST, REPO, Results, markdown_table
-from benchmarks.loadgen import payloads
+from harness.load import payloads
 
 OPENCLIPART = Path("/usr/share/openclipart/png")
 VARIANTS = ("original", "mirror", "crop", "colour")
@@ -169,7 +169,8 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
     then rebuild its index under search load), delete it."""
     from ray import serve
 
-    from benchmarks.http_load import deploy, measure_lookalike
+    from benchmarks.http_load import measure_lookalike
+    from harness.serve import deploy
     from benchmarks.rebuild_load import rebuild_under_load
     from lookalike.local_milvus import engine, local_service
     from lookalike.settings import load_settings
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> Results:
 
         queries = [f.read_bytes() for f in rng.sample(files, args.queries)]
         bodies = payloads(queries, k=10)
-        from benchmarks.http_load import serve_session
+        from harness.serve import serve_session
 
         galleries = {}
         with serve_session() as base:

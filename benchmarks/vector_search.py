@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA, Results, Stopwatch, embed_files, latency_stats, markdown_table, rss_bytes
+from benchmarks.common import DATA, Results, Stopwatch, embed_files, markdown_table
+from harness.load import latency_stats
+from harness.processes import rss_bytes
 
 K = 10
 CHUNK = 20_000
@@ -59,7 +61,7 @@ def real_embeddings(limit: int = 0) -> np.ndarray:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     print(f"embedding {len(paths)} openclipart images (cached for later runs) ...", flush=True)
     encoder = ImageEncoder(settings.model.model_copy(update={"name": "efficientnet-lite0"})).load()
-    vectors, _ = embed_files(paths, encoder, settings.images.model_dump())
+    vectors, _ = embed_files(paths, encoder, settings.images)
     if not limit:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, vectors)

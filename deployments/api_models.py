@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike.limits import LABEL_MAX_BYTES
+
 # -- requests ----------------------------------------------------------------------------------
 
 
@@ -17,12 +19,13 @@ class ImageJson(BaseModel):
     url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
         "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
     k: int | None = Field(None, ge=1, description="how many results (api.top_k_max at most)")
-    filter: str | None = Field(None, max_length=256, description="only images with this label")
+    filter: str | None = Field(None, max_length=LABEL_MAX_BYTES, description="only images with this label")
     min_score: float | None = Field(None, ge=-1, le=1, description="cosine similarity at least")
 
 
 class AddJson(ImageJson):
-    label: str | None = Field(None, max_length=256, description="the image's label (its class)")
+    label: str | None = Field(None, max_length=LABEL_MAX_BYTES,
+                              description=f"the image's label (its class; {LABEL_MAX_BYTES} bytes of UTF-8 at most)")
     name: str | None = Field(None, description="where it came from (kept as `source`)")
 
 
@@ -39,7 +42,7 @@ def image_body(model: type[BaseModel]) -> dict:
     }}}
 
 
-class SeedSearchJson(BaseModel):
+class OriginalSearchJson(BaseModel):
     """The original front end's body."""
 
     key: str | None = Field(None, description="the API key, when the server has one")
@@ -132,14 +135,14 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class SeedSearchResponse(BaseModel):
+class OriginalSearchResponse(BaseModel):
     model_config = ConfigDict(extra="allow")  # image1 ... imageK: absolute URLs
     ok: bool
     embedding_time: int = Field(description="decode + embed, integer milliseconds")
     search_time: int = Field(description="Milvus search, integer milliseconds")
 
 
-class SeedStatus(Status):
+class OriginalStatus(Status):
     ok: bool
     entities_num: int | None
     cpu: float | None = Field(description="this machine's load (1-minute average over its CPUs), percent")
@@ -147,7 +150,7 @@ class SeedStatus(Status):
     gpu: str = Field(description="the Embedder's GPU, or none")
 
 
-class SeedOk(BaseModel):
+class OriginalOk(BaseModel):
     model_config = ConfigDict(extra="allow")
     ok: bool
 

@@ -1,135 +1,53 @@
-"""Ingress: the HTTP API, a FastAPI app behind ``@serve.ingress`` (Ray Serve's documented
-ingress), composed with the Embedder and Searcher through DeploymentHandles.
+"""Ingress: the HTTP API's routes on the FastAPI app of ``web_app.py``, behind ``@serve.ingress``
+(Ray Serve's documented ingress), composed with the Embedder and Searcher through
+DeploymentHandles; the original server's routes come with it (``original_routes.py``).
 
 It decodes and validates uploads itself (no torch here), so bad input is answered with a 4xx
 before it reaches a GPU batch. The models in ``api_models.py`` give /openapi.json and /docs;
 ``inputs.py`` reads the image in its four forms (multipart, JSON base64 or URL, raw body), which
-no framework does in one route; ``access.py`` decides who may write and which origins may read.
+no framework does in one route; ``access.py`` decides who may write and which origins may read;
+``disclosure.py`` what anonymous readers see.
 """
 
 
 import asyncio
-import logging
 import time
-from pathlib import Path as FilePath
 
-from fastapi import FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi import Path, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException
 
-from lookalike import machine, url_fetch
-from lookalike.errors import BackendUnavailable, InvalidParameter, LookalikeError, NotFound, Unauthorized
+from lookalike import url_fetch
+from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
 from lookalike.images import PreparedImage, prepare
+from lookalike.limits import LABEL_MAX_BYTES
 from lookalike.models import get_model
 from lookalike.settings import Settings
 from lookalike.store import LocalStore, make_store
 from lookalike.writer import NewImage
 
 from . import api_models as m
-from .access import ReadCors, check_write, key_matches, parse_networks, presented_key
+from .access import check_write, parse_networks
 from .disclosure import public_source, public_status
 from .inputs import Payload, float_param, id_param, int_param, label_param, read_payload
-from .middleware import RequestContext, request_id
-
-log = logging.getLogger("ray.serve")
-WEB_DIR = FilePath(__file__).parent / "web"
-VERSION = "v1"
-SEED_ROUTES = ("/search/", "/insert/", "/indexing/", "/status/")
-SEED_K = 5  # the original front end shows image1 ... image5
-
-app = FastAPI(
-    title="Lookalike", version=VERSION, docs_url=None, redoc_url=None,
-    summary="Reverse image search: send a picture, get the most similar images of the library.",
-    description="Every error answers `{\"error\": {code, message, request_id}}` with a 4xx, or a 503 naming the "
-                "backend that is down (with `Retry-After`). Write routes need the API key when the server has "
-                "one (`Authorization: Bearer <key>` or `X-API-Key`), and are taken only from the server's own "
-                "machine when it has none.",
-)
-app.add_middleware(ReadCors)  # origins: app.state.cors_origins, from the settings
-app.add_middleware(RequestContext)  # outermost: every answer gets its request id and headers
-if WEB_DIR.is_dir():
-    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-
-def _docs_assets() -> FilePath | None:
-    """Swagger UI's files, from a package (no CDN: the page works offline and under our CSP)."""
-    try:
-        import fastapi_offline
-    except ImportError:
-        return None
-    return FilePath(fastapi_offline.__file__).parent / "static"
-
-
-if _docs_assets():
-    app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
-
+from .original_routes import OriginalRoutes
+from .web_app import VERSION, app, log
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def _is_seed(request: Request) -> bool:
-    return request.url.path.removeprefix(request.scope.get("root_path", "")) in SEED_ROUTES
-
-
-# -- errors: one JSON shape, a request id, nothing internal ---------------------------------------
-def error_response(exc: LookalikeError, request: Request) -> JSONResponse:
-    body: dict = {"error": {**exc.to_dict(), "request_id": request_id(request.scope)}}
-    if _is_seed(request):  # the original's shape: {"ok": false, "result": why}
-        body = {"ok": False, "result": exc.message, **body}
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, BackendUnavailable):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    return JSONResponse(body, status_code=exc.status, headers=headers)
-
-
-@app.exception_handler(LookalikeError)
-async def _on_error(request: Request, exc: LookalikeError) -> JSONResponse:
-    if exc.status >= 500:
-        log.warning("request %s: %s %s -> %d %s %s", request_id(request.scope), request.method, request.url.path,
-                    exc.status, exc.message, getattr(exc, "detail", ""))
-    return error_response(exc, request)
-
-
-@app.exception_handler(HTTPException)
-async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    err = LookalikeError(str(exc.detail or ""), code=code)
-    err.status = exc.status_code
-    return error_response(err, request)
-
-
-@app.exception_handler(RequestValidationError)
-async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
-    return error_response(InvalidParameter(f"'{where}': {first.get('msg', 'invalid')}"), request)
-
-
-@app.exception_handler(Exception)
-async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("request %s: unhandled error on %s %s", request_id(request.scope), request.method,
-                  request.url.path)
-    err = LookalikeError("internal error; the server's log has the details under this request id", code="internal")
-    err.status = 500
-    return error_response(err, request)
-
-
 K = Query(None, ge=1, description="how many results (api.top_k_max at most)")
-FILTER = Query(None, max_length=256, description="only images with this label")
+FILTER = Query(None, max_length=LABEL_MAX_BYTES, description=f"only images with this label ({LABEL_MAX_BYTES} "
+                                                                  "bytes of UTF-8 at most)")
 MIN_SCORE = Query(None, ge=-1, le=1, description="cosine similarity at least")
 IMAGE_ID = Path(description="the image's id (a decimal 63-bit integer)", examples=["4306154112467219081"])
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=200)
 @serve.ingress(app)
-class Ingress:
+class Ingress(OriginalRoutes):
     def __init__(self, embedder: DeploymentHandle, searcher: DeploymentHandle, settings: Settings):
         self.settings = settings
         self.embedder = embedder
@@ -190,7 +108,7 @@ class Ingress:
         return data
 
     def _prepare(self, data: bytes) -> PreparedImage:
-        return prepare(data, size=self.model.input_size, **self.settings.images.model_dump())
+        return prepare(data, self.model.input_size, self.settings.images)
 
     def _public(self, item: dict, operator: bool) -> dict:
         source = item.get("source", "")
@@ -251,29 +169,6 @@ class Ingress:
             "version": VERSION,
         }
         return status if operator else public_status(status)
-
-    # -- the page and the docs ------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def page(self) -> FileResponse:
-        index = WEB_DIR / "index.html"
-        if not index.is_file():
-            raise NotFound("no web page is installed")
-        return FileResponse(index, media_type="text/html")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs(self) -> HTMLResponse:
-        """Swagger UI over /openapi.json, from local files and a script file (no inline code)."""
-        if not _docs_assets():
-            raise NotFound("the API docs page needs the fastapi-offline package; /openapi.json is served")
-        return HTMLResponse(
-            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lookalike API</title>'
-            '<link rel="stylesheet" href="docs-assets/swagger-ui.css"></head><body><div id="swagger-ui"></div>'
-            '<script src="docs-assets/swagger-ui-bundle.js"></script><script src="static/docs.js"></script>'
-            '</body></html>')
-
-    @app.get("/healthz", response_model=m.Health, tags=["service"], summary="Liveness")
-    async def healthz(self) -> dict:
-        return {"ok": True}
 
     # -- search --------------------------------------------------------------------------------
     @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image",
@@ -369,58 +264,3 @@ class Ingress:
                 raise NotFound(f"no stored image {key!r}")
             return FileResponse(path, headers={"Cache-Control": "public, max-age=86400, immutable"})
         return RedirectResponse(await asyncio.to_thread(self.store.url, key), status_code=307)
-
-    # -- the original's routes -------------------------------------------------------------------
-    # Its front end (served from another origin, `baseURL` pointed here) sends
-    # {"key", "image": dataURL}, shows image1..image5 and the times with "ms" appended.
-    def _check_seed_key(self, request: Request, payload: Payload) -> None:
-        """As the original server did: a key that is presented (the JSON `key` or a header)
-        must be the configured one."""
-        expected = self.settings.api.api_key.get_secret_value()
-        given = presented_key(request, payload.get("key"))
-        if expected and given and not key_matches(given, expected):
-            raise Unauthorized("wrong key")
-
-    def _absolute(self, request: Request, url: str) -> str:
-        """Store URLs may be relative to this service; the original page lives elsewhere."""
-        return url if "://" in url else str(request.base_url).rstrip("/") + url
-
-    @app.post("/search/", response_model=m.SeedSearchResponse, tags=["the original's routes"],
-              summary="Search, as the original server answered its front end",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": m.SeedSearchJson.model_json_schema()}}}},
-              responses=m.errors(400, 401, 413, 415, 422, 503))
-    async def seed_search(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings)
-        self._check_seed_key(request, payload)
-        topk = payload.get("topk")
-        payload.fields.setdefault("k", SEED_K if topk is None or topk == "" else topk)  # 0 is refused, as -1 is
-        results, timings = await self._run_search(payload, False)  # only its URLs are answered
-        body = {"ok": True, **{f"image{i}": self._absolute(request, r["url"]) for i, r in enumerate(results, 1)}}
-        body["embedding_time"] = round(timings["decode_ms"] + timings["embed_ms"])  # integer ms
-        body["search_time"] = round(timings["search_ms"])
-        return body
-
-    @app.post("/insert/", response_model=m.SeedOk, tags=["the original's routes"], summary="Add an image",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": m.SeedSearchJson.model_json_schema()}}}},
-              responses=m.errors(400, 401, 403, 413, 415, 422, 503))
-    async def seed_insert(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings)
-        self._check_write(request, payload.get("key"))
-        item, created = await self._add(payload)
-        return {"ok": True, "id": item["id"], "url": self._absolute(request, item["url"]), "created": created}
-
-    @app.post("/indexing/", response_model=m.SeedOk, tags=["the original's routes"], summary="Build the index",
-              responses=m.errors(401, 403, 503))
-    async def seed_indexing(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings, require_image=False)
-        self._check_write(request, payload.get("key"))
-        return {"ok": True, **await self._searcher("build_index", self.settings.serve.index_wait_s)}
-
-    @app.get("/status/", response_model=m.SeedStatus, tags=["the original's routes"],
-             summary="Status, with the original's fields")
-    async def seed_status(self, request: Request) -> dict:
-        status = await self._status(self._is_operator(request))
-        return {"ok": status["status"] == "ok", "entities_num": status["count"], "cpu": machine.cpu_percent(),
-                "memory": machine.memory_percent(), "gpu": status["model"].get("gpu") or "none", **status}

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from lookalike.errors import BadRequest, EmptyInput, InvalidParameter, TooLarge, UnsupportedMedia
+from lookalike.limits import LABEL_MAX_BYTES, utf8_len
 from lookalike.settings import Settings
 from lookalike.url_fetch import read_capped
 
@@ -180,12 +181,12 @@ def float_param(payload: Payload, name: str, *, low: float, high: float) -> floa
     return value
 
 
-def label_param(payload: Payload, name: str = "filter", *, max_len: int = 256) -> str | None:
+def label_param(payload: Payload, name: str = "filter") -> str | None:
     raw = payload.get(name)
     if raw is None or raw == "":
         return None
-    if not isinstance(raw, str) or len(raw) > max_len:
-        raise InvalidParameter(f"'{name}' must be a label of at most {max_len} characters")
+    if not isinstance(raw, str) or utf8_len(raw) > LABEL_MAX_BYTES:
+        raise InvalidParameter(f"'{name}' must be a label of at most {LABEL_MAX_BYTES} bytes (UTF-8)")
     if any(ord(c) < 32 or ord(c) == 127 for c in raw):
         raise InvalidParameter(f"'{name}' must not contain control characters")
     return raw

@@ -18,13 +18,11 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import BackendUnavailable, NotFound, SchemaMismatch
+from .limits import KEY_MAX_BYTES, LABEL_MAX_BYTES, SOURCE_MAX_BYTES
 from .settings import MilvusSettings
 
 log = logging.getLogger(__name__)
 
-KEY_MAX = 1024
-LABEL_MAX = 256
-SOURCE_MAX = 2048
 OUTPUT_FIELDS = ["key", "label", "source"]
 ROW_FIELDS = ["id", *OUTPUT_FIELDS, "embedding"]  # a whole row: what a copy reads and writes
 _READS = frozenset({"search", "query", "get"})
@@ -56,8 +54,8 @@ class Entry:
     def to_row(self) -> dict:
         if self.embedding is None:
             raise ValueError("an entry needs its embedding to be written")
-        return {"id": int(self.id), "key": _clip(self.key, KEY_MAX), "label": _clip(self.label, LABEL_MAX),
-                "source": _clip(self.source, SOURCE_MAX),
+        return {"id": int(self.id), "key": _clip(self.key, KEY_MAX_BYTES), "label": _clip(self.label, LABEL_MAX_BYTES),
+                "source": _clip(self.source, SOURCE_MAX_BYTES),
                 "embedding": np.asarray(self.embedding, np.float32).tolist()}
 
 
@@ -219,9 +217,9 @@ class Catalog:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="Lookalike image embeddings")
         schema.add_field("id", DataType.INT64, is_primary=True, description="content hash of the image bytes")
-        schema.add_field("key", DataType.VARCHAR, max_length=KEY_MAX, description="object-store key")
-        schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX)
-        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX, description="original name or path")
+        schema.add_field("key", DataType.VARCHAR, max_length=KEY_MAX_BYTES, description="object-store key")
+        schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX_BYTES, description="original name or path")
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
         self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level)
 

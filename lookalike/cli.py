@@ -59,7 +59,7 @@ def cmd_search(args, settings: Settings) -> int:
     from .images import prepare
 
     encoder, catalog, store = _open_core(settings)
-    prepared = prepare(Path(args.image).read_bytes(), size=encoder.input_size, **settings.images.model_dump())
+    prepared = prepare(Path(args.image).read_bytes(), encoder.input_size, settings.images)
     hits = catalog.search(encoder.encode(prepared.pixels[None]), args.k, expr=label_filter(args.filter))[0]
     catalog.close()
     print(json.dumps([{**h.to_dict(), "id": str(h.id), "url": store.url(h.key)} for h in hits], indent=2))
@@ -85,7 +85,7 @@ def cmd_eval(args, settings: Settings) -> int:
     found = {e.id: e.embedding for start in range(0, len(gallery.ids), 500)
              for e in catalog.get(gallery.ids[start:start + 500], with_vectors=True)}
     gallery.vectors = np.stack([found[i] for i in gallery.ids])
-    embed = bytes_embedder(encoder, settings.images.model_dump())
+    embed = bytes_embedder(encoder, settings.images)
     search = _http_searcher(args.url, args.timeout) if args.url else _index_searcher(catalog, embed)
     result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k)
     result["through"] = args.url or f"in-process: {catalog.uri}"

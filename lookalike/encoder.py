@@ -1,7 +1,9 @@
 """ImageEncoder: a batch of prepared uint8 images -> L2-normalised float32 vectors.
 
-Two runtimes behind one contract (``model.runtime``): PyTorch, and onnxruntime over the same
-network exported from it (``onnx_runtime.py``); their vectors are interchangeable.
+Two runtimes behind one contract (``model.runtime``), picked in one place (``_pick_runtime``):
+PyTorch (``torch_runtime.py``) and onnxruntime over the same network exported from it
+(``onnx_runtime.py``). Each is a callable, uint8 NHWC batch -> unit vectors, with ``name``,
+``precision`` and ``providers``; their vectors are interchangeable.
 
 One callable class, loaded once per process and used by every face: the Serve Embedder,
 the Ray Data ingest actors and the in-process CLI indexer.
@@ -49,7 +51,7 @@ class ImageEncoder:
     def __init__(self, settings: ModelSettings):
         self.settings = settings
         self.spec: ModelSpec = get_model(settings.name)
-        self._model = None
+        self.engine = None
         self._lock = threading.Lock()
         self.device = "cpu"
         self.runtime = "torch"
@@ -66,11 +68,11 @@ class ImageEncoder:
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self.engine is not None
 
     def load(self) -> "ImageEncoder":
         with self._lock:
-            if self._model is None:
+            if self.engine is None:
                 self._load()
         return self
 
@@ -85,41 +87,31 @@ class ImageEncoder:
             raise ConfigurationError("model.device is cuda but no CUDA device is visible")
         self.device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
         self.runtime = self._pick_runtime()
-        precision = self.settings.precision
-        if self.runtime == "onnx":
-            precision = "fp32"
-        elif precision == "auto":
-            if self.device == "cuda":
-                precision = "fp16"
-            else:
-                precision = "bf16" if cpu_has_native_bf16() else "fp32"
-        self.precision = precision
         threads = self.settings.num_threads or available_cpus()
         if self.device == "cpu":
             torch.set_num_threads(threads)
-
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
             model = self.spec.build(self.settings.weights)
         if self.runtime == "onnx":
-            from .onnx_runtime import OnnxModel, exported
+            from .onnx_runtime import OnnxRuntime
 
-            path = exported(model, self.spec.name, self.input_size, self.settings.cache_dir)
-            self._mean_np = np.asarray(self.spec.mean, np.float32).reshape(1, 1, 1, 3) * 255.0
-            self._std_np = np.asarray(self.spec.std, np.float32).reshape(1, 1, 1, 3) * 255.0
-            self._model = OnnxModel(path, threads=threads, device=self.device, spin_wait=self.settings.spin_wait)
-            self.load_seconds = time.perf_counter() - started
-            log.info("loaded %s on onnxruntime (%s) in %.1fs", self.spec.name, ", ".join(self._model.providers),
-                     self.load_seconds)
-            return
-        model = model.eval().to(self.device)
-        self._channels_last = precision != "fp32" or self.device == "cuda"
-        if self._channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._model = model
+            self.engine = OnnxRuntime(model, self.spec, device=self.device, threads=threads,
+                                      cache_dir=self.settings.cache_dir, spin_wait=self.settings.spin_wait)
+        else:
+            from .torch_runtime import TorchRuntime
+
+            self.engine = TorchRuntime(model, self.spec, device=self.device, precision=self._torch_precision())
+        self.precision = self.engine.precision
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s on %s (%s) in %.1fs", self.spec.name, self.device, precision, self.load_seconds)
+        log.info("loaded %s on %s (%s, %s) in %.1fs", self.spec.name, self.runtime, ", ".join(self.engine.providers),
+                 self.precision, self.load_seconds)
+
+    def _torch_precision(self) -> str:
+        if self.settings.precision != "auto":
+            return self.settings.precision
+        if self.device == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
 
     def _pick_runtime(self) -> str:
         from . import onnx_runtime
@@ -148,32 +140,7 @@ class ImageEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
         step = self.settings.batch_size
-        return np.concatenate([self._forward(batch[i : i + step]) for i in range(0, len(batch), step)])
-
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        if self.runtime == "onnx":
-            x = ((batch.astype(np.float32) - self._mean_np) / self._std_np).transpose(0, 3, 1, 2)
-            features = self._model(np.ascontiguousarray(x))
-            norms = np.linalg.norm(features, axis=1, keepdims=True)
-            return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-        import torch
-
-        with torch.inference_mode():
-            if not batch.flags.writeable:  # arrays from PIL are read-only; torch wants to own them
-                batch = batch.copy()
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float()
-            x = (x - self._mean) / self._std
-            if self._channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.precision == "fp32":
-                features = self._model(x)
-            else:
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=self.device, dtype=dtype):
-                    features = self._model(x)
-            features = torch.nn.functional.normalize(features.float(), dim=1)
-            return features.cpu().numpy().astype(np.float32, copy=False)
+        return np.concatenate([self.engine(batch[i : i + step]) for i in range(0, len(batch), step)])
 
     def _gpu_name(self) -> str | None:
         if self.device != "cuda":

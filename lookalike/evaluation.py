@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from .images import content_id
+from .settings import ImageLimits
 
 K = 10
 
@@ -135,12 +136,12 @@ def edited_copies(data: bytes) -> dict[str, bytes]:
 
 
 # -- running an evaluation ------------------------------------------------------------------------
-def bytes_embedder(encoder, limits: dict) -> Callable[[Sequence[bytes]], np.ndarray]:
+def bytes_embedder(encoder, limits: ImageLimits) -> Callable[[Sequence[bytes]], np.ndarray]:
     """Image bytes -> unit vectors through the one preprocessing (``limits``: settings.images)."""
     from .images import prepare
 
     def embed(datas: Sequence[bytes]) -> np.ndarray:
-        return encoder.encode(np.stack([prepare(d, size=encoder.input_size, **limits).pixels for d in datas]))
+        return encoder.encode(np.stack([prepare(d, encoder.input_size, limits).pixels for d in datas]))
 
     return embed
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EmptyInput, InvalidImage, TooLarge, UnsupportedMedia
+from .settings import ImageLimits
 
 # Formats we accept, with the extension used for stored copies.
 EXTENSIONS = {
@@ -61,17 +62,16 @@ def content_id(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") & _ID_MASK
 
 
-def open_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1, max_aspect_ratio: float = 0,
-    draft: int | None = None,
-) -> tuple[Image.Image, str]:
+def open_image(data: bytes, limits: ImageLimits, *, draft: int | None = None) -> tuple[Image.Image, str]:
     """Decode and validate; returns a fully loaded, EXIF-oriented image (any mode) and its format.
 
     ``draft``: the smallest side the caller needs; JPEGs are then decoded at a reduced scale
     (DCT scaling) that still covers it, which makes large photos several times cheaper.
-    ``max_aspect_ratio``: the longest side over the shortest (0: no limit); a strip of a few
-    bytes (a 100000x8 PNG) is refused from its header, before it is decoded.
+    ``limits.max_aspect_ratio``: the longest side over the shortest (0: no limit); a strip of a
+    few bytes (a 100000x8 PNG) is refused from its header, before it is decoded.
     """
+    max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
+    min_side, max_aspect_ratio = limits.min_side, limits.max_aspect_ratio
     if not data:
         raise EmptyInput("the image is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -157,13 +157,12 @@ def to_model_input(img: Image.Image, size: int, fit: str = "pad") -> np.ndarray:
     return np.asarray(fit_square(to_rgb(img), size, fit), dtype=np.uint8)
 
 
-def prepare(data: bytes, *, size: int, max_bytes: int, max_pixels: int, min_side: int = 1,
-            max_aspect_ratio: float = 0, fit: str = "pad") -> PreparedImage:
-    """bytes -> PreparedImage. Raises a LookalikeError subclass on bad input."""
-    img, fmt = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side,
-                          max_aspect_ratio=max_aspect_ratio, draft=size)
+def prepare(data: bytes, size: int, limits: ImageLimits) -> PreparedImage:
+    """bytes -> the model's ``size`` x ``size`` input, within ``limits`` (settings.images).
+    Raises a LookalikeError subclass on bad input."""
+    img, fmt = open_image(data, limits, draft=size)
     try:
-        pixels = to_model_input(img, size, fit)
+        pixels = to_model_input(img, size, limits.fit)
     except Exception as exc:
         raise InvalidImage(f"cannot convert the image: {exc}") from None
     return PreparedImage(id=content_id(data), pixels=pixels, format=fmt)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import psutil
+
 
 def cpu_percent() -> float | None:
     """The last minute's load average over the CPUs this process may use, in percent."""
@@ -14,14 +16,6 @@ def cpu_percent() -> float | None:
         return None
 
 
-def memory_percent(meminfo: str = "/proc/meminfo") -> float | None:
+def memory_percent() -> float:
     """Memory in use (total − available), in percent."""
-    try:
-        fields = {}
-        with open(meminfo) as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                fields[name] = int(rest.split()[0])
-        return round(100.0 * (fields["MemTotal"] - fields["MemAvailable"]) / fields["MemTotal"], 1)
-    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
-        return None
+    return psutil.virtual_memory().percent

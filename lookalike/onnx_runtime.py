@@ -69,12 +69,18 @@ def exported(model, name: str, input_size: int, cache_dir: str | os.PathLike) ->
     return path
 
 
-class OnnxModel:
-    """An InferenceSession over an exported file: float32 NCHW -> features (N, dim)."""
+class OnnxRuntime:
+    """uint8 NHWC images -> unit vectors, through an InferenceSession over the exported file
+    (normalising in and out in NumPy: the torch path's arithmetic)."""
 
-    def __init__(self, path: Path, *, threads: int, device: str = "cpu", spin_wait: bool = False):
+    name = "onnx"
+    precision = "fp32"
+
+    def __init__(self, model, spec, *, device: str, threads: int, cache_dir: str | os.PathLike,
+                 spin_wait: bool = False):
         import onnxruntime as ort
 
+        path = exported(model, spec.name, spec.input_size, cache_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -85,6 +91,11 @@ class OnnxModel:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.providers = self.session.get_providers()
+        self.mean = np.asarray(spec.mean, np.float32).reshape(1, 1, 1, 3) * 255.0
+        self.std = np.asarray(spec.std, np.float32).reshape(1, 1, 1, 3) * 255.0
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"images": images})[0]
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = ((batch.astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
+        features = self.session.run(None, {"images": np.ascontiguousarray(x)})[0]
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

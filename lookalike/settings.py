@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
-from .sources import IMAGE_EXTENSIONS
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"
@@ -35,6 +34,8 @@ def _absolute(value: str) -> str:
 
 
 LocalPath = Annotated[str, AfterValidator(_absolute)]
+# What ingest takes for an image by default (ingest.extensions).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class _Section(BaseModel):
@@ -313,9 +314,12 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def with_overrides(self, **sections: Any) -> "Settings":
-        """A copy with nested fields replaced, validated again (e.g. milvus={"uri": ...})."""
+        """A copy with some fields of some sections replaced, validated again
+        (``milvus={"uri": ...}``: the other fields of ``milvus`` stay; a field's value, a dict
+        included, is replaced whole)."""
         data = self.model_dump()
-        _deep_merge(data, sections)
+        for name, fields in sections.items():
+            data[name] = {**data[name], **fields}
         return Settings.model_validate(data)
 
 
@@ -345,18 +349,10 @@ def _existing(path: Path) -> Path:
 
 
 def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """The settings: ``overrides`` (nested dicts), then LOOKALIKE_* variables, then the YAML file,
+    then the defaults, merged field by field by pydantic-settings."""
     token = _config_file.set(config_path(config))
     try:
-        settings = Settings()
+        return Settings(**(overrides or {}))
     finally:
         _config_file.reset(token)
-    return settings.with_overrides(**overrides) if overrides else settings
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base

@@ -7,12 +7,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-if TYPE_CHECKING:
-    from .settings import Settings
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+from .settings import IMAGE_EXTENSIONS, Settings
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class Source:
     def __str__(self) -> str:
         return f"s3://{self.location}/{self.prefix}" if self.kind == "s3" else self.location
 
-    def items(self, settings: "Settings") -> Iterator[SourceItem]:
+    def items(self, settings: Settings) -> Iterator[SourceItem]:
         filters = dict(include=tuple(settings.ingest.extensions), exclude=tuple(settings.ingest.exclude_extensions))
         if self.kind == "folder":
             return iter_folder(self.location, **filters)
@@ -123,16 +120,16 @@ class Source:
             return iter_list_file(self.location, **filters)
         return iter_keys(self._s3(settings).keys(self.prefix), self.prefix, **filters)
 
-    def reader(self, settings: "Settings") -> Callable[[str], bytes]:
+    def reader(self, settings: Settings) -> Callable[[str], bytes]:
         """A function reading one item's bytes (an S3 client is made once per reader)."""
         return self._s3(settings).get if self.kind == "s3" else read_file
 
-    def in_store(self, settings: "Settings") -> bool:
+    def in_store(self, settings: Settings) -> bool:
         """The source is the image store's own bucket: originals are already where they belong."""
         s3 = settings.store.s3
         return self.kind == "s3" and settings.store.backend == "s3" and self.location == s3.bucket
 
-    def _s3(self, settings: "Settings"):
+    def _s3(self, settings: Settings):
         from .store import S3Store
 
         return S3Store(settings.store.s3.model_copy(update={"bucket": self.location}), create_bucket=False)

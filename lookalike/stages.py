@@ -103,7 +103,7 @@ class ReadPrepare:
                 continue
             started = time.perf_counter()
             try:
-                prepared = prepare(datas[i], size=self.size, **self.settings.images.model_dump())
+                prepared = prepare(datas[i], self.size, self.settings.images)
                 pixels[i] = prepared.pixels
                 out["extension"][i], out["content_type"][i] = prepared.extension, prepared.content_type
             except LookalikeError as exc:

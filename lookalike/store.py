@@ -18,9 +18,9 @@ from typing import Iterator
 from urllib.parse import quote
 
 from .errors import BackendUnavailable, InvalidParameter, NotFound
+from .limits import KEY_MAX_BYTES, utf8_len
 from .settings import S3Settings, StoreSettings
 
-KEY_MAX_BYTES = 1024
 LOCAL_URL_PREFIX = "/images/"
 
 
@@ -28,7 +28,7 @@ def safe_key(key: str) -> str:
     """Accept a relative object key made of clean segments; reject traversal and oddities."""
     if not isinstance(key, str) or not key:
         raise InvalidParameter("the object key is empty")
-    if len(key.encode()) > KEY_MAX_BYTES:
+    if utf8_len(key) > KEY_MAX_BYTES:
         raise InvalidParameter(f"the object key is longer than {KEY_MAX_BYTES} bytes")
     if key.startswith("/") or "\\" in key:
         raise InvalidParameter("the object key must be a relative path with forward slashes")

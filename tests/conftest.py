@@ -18,13 +18,14 @@ from lookalike.ray_env import use_local_ray_env
 
 use_local_ray_env()
 
+from harness.serve import deploy as harness_deploy, serve_options  # noqa: E402
+from harness.servers import (  # noqa: E402
+    HOST, LiteServerProcess, LocalServer, SeaweedS3, free_port, in_isolated_netns,
+)
 from lookalike.encoder import ImageEncoder  # noqa: E402
 from lookalike.settings import Settings, load_settings  # noqa: E402
 
 from .support.images import make_gallery  # noqa: E402
-from .support.servers import (  # noqa: E402
-    HOST, LiteServerProcess, LocalServer, SeaweedS3, free_port, in_isolated_netns,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "lookalike.yaml"
@@ -106,12 +107,10 @@ def pytest_report_header(config):
 
 
 # -- the Serve application ----------------------------------------------------------------------
-def test_options(**overrides: dict) -> dict[str, dict]:
+def suite_options(**overrides: dict) -> dict[str, dict]:
     """The Serve config's per-deployment options (health checks, concurrency), one replica each
     with no CPU reservation, so that several apps fit the 2-core test machine; ``overrides``:
     per-deployment options on top (autoscaling, say)."""
-    from benchmarks.http_load import serve_options
-
     out = {}
     for name, options in serve_options().items():
         options = {k: v for k, v in options.items() if k not in ("autoscaling_config", "ray_actor_options")}
@@ -119,7 +118,7 @@ def test_options(**overrides: dict) -> dict[str, dict]:
     return out
 
 
-TEST_OPTIONS = test_options()
+TEST_OPTIONS = suite_options()
 
 
 @dataclass
@@ -135,11 +134,8 @@ class App:
 
 
 def deploy(name: str, route_prefix: str, settings: Settings, options: dict | None = None) -> None:
-    from ray import serve
-
-    from deployments.app import build_from_settings
-
-    serve.run(build_from_settings(settings, options or TEST_OPTIONS), name=name, route_prefix=route_prefix)
+    """An app of the suite's, on the test options (one replica each, no CPU reservation)."""
+    harness_deploy(settings, name=name, route_prefix=route_prefix, options=options or TEST_OPTIONS)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ local store (app "main") and an S3 server with a Milvus that the tests stop (app
 from __future__ import annotations
 
 import base64
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from lookalike import machine
 from lookalike.images import content_id
 
 from .support.images import draw, encode, png_with_size, truncated_jpeg
@@ -236,8 +238,8 @@ def test_anonymous_readers_see_no_server_internals(api, client, anon):
         "cannot parse the multipart body: ") and "400" not in broken.json()["error"]["message"], broken.text
 
 
-# -- the seed's routes -----------------------------------------------------------------------
-def test_seed_routes(api, client, anon):
+# -- the original server's routes -----------------------------------------------------------------------
+def test_original_routes(api, client, anon):
     """Field for field as the original server answered its front end (served from another origin)."""
     data = _file(api, "checkers", 2).read_bytes()
     b64 = base64.b64encode(data).decode()
@@ -249,7 +251,8 @@ def test_seed_routes(api, client, anon):
     assert body["image1"].startswith(api.url + "/images/")  # absolute: the page lives on another origin
     first = httpx.get(body["image1"])
     assert first.status_code == 200 and first.content == data
-    assert all(isinstance(body[t], int) and body[t] >= 0 for t in ("embedding_time", "search_time"))  # ms
+    assert isinstance(body["search_time"], int) and isinstance(body["embedding_time"], int)  # ms, as it was
+    assert body["embedding_time"] >= 1  # decoding and a forward pass take more than a millisecond
     assert anon.post("/search/", json={"image": b64}).json()["ok"] is True  # no key: reads are open
 
     wrong = anon.post("/search/", json={"key": "not-the-key", "image": b64})
@@ -264,7 +267,8 @@ def test_seed_routes(api, client, anon):
     assert status.headers["access-control-allow-origin"] == "*"
     status = status.json()
     assert status["ok"] is True and status["entities_num"] == status["count"] >= 31
-    assert 0 <= status["memory"] <= 100 and status["cpu"] >= 0 and status["gpu"] == "none"
+    assert status["memory"] == pytest.approx(machine.memory_percent(), abs=10) and status["gpu"] == "none"
+    assert status["cpu"] == pytest.approx(100 * os.getloadavg()[0] / len(os.sched_getaffinity(0)), abs=25)
     client.delete(f"/api/v1/images/{content_id(new)}")
 
     bad = anon.post("/search/", json={"key": "x", "image": "%%% not base64"})
@@ -287,6 +291,7 @@ def test_seed_routes(api, client, anon):
       "application/json"}}, 400, "bad_request"),  # past the JSON parser's own recursion limit
     ({"json": {"image": "x", "k": [[[[[[[[[1]]]]]]]]]}}, 400, "bad_request"),  # past ours (8)
     ({"json": {"image": "aGk=", "filter": "a\nb"}}, 422, "invalid_parameter"),
+    ({"json": {"image": "aGk=", "filter": "猫" * 100}}, 422, "invalid_parameter"),  # 300 bytes: Milvus counts bytes
     ({"files": {"image": ("s.png", STRIP, "image/png")}}, 422, "extreme_aspect_ratio"),
     ({"json": {"url": "file:///etc/passwd"}}, 400, "invalid_url"),
     ({"json": {"url": "http://[::1"}}, 400, "invalid_url"),

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from benchmarks import embedding, http_load, quality, summary, vector_search
-from benchmarks.common import Results, latency_stats, markdown_table
-from benchmarks.loadgen import payloads, require_loopback, run_load
+from benchmarks.common import Results, markdown_table
+from harness.load import latency_stats
+from harness.load import payloads, require_loopback, run_load
+from lookalike.settings import ImageLimits
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def mixtures(encoder, gallery_root):
     from benchmarks.common import embed_files
 
     real, _ = embed_files(sorted(str(p) for p in gallery_root.glob("*/*")), encoder,
-                          dict(max_bytes=10**7, max_pixels=10**7))
+                          ImageLimits(max_bytes=10**7, max_pixels=10**7))
     return vector_search.Mixtures(real, 64, neighbours=5)
 
 

@@ -12,7 +12,7 @@ from lookalike.local_milvus import open_catalog
 from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
 from lookalike.settings import MilvusSettings
 
-from .support.servers import wait_for
+from harness.servers import wait_for
 
 DIM = 32
 
@@ -187,7 +187,7 @@ def _check_lite_index_files(collection_dir: Path, index_type: str, build: dict):
 
 
 def test_unreachable_milvus_is_backend_unavailable():
-    from .support.servers import free_port
+    from harness.servers import free_port
 
     catalog = Catalog(MilvusSettings(uri=f"http://127.0.0.1:{free_port()}", timeout_s=2), DIM)
     with pytest.raises(BackendUnavailable) as info:

@@ -3,12 +3,13 @@ import pytest
 
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import ConfigurationError
+from lookalike.settings import ImageLimits
 from lookalike.images import prepare
 from lookalike.settings import ModelSettings
 
 from .support.images import CLASSES, draw, encode
 
-LIMITS = dict(max_bytes=5_000_000, max_pixels=10_000_000)
+LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=10_000_000)
 
 
 def _pixels(size, seeds):
@@ -16,7 +17,7 @@ def _pixels(size, seeds):
     for seed in seeds:
         label = list(CLASSES)[seed % len(CLASSES)]
         shape, colour = CLASSES[label]
-        out.append(prepare(encode(draw(shape, colour, seed=seed)), size=size, **LIMITS).pixels)
+        out.append(prepare(encode(draw(shape, colour, seed=seed)), size, LIMITS).pixels)
     return np.stack(out)
 
 
@@ -104,7 +105,7 @@ def test_auto_runtime_is_onnx_on_cpu_unless_a_reduced_precision_is_asked_for(enc
 def test_onnx_threads_do_not_spin_unless_asked(encoder):
     """Spinning threads took CPU from decoding and the proxy in the server (benchmarks/http_load.py)."""
     def spinning(enc):
-        return enc._model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        return enc.engine.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
     assert spinning(encoder) == "0"
     assert spinning(ImageEncoder(ModelSettings(spin_wait=True)).load()) == "1"

@@ -25,7 +25,7 @@ from lookalike.writer import GalleryWriter, NewImage
 
 from .conftest import make_settings
 from .support.images import draw, encode
-from .support.servers import LiteServerProcess
+from harness.servers import LiteServerProcess
 
 
 def _restart_later(server, delay_s: float) -> threading.Thread:

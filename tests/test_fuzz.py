@@ -19,17 +19,18 @@ from starlette.requests import Request
 from deployments.inputs import Payload, json_depth, read_payload
 from lookalike.errors import LookalikeError
 from lookalike.images import prepare
+from lookalike.settings import ImageLimits
 from lookalike.settings import Settings
 from lookalike.url_fetch import InvalidUrl, parse_url
 
-LIMITS = dict(max_bytes=2_000_000, max_pixels=4_000_000, min_side=8, max_aspect_ratio=50)
+LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000, min_side=8, max_aspect_ratio=50)
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SETTINGS = Settings()
 
 
 def _prepares_or_4xx(data: bytes, fit: str = "pad") -> None:
     try:
-        out = prepare(data, size=64, fit=fit, **LIMITS)
+        out = prepare(data, 64, LIMITS.model_copy(update={"fit": fit}))
     except LookalikeError as exc:
         assert 400 <= exc.status < 500, exc
         return
@@ -68,7 +69,7 @@ def test_random_valid_images_of_every_mode_size_and_aspect(mode, fmt, width, hei
     data = buf.getvalue()
     _prepares_or_4xx(data, fit)
     if min(width, height) >= 8 and max(width, height) <= 50 * min(width, height):
-        prepare(data, size=64, fit=fit, **LIMITS)  # a valid image within the limits is never refused
+        prepare(data, 64, LIMITS.model_copy(update={"fit": fit}))  # a valid image within the limits is never refused
 
 
 def _request(body: bytes, content_type: str | None) -> Request:

@@ -5,15 +5,16 @@ from PIL import Image
 
 from lookalike import errors
 from lookalike.images import content_id, open_image, prepare
+from lookalike.settings import ImageLimits
 
 from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
 
-LIMITS = dict(max_bytes=5_000_000, max_pixels=10_000_000, min_side=8)
+LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=10_000_000, min_side=8, max_aspect_ratio=0)
 
 
 def test_prepare_gives_model_sized_uint8_and_content_id():
     data = encode(draw("circle", (200, 0, 0), seed=1, size=300), "PNG")
-    prepared = prepare(data, size=224, **LIMITS)
+    prepared = prepare(data, 224, LIMITS)
     assert prepared.pixels.shape == (224, 224, 3) and prepared.pixels.dtype == np.uint8
     assert prepared.format == "PNG" and prepared.extension == ".png" and prepared.content_type == "image/png"
     assert prepared.id == content_id(data) and 0 <= prepared.id < 2**63
@@ -24,7 +25,7 @@ def test_exif_orientation_is_applied():
     # A wide image whose EXIF says "rotate 90": decoded upright it is tall.
     img = Image.new("RGB", (120, 60), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 60, 60))  # left half blue
-    oriented, fmt = open_image(jpeg_with_orientation(img, 6), **LIMITS)
+    oriented, fmt = open_image(jpeg_with_orientation(img, 6), LIMITS)
     assert fmt == "JPEG"
     assert oriented.size == (60, 120)
     top = np.asarray(oriented.convert("RGB"))[5, 30]
@@ -34,7 +35,7 @@ def test_exif_orientation_is_applied():
 def test_alpha_is_composited_on_white_and_padding_is_white():
     rgba = Image.new("RGBA", (100, 50), (0, 0, 0, 0))  # fully transparent, wide
     rgba.paste((0, 0, 0, 255), (40, 10, 60, 40))  # an opaque black block
-    pixels = prepare(encode(rgba, "PNG"), size=64, **LIMITS).pixels
+    pixels = prepare(encode(rgba, "PNG"), 64, LIMITS).pixels
     assert (pixels[0, 0] == 255).all()  # padding (top band) is white
     assert (pixels[20, 5] >= 250).all()  # transparent area became white, not black
     assert (pixels[32, 32] < 30).all()  # the opaque block stays black
@@ -50,7 +51,7 @@ def test_any_mode_becomes_rgb(mode):
     fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode in ("LA",) else "PNG")
     data = encode(img, fmt)
     assert Image.open(io.BytesIO(data)).mode.startswith(mode[0])
-    pixels = prepare(data, size=32, **LIMITS).pixels
+    pixels = prepare(data, 32, LIMITS).pixels
     assert pixels.shape == (32, 32, 3)
     assert pixels.min() < 128 < pixels.max()  # the drawing survived the conversion
 
@@ -66,37 +67,37 @@ def test_any_mode_becomes_rgb(mode):
 ])
 def test_bad_input_raises_a_clear_domain_error(data, error):
     with pytest.raises(error) as info:
-        prepare(data, size=32, **LIMITS)
+        prepare(data, 32, LIMITS)
     assert 400 <= info.value.status < 500 and info.value.message
 
 
 def test_byte_limit():
     data = encode(draw("circle", (1, 2, 3), seed=2), "PNG")
     with pytest.raises(errors.TooLarge):
-        prepare(data, size=32, max_bytes=len(data) - 1, max_pixels=10**7)
+        prepare(data, 32, ImageLimits(max_bytes=len(data) - 1, max_pixels=10**7))
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result():
     big = draw("triangle", (0, 150, 0), seed=4, size=400).resize((2400, 2400))
     data = encode(big, "JPEG", quality=90)
-    reduced, _ = open_image(data, draft=224, **LIMITS)
+    reduced, _ = open_image(data, LIMITS, draft=224)
     assert 224 <= reduced.size[0] < 2400 / 4  # DCT scaling: an eighth (300 px), never below what is needed
-    whole = prepare(data, size=224, **LIMITS).pixels
-    full = np.asarray(open_image(data, **LIMITS)[0].convert("RGB").resize((224, 224), Image.BICUBIC))
+    whole = prepare(data, 224, LIMITS).pixels
+    full = np.asarray(open_image(data, LIMITS)[0].convert("RGB").resize((224, 224), Image.BICUBIC))
     assert np.abs(whole.astype(int) - full.astype(int)).mean() < 4  # the model sees the same picture
 
 
 def test_pillows_bomb_guard_answers_in_our_words():
     """Past Pillow's own limit (2 x 89 Mpx) its error speaks of a 'DOS attack'; the answer names our limit."""
     with pytest.raises(errors.TooLarge) as info:
-        prepare(png_with_size(20_000, 20_000), size=32, **LIMITS)
+        prepare(png_with_size(20_000, 20_000), 32, LIMITS)
     assert info.value.message == "the image has too many pixels; the limit is 10000000 pixels"
 
 
 @pytest.mark.parametrize("fit", ["pad", "crop", "stretch"])
 def test_every_fit_gives_the_model_square(fit):
     wide = Image.new("RGB", (300, 100), (0, 0, 0))
-    pixels = prepare(encode(wide, "PNG"), size=64, fit=fit, **LIMITS).pixels
+    pixels = prepare(encode(wide, "PNG"), 64, LIMITS.model_copy(update={"fit": fit})).pixels
     assert pixels.shape == (64, 64, 3)
     black = (pixels < 30).all(axis=2).mean()
     # pad keeps the whole picture (a third of the square, white around it); crop and stretch fill it.
@@ -111,7 +112,7 @@ def test_pad_scales_before_padding_so_memory_follows_the_output(monkeypatch):
     made = []
     real_new = Image.new
     monkeypatch.setattr(images.Image, "new", lambda mode, size, *a, **k: made.append(size) or real_new(mode, size, *a, **k))
-    pixels = prepare(strip, size=224, fit="pad", **LIMITS).pixels
+    pixels = prepare(strip, 224, LIMITS).pixels
     assert pixels.shape == (224, 224, 3)
     assert made and max(w * h for w, h in made) <= 224 * 224
 
@@ -123,9 +124,9 @@ def test_an_extreme_aspect_ratio_is_refused_from_the_header(monkeypatch):
     loaded = []
     monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(self.size))
     with pytest.raises(errors.InvalidImage) as err:
-        prepare(strip, size=224, max_aspect_ratio=50, **LIMITS)
+        prepare(strip, 224, LIMITS.model_copy(update={"max_aspect_ratio": 50}))
     assert err.value.code == "extreme_aspect_ratio" and err.value.status == 422 and not loaded
     monkeypatch.undo()
-    assert prepare(encode(Image.new("RGB", (400, 8))), size=224, max_aspect_ratio=50, **LIMITS).pixels.shape == \
+    assert prepare(encode(Image.new("RGB", (400, 8))), 224, LIMITS.model_copy(update={"max_aspect_ratio": 50})).pixels.shape == \
         (224, 224, 3)  # 50:1 itself passes
-    assert prepare(strip, size=224, max_aspect_ratio=0, **LIMITS).pixels.shape == (224, 224, 3)  # 0: no limit
+    assert prepare(strip, 224, LIMITS).pixels.shape == (224, 224, 3)  # 0: no limit

@@ -18,7 +18,7 @@ from lookalike.lite_server import LiteServer
 from lookalike.supervisor import pid_alive
 from lookalike.settings import MilvusSettings
 
-from .support.servers import count_after_kill, wait_for
+from harness.servers import count_after_kill, wait_for
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np

@@ -9,9 +9,10 @@ import threading
 import time
 
 from benchmarks import mixed_load
-from benchmarks.replica_kill import kill_under_load, search_load
+from benchmarks.replica_kill import kill_under_load
+from harness.load import payloads, run_load
 
-from .conftest import deploy, test_options
+from .conftest import deploy, suite_options
 
 MIXED_SECONDS = float(os.environ.get("LOOKALIKE_MIXED_LOAD_S", "12"))  # 60 for the full run
 
@@ -35,7 +36,7 @@ def test_embedder_replica_killed_under_load(serve_url, api):
     the Embedder, never a 500."""
     from ray import serve
 
-    deploy("kill", "/kill", api.settings, test_options(Embedder={"num_replicas": 2}))
+    deploy("kill", "/kill", api.settings, suite_options(Embedder={"num_replicas": 2}))
     try:
         query = next(iter(api.gallery.values()))[0].read_bytes()
         result = kill_under_load(serve_url + "/kill", "kill", query, after_s=8.0)
@@ -63,7 +64,7 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
 
     scaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
                "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    options = test_options(Embedder={"autoscaling_config": {**scaling, "target_ongoing_requests": 2}},
+    options = suite_options(Embedder={"autoscaling_config": {**scaling, "target_ongoing_requests": 2}},
                            Searcher={"autoscaling_config": {**scaling, "target_ongoing_requests": 4}})
     deploy("scale", "/scale", api.settings, options)
     url = serve_url + "/scale"
@@ -72,7 +73,9 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
     stop, log = threading.Event(), []
     query = next(iter(api.gallery.values()))[0].read_bytes()
     try:
-        threads = search_load(url, 8, stop, query, log)
+        load = threading.Thread(target=run_load, args=(f"{url}/api/v1/search", payloads([query]), 8, 120.0),
+                                kwargs={"stop": stop, "record": log}, daemon=True)
+        load.start()
         while time.monotonic() - started < 40:
             timeline.append((round(time.monotonic() - started, 1), _replicas("scale")))
             if timeline[-1][1]["Embedder"] >= 2 and time.monotonic() - started > 10:
@@ -80,8 +83,7 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
             time.sleep(0.5)
         loaded_until = time.monotonic() - started
         stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        load.join(timeout=60)
         while time.monotonic() - started < loaded_until + 45:
             timeline.append((round(time.monotonic() - started, 1), _replicas("scale")))
             if timeline[-1][1] == {"Embedder": 1, "Searcher": 1}:

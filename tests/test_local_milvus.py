@@ -23,7 +23,7 @@ from lookalike.settings import MilvusSettings
 from lookalike.supervisor import pid_alive
 
 from .conftest import make_settings
-from .support.servers import count_after_kill, wait_for
+from harness.servers import count_after_kill, wait_for
 
 DIM = 1280  # the configured model's: migrate and the CLI read it from there
 # What the standalone server of the `milvus` package listens on (gRPC, HTTP/metrics, its

@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.loadgen import payloads, run_load
+from harness.load import payloads, run_load
 from lookalike.images import content_id
 from lookalike.lite_server import LiteServer
 from lookalike.supervisor import pid_alive
 
 from .conftest import REPO
-from .support.servers import free_port, wait_for
+from harness.servers import free_port, wait_for
 
 
 def _start_service(cmd: list[str], env: dict, tmp_path: Path) -> tuple[subprocess.Popen, str]:

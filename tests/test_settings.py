@@ -65,3 +65,15 @@ def test_invalid_settings_are_refused(tmp_path, yaml_text):
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_overrides_env_and_file_merge_field_by_field(monkeypatch, tmp_path):
+    """pydantic-settings merges the sources: an override of one field keeps the others of its section."""
+    other = tmp_path / "other.yaml"
+    other.write_text("milvus:\n  collection: from_file\n  timeout_s: 7\n")
+    monkeypatch.setenv("LOOKALIKE_MILVUS__COLLECTION", "from_env")
+    settings = load_settings(other, overrides={"milvus": {"uri": str(tmp_path / "o.db")}})
+    assert (settings.milvus.uri, settings.milvus.collection, settings.milvus.timeout_s) == (
+        str(tmp_path / "o.db"), "from_env", 7)
+    copy = settings.with_overrides(milvus={"timeout_s": 9})
+    assert (copy.milvus.collection, copy.milvus.timeout_s, settings.milvus.timeout_s) == ("from_env", 9, 7)

@@ -7,7 +7,7 @@ from lookalike.errors import BackendUnavailable, InvalidParameter, NotFound
 from lookalike.settings import S3Settings
 from lookalike.store import LocalStore, S3Store, object_key, safe_key
 
-from .support.servers import free_port
+from harness.servers import free_port
 
 
 @pytest.fixture(params=["local", "s3"])

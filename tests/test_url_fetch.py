@@ -18,7 +18,7 @@ from lookalike import url_fetch
 from lookalike.errors import TooLarge
 from lookalike.url_fetch import FAILED, AllowList, FetchFailed, InvalidUrl, fetch, is_public
 
-from .support.servers import HOST
+from harness.servers import HOST
 
 LOOPBACK = AllowList.parse(["127.0.0.1/32"])
 IMAGE = b"\x89PNG\r\n\x1a\n" + b"x" * 1000
@@ -141,7 +141,7 @@ def test_allow_list_by_host_name(server):
 
 
 def test_a_refused_address_and_a_closed_port_answer_the_same(server):
-    from .support.servers import free_port
+    from harness.servers import free_port
 
     closed = free_port()
     with pytest.raises(FetchFailed) as refused:

@@ -24,7 +24,7 @@ from ingest.pipeline import run_ingest
 from lookalike.lite_server import LiteServer
 from lookalike.ray_env import use_local_ray_env
 from lookalike.settings import load_settings
-from tests.support.servers import HOST, free_port
+from harness.servers import HOST, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,9 @@ most ``max_requests`` in all), to a loopback address only.
 Each request is a JSON search ``{"image": base64}`` built from a list of images (client ``c``
 starts at image ``c`` and strides by N, so concurrent requests carry different images). Reports
 QPS, latency percentiles, errors by status, and the mean of the server's own timings
-(``timings`` in the answer: decode / embed / search / total, in ms).
+(``timings`` in the answer: decode / embed / search / total, in ms). ``record``: a list that
+gets every answer as (start, end, status, Retry-After, the backend an error names), monotonic
+seconds, for measuring stalls (benchmarks/replica_kill.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Sequence
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
-from benchmarks.common import latency_stats
 
 TIMING_KEYS = ("decode_ms", "embed_ms", "search_ms", "total_ms")
+
+
+def latency_stats(seconds: Sequence[float]) -> dict:
+    """p50 / p95 / p99 / mean in milliseconds."""
+    if not len(seconds):
+        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+            "p99_ms": round(float(p99), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
 def require_loopback(url: str) -> None:
@@ -63,7 +75,7 @@ def payloads(images: list[bytes], **fields) -> list[dict]:
 
 
 async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int,
-               timeout: float, stop: threading.Event | None) -> LoadResult:
+               timeout: float, stop: threading.Event | None, record: list | None) -> LoadResult:
     result = LoadResult(clients=clients, seconds=seconds)
     deadline = time.monotonic() + seconds
     sent = 0
@@ -76,14 +88,20 @@ async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_r
                 sent += 1
                 body = bodies[i % len(bodies)]
                 i += clients
-                started = time.perf_counter()
+                started = time.monotonic()
                 try:
                     response = await client.post(url, json=body)
                     status: int | str = response.status_code
                 except httpx.HTTPError as exc:
                     status, response = type(exc).__name__, None
-                elapsed = time.perf_counter() - started
+                ended = time.monotonic()
+                elapsed = ended - started
                 result.statuses[status] += 1
+                if record is not None:
+                    error = response.json().get("error") or {} if response is not None and status != 200 and \
+                        response.headers.get("content-type", "").startswith("application/json") else {}
+                    record.append((started, ended, status, response.headers.get("Retry-After") if response else None,
+                                   error.get("backend")))
                 if status == 200:
                     result.latencies.append(elapsed)
                     timings = response.json().get("timings", {})
@@ -98,7 +116,7 @@ async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_r
 
 
 def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int = 100_000,
-             timeout: float = 60.0, stop: threading.Event | None = None) -> dict:
+             timeout: float = 60.0, stop: threading.Event | None = None, record: list | None = None) -> dict:
     """``stop``: end early once it is set (load for as long as something else takes)."""
     require_loopback(url)
-    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout, stop)).summary()
+    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout, stop, record)).summary()

@@ -1,0 +1,71 @@
+"""This machine and its processes, by psutil: what the numbers were measured on, resident memory,
+and CPU seconds by process (for where a benchmark's CPU went)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import psutil
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": cpu_model(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpu": None}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def machine_line(info: dict) -> str:
+    gpu = info.get("gpu") or "no GPU"
+    return f"{info['cpus']} vCPU ({info['cpu']}), {info['memory_gib']} GiB, {gpu}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (psutil does not give it; Linux's cpuinfo does)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 if it is gone)."""
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's command line and CPU seconds (user + system) so far."""
+    found = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        found[proc.pid] = (" ".join(proc.info["cmdline"] or []), times.user + times.system)
+    return found
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], role) -> dict[str, float]:
+    """CPU seconds spent between two ``cpu_seconds_by_process`` snapshots, summed by
+    ``role(pid, cmdline)`` (None: not counted)."""
+    spent: dict[str, float] = {}
+    for pid, (cmdline, seconds) in after.items():
+        name = role(pid, cmdline)
+        if name is not None:
+            spent[name] = spent.get(name, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
+    return spent
