@@ -26,6 +26,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from harness.load import require_loopback
+
 MIX = (("search", 0.7), ("add", 0.2), ("delete", 0.1))
 SHARED = 12  # images that every client adds now and then
 
@@ -89,7 +91,9 @@ def _client(url: str, key: str | None, seed: int, deadline: float, queries: list
 
 def run(url: str, queries: list[bytes], *, clients: int = 8, seconds: float = 60.0, key: str | None = None,
         seed: int = 0) -> dict:
-    """Drive the mixed load; returns the tally and the count before and after (cleaned up)."""
+    """Drive the mixed load (to this machine only); returns the tally and the count before and
+    after (cleaned up)."""
+    require_loopback(url)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
         before = client.get("/api/v1/status").json()["count"]

@@ -10,10 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import embedding, http_load, quality, summary, vector_search
+from benchmarks import embedding, http_load, mixed_load, quality, summary, vector_search
 from benchmarks.common import Results, markdown_table
-from harness.load import latency_stats
-from harness.load import payloads, require_loopback, run_load
+from harness.load import latency_stats, payloads, require_loopback, run_load
 from lookalike.settings import ImageLimits
 
 
@@ -36,6 +35,10 @@ def test_load_is_only_ever_sent_to_loopback():
     for url in ("http://192.0.2.1/x", "http://[2001:db8::1]/x"):  # documentation ranges: refused unsent
         with pytest.raises(ValueError):
             require_loopback(url)
+        with pytest.raises(ValueError):  # each load generator asks first
+            run_load(url, [{}], clients=1, seconds=0.1)
+        with pytest.raises(ValueError):
+            mixed_load.run(url, [b""], clients=1, seconds=0.1)
 
 
 def test_embedding_benchmark(out, gallery_root):
