@@ -3,30 +3,106 @@ what the routes are checked to return."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+)
 
-from lookalike.limits import LABEL_MAX_BYTES
+from lookalike.errors import InvalidParameter
+from lookalike.limits import LABEL_MAX_BYTES, utf8_len
 
 # -- requests ----------------------------------------------------------------------------------
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is not the number 1
+        raise ValueError("must be a number, not a boolean")
+    return value
 
 
-class ImageJson(BaseModel):
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value  # an empty query or form field: not given
+
+
+def _label(value: str) -> str:
+    if utf8_len(value) > LABEL_MAX_BYTES:
+        raise ValueError(f"must be a label of at most {LABEL_MAX_BYTES} bytes (UTF-8)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _top_k_max(value: int | None, info: ValidationInfo) -> int | None:
+    top_k_max = (info.context or {}).get("top_k_max")
+    if value is not None and top_k_max is not None and value > top_k_max:
+        raise ValueError(f"must be at most {top_k_max} (api.top_k_max)")
+    return value
+
+
+Number = BeforeValidator(_no_bool)
+Blank = BeforeValidator(_blank_is_none)
+Label = Annotated[str, AfterValidator(_label), Field(max_length=LABEL_MAX_BYTES)]
+
+
+class SearchParams(BaseModel):
+    """What a search takes beside the image: from the query string, or as fields of the JSON
+    body or the form. One declaration: the schema shows it, and every route validates with it
+    (``parse``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: Annotated[int | None, Number, Blank, AfterValidator(_top_k_max)] = Field(
+        None, ge=1, description="how many results (api.top_k_max at most)")
+    filter: Annotated[Label | None, Blank] = Field(
+        None, description=f"only images with this label ({LABEL_MAX_BYTES} bytes of UTF-8 at most)")
+    min_score: Annotated[float | None, Number, Blank] = Field(None, ge=-1, le=1, description="cosine similarity at least")
+
+
+class PageParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    offset: int = Field(0, ge=0, le=10_000_000)
+    limit: Annotated[int, AfterValidator(lambda v, info: _at_most(v, info, "page_size_max"))] = Field(
+        50, ge=1, description="api.page_size_max at most")
+    filter: Annotated[Label | None, Blank] = Field(None, description="only images with this label")
+
+
+def _at_most(value: int, info: ValidationInfo, setting: str) -> int:
+    bound = (info.context or {}).get(setting)
+    if bound is not None and value > bound:
+        raise ValueError(f"must be at most {bound} (api.{setting})")
+    return value
+
+
+class ImageJson(SearchParams):
     """A JSON body: the image as base64 (or a data: URL), or a URL the server fetches."""
 
     image: str | None = Field(None, description="base64 bytes, or a data: URL", examples=["iVBORw0KGgo..."])
     url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
         "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
-    k: int | None = Field(None, ge=1, description="how many results (api.top_k_max at most)")
-    filter: str | None = Field(None, max_length=LABEL_MAX_BYTES, description="only images with this label")
-    min_score: float | None = Field(None, ge=-1, le=1, description="cosine similarity at least")
 
 
-class AddJson(ImageJson):
-    label: str | None = Field(None, max_length=LABEL_MAX_BYTES,
-                              description=f"the image's label (its class; {LABEL_MAX_BYTES} bytes of UTF-8 at most)")
+class AddParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    label: Annotated[Label | None, Blank] = Field(
+        None, description=f"the image's label (its class; {LABEL_MAX_BYTES} bytes of UTF-8 at most)")
+
+
+class AddJson(ImageJson, AddParams):
     name: str | None = Field(None, description="where it came from (kept as `source`)")
+
+
+def parse(model: type[BaseModel], fields: dict, api=None):
+    """``fields`` (query string, JSON or form fields) validated by ``model``; the bounds that
+    come from the settings (``api``: ApiSettings) checked too. InvalidParameter (422) says what
+    is wrong with the first bad field."""
+    context = {"top_k_max": api.top_k_max, "page_size_max": api.page_size_max} if api else None
+    try:
+        return model.model_validate(fields, context=context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+        raise InvalidParameter(f"'{where}': {first.get('msg', 'invalid').removeprefix('Value error, ')}") from None
 
 
 def image_body(model: type[BaseModel]) -> dict:

@@ -12,6 +12,7 @@ no framework does in one route; ``access.py`` decides who may write and which or
 
 import asyncio
 import time
+from typing import Annotated
 
 from fastapi import Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
@@ -21,7 +22,6 @@ from ray.serve.handle import DeploymentHandle
 from lookalike import url_fetch
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
 from lookalike.images import PreparedImage, prepare
-from lookalike.limits import LABEL_MAX_BYTES
 from lookalike.models import get_model
 from lookalike.settings import Settings
 from lookalike.store import LocalStore, make_store
@@ -30,7 +30,7 @@ from lookalike.writer import NewImage
 from . import api_models as m
 from .access import check_write, parse_networks
 from .disclosure import public_source, public_status
-from .inputs import Payload, float_param, id_param, int_param, label_param, read_payload
+from .inputs import Payload, id_param, read_payload
 from .original_routes import OriginalRoutes
 from .web_app import VERSION, app, log
 
@@ -38,10 +38,6 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-K = Query(None, ge=1, description="how many results (api.top_k_max at most)")
-FILTER = Query(None, max_length=LABEL_MAX_BYTES, description=f"only images with this label ({LABEL_MAX_BYTES} "
-                                                                  "bytes of UTF-8 at most)")
-MIN_SCORE = Query(None, ge=-1, le=1, description="cosine similarity at least")
 IMAGE_ID = Path(description="the image's id (a decimal 63-bit integer)", examples=["4306154112467219081"])
 
 
@@ -115,14 +111,14 @@ class Ingress(OriginalRoutes):
         return {**item, "id": str(item["id"]), "url": self.store.url(item["key"]),
                 "source": source if operator else public_source(source)}
 
-    def _query_params(self, payload: Payload) -> tuple[int, str | None, float | None]:
-        api = self.settings.api
-        k = int_param(payload, "k", api.top_k_default, low=1, high=api.top_k_max)
-        return k, label_param(payload), float_param(payload, "min_score", low=-1.0, high=1.0)
+    def _search_params(self, fields: dict) -> tuple[int, str | None, float | None]:
+        """k, filter, min_score from the query string and the body's fields, by the declared model."""
+        params = m.parse(m.SearchParams, fields, self.settings.api)
+        return params.k or self.settings.api.top_k_default, params.filter, params.min_score
 
     async def _run_search(self, payload: Payload, operator: bool) -> tuple[list[dict], dict]:
         timings: dict = {}
-        k, label, min_score = self._query_params(payload)
+        k, label, min_score = self._search_params(payload.fields)
         data = await self._image_bytes(payload, timings)
         started = time.perf_counter()
         prepared = await asyncio.to_thread(self._prepare, data)
@@ -136,7 +132,7 @@ class Ingress(OriginalRoutes):
         return [self._public(h, operator) for h in hits], timings
 
     async def _add(self, payload: Payload) -> tuple[dict, bool]:  # writers are operators: entries whole
-        label = label_param(payload, "label") or ""
+        label = m.parse(m.AddParams, payload.fields).label or ""
         data = await self._image_bytes(payload, {})
         prepared = await asyncio.to_thread(self._prepare, data)
         if await self._searcher("exists", prepared.id):  # known: no embedding needed
@@ -176,8 +172,9 @@ class Ingress(OriginalRoutes):
                           "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score` as query or "
                           "body fields. Timings also come as a `Server-Timing` header.",
               openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
-    async def search(self, request: Request, response: Response, k: int | None = K, filter: str | None = FILTER,
-                     min_score: float | None = MIN_SCORE) -> dict:
+    async def search(self, request: Request, response: Response, query: Annotated[m.SearchParams, Query()]) -> dict:
+        """``query`` declares the parameters; they may also come as body fields, so the route
+        validates both together with the same model (``_search_params``)."""
         started = time.perf_counter()
         payload = await read_payload(request, self.settings)
         results, timings = await self._run_search(payload, self._is_operator(request))
@@ -188,10 +185,10 @@ class Ingress(OriginalRoutes):
 
     @app.get("/api/v1/images/{image_id}/similar", response_model=m.SimilarResponse, tags=["search"],
              summary="More like this: search with a stored image", responses=m.errors(404, 422, 503))
-    async def similar(self, request: Request, image_id: str = IMAGE_ID, k: int | None = K,
-                      filter: str | None = FILTER, min_score: float | None = MIN_SCORE) -> dict:
+    async def similar(self, request: Request, query: Annotated[m.SearchParams, Query()],
+                      image_id: str = IMAGE_ID) -> dict:
         ident = id_param(image_id)
-        k_, label, min_ = self._query_params(Payload(fields=dict(request.query_params)))
+        k_, label, min_ = self._search_params(dict(request.query_params))
         started = time.perf_counter()
         hits = await self._searcher("similar", ident, k_, label, min_)
         operator = self._is_operator(request)
@@ -211,11 +208,9 @@ class Ingress(OriginalRoutes):
         return {**item, "created": created}
 
     @app.get("/api/v1/images", response_model=m.ImagePage, tags=["library"], summary="List images, paged")
-    async def list_images(self, request: Request, offset: int = Query(0, ge=0, le=10_000_000),
-                          limit: int = Query(50, ge=1), filter: str | None = FILTER) -> dict:
-        payload = Payload(fields={"limit": limit, "filter": filter})
-        limit = int_param(payload, "limit", 50, low=1, high=self.settings.api.page_size_max)
-        page = await self._searcher("list", offset, limit, label_param(payload))
+    async def list_images(self, request: Request, query: Annotated[m.PageParams, Query()]) -> dict:
+        page_ = m.parse(m.PageParams, dict(request.query_params), self.settings.api)  # + the settings' bound
+        page = await self._searcher("list", page_.offset, page_.limit, page_.filter)
         operator = self._is_operator(request)
         return {**page, "items": [self._public(i, operator) for i in page["items"]]}
 

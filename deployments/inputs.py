@@ -14,7 +14,6 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from lookalike.errors import BadRequest, EmptyInput, InvalidParameter, TooLarge, UnsupportedMedia
-from lookalike.limits import LABEL_MAX_BYTES, utf8_len
 from lookalike.settings import Settings
 from lookalike.url_fetch import read_capped
 
@@ -148,50 +147,7 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-# -- parameters -----------------------------------------------------------------------------
-def int_param(payload: Payload, name: str, default: int, *, low: int, high: int) -> int:
-    raw = payload.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        if isinstance(raw, bool):  # JSON true is not 1
-            raise ValueError
-        value = int(raw)
-        if isinstance(raw, float) and raw != value:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"'{name}' must be an integer") from None
-    if not low <= value <= high:
-        raise InvalidParameter(f"'{name}' must be between {low} and {high}; got {value}")
-    return value
-
-
-def float_param(payload: Payload, name: str, *, low: float, high: float) -> float | None:
-    raw = payload.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"'{name}' must be a number") from None
-    if not (low <= value <= high):
-        raise InvalidParameter(f"'{name}' must be between {low} and {high}")
-    return value
-
-
-def label_param(payload: Payload, name: str = "filter") -> str | None:
-    raw = payload.get(name)
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str) or utf8_len(raw) > LABEL_MAX_BYTES:
-        raise InvalidParameter(f"'{name}' must be a label of at most {LABEL_MAX_BYTES} bytes (UTF-8)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        raise InvalidParameter(f"'{name}' must not contain control characters")
-    return raw
-
-
+# -- parameters (the rest are the declared models': api_models.parse) ----------------------------
 def id_param(raw: str) -> int:
     try:
         value = int(raw)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.requests import Request
 
-from deployments.inputs import Payload, json_depth, read_payload
+from deployments.inputs import json_depth, read_payload
 from lookalike.errors import LookalikeError
 from lookalike.images import prepare
 from lookalike.settings import ImageLimits
@@ -144,19 +144,20 @@ def test_random_urls_parse_or_are_refused_as_400(text):
 
 
 @FAST
-@given(st.text(max_size=40))
-def test_labels_are_any_printable_text(text):
-    from deployments.inputs import label_param
+@given(st.text(max_size=100))
+def test_labels_are_any_printable_text_within_the_byte_bound(text):
+    from deployments.api_models import SearchParams, parse
     from lookalike.errors import InvalidParameter
+    from lookalike.limits import LABEL_MAX_BYTES
 
-    payload = Payload(fields={"filter": text})
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        try:
-            label_param(payload)
-        except InvalidParameter:
-            return
-        raise AssertionError(f"a control character passed: {text!r}")
-    assert label_param(payload) == (text or None)
+    refused = any(ord(c) < 32 or ord(c) == 127 for c in text) or len(text.encode()) > LABEL_MAX_BYTES
+    try:
+        got = parse(SearchParams, {"filter": text}).filter
+    except InvalidParameter:
+        assert refused, f"a printable label within the bound was refused: {text!r}"
+        return
+    assert not refused, f"passed: {text!r}"
+    assert got == (text or None)
 
 
 def test_json_nested_too_deep_is_a_400_not_a_crash():
