@@ -150,6 +150,20 @@ def cmd_status(args, settings: Settings) -> int:
     return 0 if status["milvus"]["healthy"] and status["store"]["healthy"] else 1
 
 
+def cmd_config(args, settings: Settings) -> int:
+    """The settings in effect (or the code's defaults alone), as YAML a config file takes;
+    secrets left out (they stay in the environment)."""
+    import yaml
+
+    from .settings import defaults, without_secrets
+
+    shown = defaults() if args.defaults else settings
+    print("# secrets (api.api_key, milvus.token, store.s3.access_key / secret_key) are not shown: "
+          "LOOKALIKE_* environment variables")
+    print(yaml.safe_dump(without_secrets(shown), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
 def cmd_gallery(args, settings: Settings) -> int:
     from .gallery import build_gallery
 
@@ -305,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="backend health, entity count, index, model")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("config", help="the settings in effect as YAML (secrets masked); --defaults: the code's")
+    p.add_argument("--defaults", action="store_true", help="the defaults alone (no file, no environment)")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("gallery", help="build the sample gallery from Debian's openclipart-png")
     p.add_argument("--source", default="/usr/share/openclipart/png")
     p.add_argument("--out", default="data/gallery")
@@ -328,10 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise (eval sends thousands)
+    from pydantic import ValidationError
+
     from .errors import LookalikeError
 
     try:
-        return args.func(args, load_settings(args.config))
+        settings = load_settings(args.config)
+    except ValidationError as exc:  # say which setting and why, not pydantic's traceback
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        print(f"lookalike: invalid settings: {where}: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args, settings)
     except (LookalikeError, FileNotFoundError) as exc:
         detail = getattr(exc, "detail", "")
         print(f"lookalike: {exc}" + (f" ({detail})" if detail else ""), file=sys.stderr)

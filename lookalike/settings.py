@@ -39,7 +39,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Defaults are validated like given values: a default relative path is made absolute at load
+    # time (LocalPath), as one from the file or the environment is, so that processes with
+    # another working directory (Ray workers) see the same place.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _default_build() -> dict[str, dict[str, int]]:
@@ -86,7 +89,7 @@ class MilvusSettings(_Section):
     token: SecretStr = SecretStr("")
     db_name: str = ""
     collection: str = "images"
-    metric: Metric = "L2"
+    metric: Metric = "L2"  # L2 | IP | COSINE: the vectors are unit length, so all three rank alike
     index: IndexSettings = Field(default_factory=IndexSettings)
     # Reads (search, query, get) at this level. Session: a client sees its own writes at once
     # without waiting for the cluster's next time tick; Strong makes every search on a Milvus
@@ -137,6 +140,7 @@ class MilvusSettings(_Section):
 
 
 class ModelSettings(_Section):
+    # efficientnet-lite0 (1280-d, ImageNet weights in a package) | resnet50 (2048-d, the original's)
     name: str = "efficientnet-lite0"
     # A local weights file (.pth / .pt state dict). Empty: the model's own source
     # (the package's bundled file, or torchvision's weights enum / hub cache).
@@ -156,7 +160,7 @@ class ModelSettings(_Section):
     # (benchmarks/http_load.py: 8 clients, 38 -> 45 QPS with it off). On: ~20% faster at batch 1
     # when the process has its CPUs to itself.
     spin_wait: bool = False
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1)  # images per forward pass in batch jobs (index, ingest)
 
 
 class S3Settings(_Section):
@@ -187,8 +191,8 @@ class StoreSettings(_Section):
 class ImageLimits(_Section):
     """The one preprocessing's limits and its fit to the model's square input."""
 
-    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(default=50_000_000, ge=1)
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # per image (an upload, a fetched URL, a file)
+    max_pixels: int = Field(default=50_000_000, ge=1)  # larger images are refused from their header (bombs)
     min_side: int = Field(default=8, ge=1)
     # Longest side / shortest side; past it an image is refused from its header (0: no limit).
     # Panoramas are ~4-10; a 100000x8 strip (a few KB of PNG) is 12500.
@@ -346,6 +350,28 @@ def _existing(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     return path.resolve()
+
+
+def without_secrets(model: BaseModel) -> dict:
+    """``model`` as plain data (JSON types), its SecretStr fields left out."""
+    data = model.model_dump(mode="json")
+    for name, value in model:
+        if isinstance(value, SecretStr):
+            del data[name]
+        elif isinstance(value, BaseModel):
+            data[name] = without_secrets(value)
+    return data
+
+
+class _Defaults(Settings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **others):
+        return (init_settings,)
+
+
+def defaults() -> Settings:
+    """The code's defaults alone: no file, no environment variable."""
+    return _Defaults()
 
 
 def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -1,8 +1,12 @@
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from lookalike.settings import load_settings
+from lookalike.settings import defaults, load_settings
 
 from .conftest import CONFIG
 
@@ -77,3 +81,41 @@ def test_overrides_env_and_file_merge_field_by_field(monkeypatch, tmp_path):
         str(tmp_path / "o.db"), "from_env", 7)
     copy = settings.with_overrides(milvus={"timeout_s": 9})
     assert (copy.milvus.collection, copy.milvus.timeout_s, settings.milvus.timeout_s) == ("from_env", 9, 7)
+
+
+def _leaves(data: dict, path: tuple = ()):
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, path + (key,))
+        else:
+            yield path + (key,), value
+
+
+def _at(data, path):
+    for key in path:
+        data = data[key]
+    return data
+
+
+def test_the_config_file_restates_no_default():
+    """One definition per default: config/lookalike.yaml holds only what a deployment changes."""
+    given = yaml.safe_load(CONFIG.read_text()) or {}
+    loaded, default = load_settings(CONFIG).model_dump(mode="json"), defaults().model_dump(mode="json")
+    restated = [".".join(path) for path, _ in _leaves(given) if _at(loaded, path) == _at(default, path)]
+    assert restated == [], f"{CONFIG.name} restates defaults of lookalike/settings.py: {restated}"
+
+
+def test_lookalike_config_prints_the_settings_in_effect_as_a_config_file(tmp_path):
+    env = {**os.environ, "LOOKALIKE_API__TOP_K_MAX": "70", "LOOKALIKE_API__API_KEY": "s3cret-key"}
+    shown = subprocess.run([sys.executable, "-m", "lookalike.cli", "--config", str(CONFIG), "config"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "s3cret-key" not in shown.stdout and yaml.safe_load(shown.stdout)["api"]["top_k_max"] == 70
+    (tmp_path / "shown.yaml").write_text(shown.stdout)
+    again = load_settings(tmp_path / "shown.yaml").model_dump(mode="json")
+    expected = load_settings(CONFIG, overrides={"api": {"top_k_max": 70}}).model_dump(mode="json")
+    assert again == expected  # secrets left out: the environment keeps them
+    bad = subprocess.run([sys.executable, "-m", "lookalike.cli", "config"], capture_output=True, text=True,
+                         env={**os.environ, "LOOKALIKE_API__TOP_K_MAX": "7"}, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "lookalike: invalid settings: api: api.top_k_default must not exceed api.top_k_max")
