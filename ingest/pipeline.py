@@ -123,7 +123,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         items = items[:limit]
     report.stage_seconds["list"] = time.perf_counter() - listed
     dim = get_model(settings.model.name).dim
-    report.extra["engine"] = choose_for_ingest(settings.milvus, len(items), dim)  # a large new gallery: local server
+    report.run["engine"] = choose_for_ingest(settings.milvus, len(items), dim)  # a large new gallery: local server
     with serving(settings.milvus):
         catalog = open_catalog(settings.milvus, dim, shared=True)
         catalog.ensure_ready()
@@ -137,12 +137,12 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         report.stage_seconds["index"] = time.perf_counter() - finishing
         report.seconds = time.perf_counter() - started
         count = catalog.count()
-        report.extra.update({"source": str(source), "milvus": settings.milvus.uri,
+        report.run.update({"source": str(source), "milvus": settings.milvus.uri,
                              "collection": settings.milvus.collection, "count": count, "index": index,
                              "model": settings.model.name, "nodes": sum(1 for n in ray.nodes() if n["Alive"])})
         warning = catalog.scale_warning(count)
         if warning:
-            report.extra["warning"] = warning
+            report.run["warning"] = warning
             log.warning(warning)
         catalog.close()
     path = Path(report_path) if report_path else Path(settings.ingest.report_dir) / (

@@ -146,7 +146,7 @@ def bytes_embedder(encoder, limits: ImageLimits) -> Callable[[Sequence[bytes]], 
     return embed
 
 
-class Searcher(Protocol):
+class IndexSearch(Protocol):
     """Top-k search through the index: (image bytes, k) -> [(id, label)]."""
 
     def __call__(self, data: bytes, k: int) -> list[tuple[int, str]]: ...
@@ -191,7 +191,7 @@ def pick(n: int, total: int, seed: int = 0) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), n))
 
 
-def evaluate(gallery: Gallery, *, search: Searcher | None, embed: Callable[[Sequence[bytes]], np.ndarray],
+def evaluate(gallery: Gallery, *, search: IndexSearch | None, embed: Callable[[Sequence[bytes]], np.ndarray],
              queries: int = 0, copies: int = 0, k: int = K, seed: int = 0,
              read: Callable[[str], bytes] = lambda p: open(p, "rb").read()) -> dict:
     """Quality through ``search`` (the index; skipped when None) and exact over ``gallery.vectors``.
@@ -216,7 +216,7 @@ def evaluate(gallery: Gallery, *, search: Searcher | None, embed: Callable[[Sequ
     return out
 
 
-def copy_detection(gallery: Gallery, *, search: Searcher | None, embed, n: int, seed: int = 0,
+def copy_detection(gallery: Gallery, *, search: IndexSearch | None, embed, n: int, seed: int = 0,
                    read=lambda p: open(p, "rb").read()) -> dict:
     originals = pick(n, len(gallery.ids), seed + 1)
     edited = {i: edited_copies(read(gallery.paths[i])) for i in originals}

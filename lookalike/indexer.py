@@ -37,7 +37,7 @@ class Report:
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     nodes: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # stage -> {node: rows}
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)  # what ran: source, target, final count, index
+    run: dict = field(default_factory=dict)  # what ran: source, target, final count, index
     path: str = ""  # where the JSON report was written
     rows_written: int = 0  # rows the write stage stored so far (for progress; ``finish`` decides ``indexed``)
     _outcomes: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
@@ -90,7 +90,7 @@ class Report:
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "nodes": {stage: dict(counts) for stage, counts in self.nodes.items()},
-            "run": self.extra, "skipped_files": self.skipped, "duplicate_files": self.duplicates,
+            "run": self.run, "skipped_files": self.skipped, "duplicate_files": self.duplicates,
         }
 
     def summary(self) -> str:

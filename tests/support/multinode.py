@@ -44,7 +44,7 @@ def main(gallery: str, work: str) -> dict:
     out: dict = {"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
     try:
         report = run_ingest(gallery, settings, report_path=f"{work}/report.json")
-        out["ingest"] = {"indexed": report.indexed, "count": report.extra["count"],
+        out["ingest"] = {"indexed": report.indexed, "count": report.run["count"],
                          "nodes": {stage: dict(c) for stage, c in report.nodes.items()}}
 
         port = free_port()
