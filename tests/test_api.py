@@ -12,6 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from harness.servers import wait_for
 from lookalike import machine
 from lookalike.images import content_id
 
@@ -397,12 +398,8 @@ def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_proc
             assert c.get("/healthz").status_code == 200  # the service itself keeps running
         finally:
             lite_process.start()
-        deadline = time.monotonic() + 60
-        while True:  # the Searcher reconnects on its own
-            r = _search(c, data, k=1)
-            if r.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        wait_for(lambda: _search(c, data, k=1).status_code == 200, 60, "the Searcher to reconnect on its own")
+        r = _search(c, data, k=1)
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["id"] == str(content_id(data))  # nothing was lost
 
