@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import random
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from harness.load import require_loopback
+from harness.load import require_loopback, run_steps
 
 MIX = (("search", 0.7), ("add", 0.2), ("delete", 0.1))
 SHARED = 12  # images that every client adds now and then
@@ -47,66 +46,55 @@ class Tally:
     created: int = 0
     deleted: int = 0
     latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in MIX})
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, kind: str, response: httpx.Response, seconds: float) -> None:
-        with self.lock:
-            self.requests[(kind, response.status_code)] += 1
-            self.latencies[kind].append(seconds)
-            if response.status_code >= 500:
-                self.server_errors.append(f"{kind} {response.status_code} {response.text[:200]}")
+        self.requests[(kind, response.status_code)] += 1
+        self.latencies[kind].append(seconds)
+        if response.status_code >= 500:
+            self.server_errors.append(f"{kind} {response.status_code} {response.text[:200]}")
 
 
-def _client(url: str, key: str | None, seed: int, deadline: float, queries: list[bytes], tally: Tally,
-            mine: list[str]) -> None:
-    rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
-        n = 0
-        while time.monotonic() < deadline:
-            kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
-            if kind == "delete" and not mine:
-                kind = "add"
-            started = time.perf_counter()
-            if kind == "search":
-                r = client.post("/api/v1/search", params={"k": 5},
-                                files={"image": ("q", rng.choice(queries), "application/octet-stream")})
-            elif kind == "add":
-                n += 1
-                image_seed = 10**12 + rng.randrange(SHARED) if rng.random() < 1 / 3 else seed * 1_000_000 + n
-                r = client.post("/api/v1/images", data={"label": "mixed-load"},
-                                files={"image": ("new.png", new_image(image_seed), "image/png")})
-                if r.status_code == 201:
-                    mine.append(r.json()["id"])
-                    with tally.lock:
-                        tally.created += 1
-            else:
-                image_id = mine.pop(rng.randrange(len(mine)))
-                r = client.delete(f"/api/v1/images/{image_id}")
-                if r.status_code == 200:
-                    with tally.lock:
-                        tally.deleted += 1
-            tally.record(kind, r, time.perf_counter() - started)
+def _mixed_step(seed: int, queries: list[bytes], tally: Tally, mine: list[str]):
+    """One client's step: a search, an add or a delete, drawn by MIX."""
+    rng, added = random.Random(seed), 0
+
+    async def step(client: httpx.AsyncClient) -> None:
+        nonlocal added
+        kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
+        if kind == "delete" and not mine:
+            kind = "add"
+        started = time.perf_counter()
+        if kind == "search":
+            r = await client.post("/api/v1/search", params={"k": 5},
+                                  files={"image": ("q", rng.choice(queries), "application/octet-stream")})
+        elif kind == "add":
+            added += 1
+            image_seed = 10**12 + rng.randrange(SHARED) if rng.random() < 1 / 3 else seed * 1_000_000 + added
+            r = await client.post("/api/v1/images", data={"label": "mixed-load"},
+                                  files={"image": ("new.png", new_image(image_seed), "image/png")})
+            if r.status_code == 201:
+                mine.append(r.json()["id"])
+                tally.created += 1
+        else:
+            r = await client.delete(f"/api/v1/images/{mine.pop(rng.randrange(len(mine)))}")
+            if r.status_code == 200:
+                tally.deleted += 1
+        tally.record(kind, r, time.perf_counter() - started)
+
+    return step
 
 
 def run(url: str, queries: list[bytes], *, clients: int = 8, seconds: float = 60.0, key: str | None = None,
         seed: int = 0) -> dict:
-    """Drive the mixed load (to this machine only); returns the tally and the count before and
-    after (cleaned up)."""
+    """Drive the mixed load (to this machine only: harness.load.run_steps); returns the tally
+    and the count before and after (cleaned up)."""
     require_loopback(url)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
         before = client.get("/api/v1/status").json()["count"]
         tally, owned = Tally(), [[] for _ in range(clients)]
-        deadline = time.monotonic() + seconds
-        threads = [threading.Thread(target=_client, args=(url, key, seed + i + 1, deadline, queries, tally, owned[i]))
-                   for i in range(clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_steps(url, lambda c: _mixed_step(seed + c + 1, queries, tally, owned[c]), clients, seconds,
+                            headers=headers)
         after = client.get("/api/v1/status").json()["count"]
         left = [image_id for ids in owned for image_id in ids]
         cleaned = sum(client.delete(f"/api/v1/images/{i}").status_code == 200 for i in left)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -74,49 +74,74 @@ def payloads(images: list[bytes], **fields) -> list[dict]:
     return [{"image": base64.b64encode(data).decode(), **fields} for data in images]
 
 
-async def _run(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int,
-               timeout: float, stop: threading.Event | None, record: list | None) -> LoadResult:
-    result = LoadResult(clients=clients, seconds=seconds)
-    deadline = time.monotonic() + seconds
-    sent = 0
+Step = Callable[[httpx.AsyncClient], Awaitable[None]]
+
+
+async def _drive(make_step: Callable[[int], Step], clients: int, seconds: float, max_requests: int, timeout: float,
+                 stop: threading.Event | None, base_url: str = "", headers: dict | None = None) -> float:
+    """``clients`` concurrent clients, each running its step (``make_step(c)``) back to back
+    until ``seconds`` pass, ``max_requests`` steps are taken in all, or ``stop`` is set; the
+    seconds it took."""
+    deadline, sent = time.monotonic() + seconds, 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits) as client:
         async def one_client(c: int) -> None:
             nonlocal sent
-            i = c
+            step = make_step(c)
             while time.monotonic() < deadline and sent < max_requests and not (stop and stop.is_set()):
                 sent += 1
-                body = bodies[i % len(bodies)]
-                i += clients
-                started = time.monotonic()
-                try:
-                    response = await client.post(url, json=body)
-                    status: int | str = response.status_code
-                except httpx.HTTPError as exc:
-                    status, response = type(exc).__name__, None
-                ended = time.monotonic()
-                elapsed = ended - started
-                result.statuses[status] += 1
-                if record is not None:
-                    error = response.json().get("error") or {} if response is not None and status != 200 and \
-                        response.headers.get("content-type", "").startswith("application/json") else {}
-                    record.append((started, ended, status, response.headers.get("Retry-After") if response else None,
-                                   error.get("backend")))
-                if status == 200:
-                    result.latencies.append(elapsed)
-                    timings = response.json().get("timings", {})
-                    for key in TIMING_KEYS:
-                        if key in timings:
-                            result.timings[key].append(float(timings[key]))
+                await step(client)
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client(c) for c in range(clients)))
-        result.seconds = time.perf_counter() - started
-    return result
+        return time.perf_counter() - started
+
+
+def run_steps(base_url: str, make_step: Callable[[int], Step], clients: int, seconds: float, *,
+              max_requests: int = 100_000, timeout: float = 60.0, stop: threading.Event | None = None,
+              headers: dict | None = None) -> float:
+    """Any workload (``make_step(c)``: client ``c``'s step, an async function of the shared
+    httpx client), bounded in time and count, to a loopback address only; the seconds it took."""
+    require_loopback(base_url)
+    return asyncio.run(_drive(make_step, clients, seconds, max_requests, timeout, stop, base_url, headers))
+
+
+def _search_step(url: str, bodies: list[dict], clients: int, c: int, result: LoadResult, record: list | None) -> Step:
+    """Client ``c``'s searches: bodies c, c + N, c + 2N, ... (concurrent requests differ)."""
+    i = c
+
+    async def step(client: httpx.AsyncClient) -> None:
+        nonlocal i
+        body = bodies[i % len(bodies)]
+        i += clients
+        started = time.monotonic()
+        try:
+            response = await client.post(url, json=body)
+            status: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            status, response = type(exc).__name__, None
+        ended = time.monotonic()
+        result.statuses[status] += 1
+        if record is not None:
+            error = response.json().get("error") or {} if response is not None and status != 200 and \
+                response.headers.get("content-type", "").startswith("application/json") else {}
+            record.append((started, ended, status, response.headers.get("Retry-After") if response else None,
+                           error.get("backend")))
+        if status == 200:
+            result.latencies.append(ended - started)
+            timings = response.json().get("timings", {})
+            for key in TIMING_KEYS:
+                if key in timings:
+                    result.timings[key].append(float(timings[key]))
+
+    return step
 
 
 def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int = 100_000,
              timeout: float = 60.0, stop: threading.Event | None = None, record: list | None = None) -> dict:
-    """``stop``: end early once it is set (load for as long as something else takes)."""
-    require_loopback(url)
-    return asyncio.run(_run(url, bodies, clients, seconds, max_requests, timeout, stop, record)).summary()
+    """Searches: JSON ``bodies`` POSTed to ``url``. ``stop``: end early once it is set (load for
+    as long as something else takes)."""
+    result = LoadResult(clients=clients, seconds=seconds)
+    result.seconds = run_steps(url, lambda c: _search_step(url, bodies, clients, c, result, record), clients, seconds,
+                               max_requests=max_requests, timeout=timeout, stop=stop)
+    return result.summary()
