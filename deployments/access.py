@@ -24,12 +24,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lookalike.errors import Forbidden, Unauthorized
+from lookalike.errors import Forbidden, LookalikeError, Unauthorized
 
 # (method, path pattern) of the routes other origins' pages may call.
 READ_ROUTES = [
@@ -137,6 +138,31 @@ def check_write(request: Request, api_key: str, body_key: str | None = None,
                         "api.trusted_proxies", code="api_key_required")
     if is_cross_site(request):
         raise Forbidden("a write from another site's page is refused (cross-site request)", code="cross_site")
+
+
+@dataclass(frozen=True)
+class WritePolicy:
+    """The server's write rule: its API key (empty: none) and the proxies it trusts."""
+
+    api_key: str = ""
+    trusted: tuple[Network, ...] = ()
+
+    def check(self, request: Request, body_key: str | None = None) -> None:
+        check_write(request, self.api_key, body_key, self.trusted)
+
+    def allows(self, request: Request) -> bool:
+        """May this request write (and so see what operators see)?"""
+        try:
+            self.check(request)
+        except LookalikeError:
+            return False
+        return True
+
+
+async def writer(request: Request) -> None:
+    """The dependency of the write routes: refused before the body is read. The policy is the
+    application's (``app.state.write_policy``, set from the settings when the ingress starts)."""
+    request.app.state.write_policy.check(request)
 
 
 def _read_route(method: str, path: str) -> bool:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import Path, Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -28,9 +28,9 @@ from lookalike.store import LocalStore, make_store
 from lookalike.writer import NewImage
 
 from . import api_models as m
-from .access import check_write, parse_networks
+from .access import WritePolicy, parse_networks, writer
 from .disclosure import public_source, public_status
-from .inputs import Payload, id_param, read_payload
+from .inputs import Payload, id_param, image_payload
 from .original_routes import OriginalRoutes
 from .web_app import VERSION, app, log
 
@@ -51,7 +51,8 @@ class Ingress(OriginalRoutes):
         self.store = make_store(settings.store)
         self.model = get_model(settings.model.name)
         self.fetch_allow = url_fetch.AllowList.parse(settings.api.url_fetch_allow)
-        self.trusted_proxies = parse_networks(settings.api.trusted_proxies)
+        self.writes = WritePolicy(settings.api.api_key.get_secret_value(), parse_networks(settings.api.trusted_proxies))
+        app.state.settings, app.state.write_policy = settings, self.writes  # for the dependencies
         app.state.cors_origins = settings.api.cors_origins
         if not settings.api.api_key.get_secret_value():
             log.warning("no API key (api.api_key): write routes are taken only from this machine")
@@ -81,16 +82,9 @@ class Ingress(OriginalRoutes):
         return await self._remote("searcher", self.searcher, method, *args)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _check_write(self, request: Request, body_key: str | None = None) -> None:
-        check_write(request, self.settings.api.api_key.get_secret_value(), body_key, self.trusted_proxies)
-
     def _is_operator(self, request: Request) -> bool:
         """Whoever may write may also see the server's insides (disclosure.py)."""
-        try:
-            self._check_write(request)
-        except LookalikeError:
-            return False
-        return True
+        return self.writes.allows(request)
 
     async def _image_bytes(self, payload: Payload, timings: dict) -> bytes:
         if payload.image is not None:
@@ -172,11 +166,11 @@ class Ingress(OriginalRoutes):
                           "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score` as query or "
                           "body fields. Timings also come as a `Server-Timing` header.",
               openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
-    async def search(self, request: Request, response: Response, query: Annotated[m.SearchParams, Query()]) -> dict:
+    async def search(self, request: Request, response: Response, query: Annotated[m.SearchParams, Query()],
+                     payload: Annotated[Payload, Depends(image_payload)]) -> dict:
         """``query`` declares the parameters; they may also come as body fields, so the route
         validates both together with the same model (``_search_params``)."""
         started = time.perf_counter()
-        payload = await read_payload(request, self.settings)
         results, timings = await self._run_search(payload, self._is_operator(request))
         timings["total_ms"] = _ms(time.perf_counter() - started)
         response.headers["Server-Timing"] = ", ".join(f"{name.removesuffix('_ms')};dur={value}"
@@ -199,10 +193,9 @@ class Ingress(OriginalRoutes):
     @app.post("/api/v1/images", response_model=m.AddResponse, status_code=201, tags=["library"],
               summary="Add an image", openapi_extra=m.image_body(m.AddJson),
               responses={200: {"model": m.AddResponse, "description": "it was there already"},
-                         **m.errors(400, 401, 403, 413, 415, 422, 503)})
-    async def add_image(self, request: Request, response: Response) -> dict:
-        self._check_write(request)
-        item, created = await self._add(await read_payload(request, self.settings))
+                         **m.errors(400, 401, 403, 413, 415, 422, 503)}, dependencies=[Depends(writer)])
+    async def add_image(self, response: Response, payload: Annotated[Payload, Depends(image_payload)]) -> dict:
+        item, created = await self._add(payload)
         if not created:
             response.status_code = 200
         return {**item, "created": created}
@@ -223,9 +216,8 @@ class Ingress(OriginalRoutes):
                 summary="Delete an image: its entry, then the file the service stored for it",
                 description="An image indexed in place (the original is the source bucket's own object) is "
                             "only unlinked: its object stays unless `store.delete_foreign_originals` is set.",
-                responses=m.errors(401, 403, 404, 422, 503))
-    async def delete_image(self, request: Request, image_id: str = IMAGE_ID) -> dict:
-        self._check_write(request)
+                responses=m.errors(401, 403, 404, 422, 503), dependencies=[Depends(writer)])
+    async def delete_image(self, image_id: str = IMAGE_ID) -> dict:
         entry = await self._searcher("delete", id_param(image_id))
         return {"deleted": str(entry["id"]), "key": entry["key"], "object_deleted": entry["object_deleted"]}
 
@@ -235,9 +227,9 @@ class Ingress(OriginalRoutes):
                           "switches to it: searches and writes go on. Answers 202 (state building) when it "
                           "takes longer than `serve.index_wait_s`; a second call joins the running rebuild.",
               responses={**m.errors(401, 403, 503),
-                         202: {"model": m.IndexResponse, "description": "still building"}})
-    async def build_index(self, request: Request, response: Response) -> dict:
-        self._check_write(request)
+                         202: {"model": m.IndexResponse, "description": "still building"}},
+              dependencies=[Depends(writer)])
+    async def build_index(self, response: Response) -> dict:
         started = time.perf_counter()
         result = await self._searcher("build_index", self.settings.serve.index_wait_s)
         if result["state"] == "building":

@@ -53,6 +53,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_capped(request.stream(), limit, "the request body")
 
 
+async def image_payload(request: Request) -> Payload:
+    """The dependency of the routes that take an image: the size-capped body in its four forms
+    (the limits are the application's settings, ``app.state.settings``)."""
+    return await read_payload(request, request.app.state.settings)
+
+
+async def fields_payload(request: Request) -> Payload:
+    """The same for a route whose body has fields only (the original /indexing/)."""
+    return await read_payload(request, request.app.state.settings, require_image=False)
+
+
 def decode_base64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise InvalidParameter("'image' must be a base64 string")

@@ -4,14 +4,16 @@ answering ``image1`` ... ``image5`` and the times in integer ms, ``/insert/``, `
 ``/status/``. A mixin of the Ingress: the same search, write path and access rules as the API.
 """
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from lookalike import machine
 from lookalike.errors import Unauthorized
 
 from . import api_models as m
 from .access import key_matches, presented_key
-from .inputs import Payload, read_payload
+from .inputs import Payload, fields_payload, image_payload
 from .web_app import app
 
 ORIGINAL_K = 5  # the original front end shows image1 ... image5
@@ -37,8 +39,7 @@ class OriginalRoutes:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": m.OriginalSearchJson.model_json_schema()}}}},
               responses=m.errors(400, 401, 413, 415, 422, 503))
-    async def original_search(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings)
+    async def original_search(self, request: Request, payload: Annotated[Payload, Depends(image_payload)]) -> dict:
         self._check_original_key(request, payload)
         topk = payload.get("topk")
         payload.fields.setdefault("k", ORIGINAL_K if topk is None or topk == "" else topk)  # 0 is refused, as -1 is
@@ -52,17 +53,15 @@ class OriginalRoutes:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": m.OriginalSearchJson.model_json_schema()}}}},
               responses=m.errors(400, 401, 403, 413, 415, 422, 503))
-    async def original_insert(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings)
-        self._check_write(request, payload.get("key"))
+    async def original_insert(self, request: Request, payload: Annotated[Payload, Depends(image_payload)]) -> dict:
+        self.writes.check(request, payload.get("key"))  # its key may be in the body
         item, created = await self._add(payload)
         return {"ok": True, "id": item["id"], "url": self._absolute(request, item["url"]), "created": created}
 
     @app.post("/indexing/", response_model=m.OriginalOk, tags=["the original's routes"], summary="Build the index",
               responses=m.errors(401, 403, 503))
-    async def original_indexing(self, request: Request) -> dict:
-        payload = await read_payload(request, self.settings, require_image=False)
-        self._check_write(request, payload.get("key"))
+    async def original_indexing(self, request: Request, payload: Annotated[Payload, Depends(fields_payload)]) -> dict:
+        self.writes.check(request, payload.get("key"))
         return {"ok": True, **await self._searcher("build_index", self.settings.serve.index_wait_s)}
 
     @app.get("/status/", response_model=m.OriginalStatus, tags=["the original's routes"],

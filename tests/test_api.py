@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -184,6 +185,12 @@ def test_write_routes_need_the_api_key(api, anon):
             assert r.status_code == 401, (method, path, headers)
             assert r.headers["www-authenticate"] == "Bearer"
     assert anon.get("/api/v1/images", params={"limit": 1}).status_code == 200  # reads stay open
+    # The key is checked before the body is read: a body declared far past the limit gets 401, not 413.
+    host, port = httpx.URL(api.url).host, httpx.URL(api.url).port
+    with socket.create_connection((host, port), timeout=30) as sock:  # a client that never sends it all
+        sock.sendall(f"POST /api/v1/images HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+                     f"Content-Length: {10**9}\r\n\r\nx".encode())
+        assert sock.recv(200).split(b"\r\n")[0] == b"HTTP/1.1 401 Unauthorized"
     cross = anon.post("/api/v1/index", headers={"X-API-Key": "wrong", "Origin": "http://evil.example"})
     assert cross.status_code == 401 and "access-control-allow-origin" not in cross.headers
     ok = anon.post("/api/v1/index", headers={"X-API-Key": api.key})
