@@ -61,14 +61,19 @@ run: index serve
 
 # In a network namespace with only loopback (unshare), every test is provably local. Falls back
 # to the host network where namespaces are not allowed (the local Milvus server's tests, which
-# need namespaces of their own, then skip).
+# need namespaces of their own, then skip). Each run has a temporary folder of its own: pytest's
+# shared default (/tmp/pytest-of-$USER) keeps the last three runs' folders and deleted those of
+# a run still going beside others. Kept when a test fails, removed otherwise.
 test: install test-deps
-	@if unshare -rn true 2>/dev/null; then \
-	  PATH="$(TEST_PATH)" unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest $(PYTEST_ARGS)'; \
+	@export LOOKALIKE_TEST_TMP=$$(mktemp -d "$${TMPDIR:-/tmp}/lookalike-test-XXXXXX"); \
+	if unshare -rn true 2>/dev/null; then \
+	  PATH="$(TEST_PATH)" unshare -rn sh -c 'ip link set lo up && exec $(BIN)/python -m pytest --basetemp="$$LOOKALIKE_TEST_TMP" $(PYTEST_ARGS)'; \
 	else \
 	  echo "unshare not permitted here: running on the host network"; \
-	  PATH="$(TEST_PATH)" $(BIN)/python -m pytest $(PYTEST_ARGS); \
-	fi
+	  PATH="$(TEST_PATH)" $(BIN)/python -m pytest --basetemp="$$LOOKALIKE_TEST_TMP" $(PYTEST_ARGS); \
+	fi; status=$$?; \
+	if [ $$status -eq 0 ]; then rm -rf "$$LOOKALIKE_TEST_TMP"; else echo "test files kept in $$LOOKALIKE_TEST_TMP"; fi; \
+	exit $$status
 
 # The benchmarks (docs/benchmarks.md): each writes JSON, a Markdown table and PNG plots to
 # BENCH_OUT. About 75 minutes on a 2-vCPU machine, most of it vector search at 1M vectors.
