@@ -11,9 +11,9 @@ Writes (add, delete, index; the original's /insert/ and /indexing/):
 Who sent a request (``client_host``): the TCP peer, unless the peer is one of
 ``api.trusted_proxies`` (addresses or networks, as uvicorn's ``forwarded_allow_ips``); then the
 address that proxy forwards (``Forwarded: for=``, ``X-Forwarded-For``, ``X-Real-IP``: the
-right-most address that is not itself a trusted proxy, or the first if all are). A forwarding header (any of
-``FORWARDING_HEADERS``) from a peer that is not a trusted proxy makes the sender unknown: a
-proxy on this machine would otherwise make every client look local.
+right-most address that is not itself a trusted proxy, or the first if all are). A forwarding
+header (any of ``FORWARDING_HEADERS``) from a peer that is not a trusted proxy makes the sender
+unknown: a proxy on this machine would otherwise make every client look local.
 
 Reads are open; ``ReadCors`` lets the configured origins' pages call them (never with
 credentials). A preflight for any other route gets no CORS headers, so browsers refuse it.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -144,7 +144,7 @@ def check_write(request: Request, api_key: str, body_key: str | None = None,
 class WritePolicy:
     """The server's write rule: its API key (empty: none) and the proxies it trusts."""
 
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # never in a log line or a traceback
     trusted: tuple[Network, ...] = ()
 
     def check(self, request: Request, body_key: str | None = None) -> None:
