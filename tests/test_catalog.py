@@ -246,7 +246,7 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     assert len(answers) > 10 and all(answers)
     assert info["type"] == milvus.index.type
     after = catalog.physical()
-    assert after != before and not catalog._call("has_collection", before)  # the old version is gone
+    assert after != before and not catalog.client.has_collection(before)  # the old version is gone
     assert catalog.count() == 2000 + 30 - 10
     assert catalog.existing_ids([1000, 1011, 5029]) == {1011, 5029}
     reader.close()
