@@ -29,6 +29,10 @@ LOCAL_RAY_ENV = {
     # In that mode a stopping ingress replica stays open 30 s "so load balancers can deregister
     # it": Ctrl-C took 33 s. On one machine nothing but Serve's own proxy routes to it.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    # Ray lowers its workers' priority to nice 15 (a batch cluster's choice): on a shared machine
+    # every ordinary process then starves the service. Beside another test suite's in-process
+    # benchmarks, a Searcher took over 8 min to start and an embedding actor 5 min.
+    "RAY_worker_niceness": "0",
 }
 CLUSTER_OWNED = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")  # the joined cluster decides
 

@@ -458,3 +458,12 @@ def test_replicas_internal_rpc_refuses_callers_without_the_cluster_token(api):
             with pytest.raises(grpc.RpcError) as err:
                 channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (psutil.Process(pid).name(), err.value)
+
+
+def test_replicas_run_at_the_priority_of_everything_else(api):
+    """Ray lowers its workers to nice 15 unless told (lookalike/ray_env.py): on a shared machine
+    any ordinary process would then starve the service."""
+    import psutil
+
+    replicas = [p for p in psutil.process_iter(["name"]) if "ServeReplica:main:" in (p.info["name"] or "")]
+    assert replicas and {p.nice() for p in replicas} == {os.nice(0)}, [(p.info["name"], p.nice()) for p in replicas]

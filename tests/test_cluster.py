@@ -14,10 +14,13 @@ from .conftest import REPO
 def test_ingest_and_serve_spread_over_two_nodes(tmp_path, gallery_root):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    run = subprocess.run([sys.executable, "-m", "tests.support.multinode", str(gallery_root), str(tmp_path)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-5000:]
+    log = tmp_path / "multinode.log"  # kept when the run times out: it says which stage it was in
+    with open(log, "w") as out:
+        run = subprocess.run([sys.executable, "-m", "tests.support.multinode", str(gallery_root), str(tmp_path)],
+                             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, timeout=600)
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, output[-8000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
     print(json.dumps(result, indent=1))
     nodes = set(result["nodes"])

@@ -29,6 +29,10 @@ from harness.servers import HOST, free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+def stage(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} multinode: {what}", flush=True)
+
+
 def main(gallery: str, work: str) -> dict:
     use_local_ray_env()
     node = {"num_cpus": 3, "object_store_memory": 128 * 1024**2}
@@ -43,16 +47,19 @@ def main(gallery: str, work: str) -> dict:
         "model": {"batch_size": 4}})
     out: dict = {"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
     try:
+        stage("ingest")
         report = run_ingest(gallery, settings, report_path=f"{work}/report.json")
         out["ingest"] = {"indexed": report.indexed, "count": report.run["count"],
                          "nodes": {stage: dict(c) for stage, c in report.nodes.items()}}
 
+        stage("serve")
         port = free_port()
         serve.start(http_options={"host": HOST, "port": port}, proxy_location="HeadOnly")
         spread = {"num_replicas": 2, "max_replicas_per_node": 1, "ray_actor_options": {"num_cpus": 0.5}}
         serve.run(build_from_settings(settings, {"Embedder": spread, "Searcher": spread,
                                                  "Ingress": {"ray_actor_options": {"num_cpus": 0.25}}}),
                   name="lookalike", route_prefix="/")
+        stage("search")
         query = sorted(Path(gallery).glob("*/*"))[0].read_bytes()
         answers = [httpx.post(f"http://{HOST}:{port}/api/v1/search", files={"image": ("q", query)}, timeout=60)
                    for _ in range(20)]
@@ -65,6 +72,7 @@ def main(gallery: str, work: str) -> dict:
             "searcher_nodes": sorted({s["milvus"]["node"] for s in statuses}),
         }
     finally:
+        stage("shutdown")
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
