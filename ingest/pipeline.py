@@ -36,11 +36,13 @@ log = logging.getLogger("ingest")
 
 
 def connect_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one."""
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one.
+    Never the cluster a `ray start` left in /tmp/ray/ray_current_cluster (what address=None
+    would join): it may be another user's, another network namespace's, or long gone."""
     if ray.is_initialized():
         return
     use_local_ray_env()
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 
 def _pool_sizes(settings: Settings) -> tuple[int, float]:

@@ -223,3 +223,20 @@ def test_bad_source_is_a_clear_error(spec):
     result = subprocess.run([sys.executable, "-m", "ingest", spec], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("ingest: ")
+
+
+def test_without_ray_address_the_job_starts_its_own_cluster(monkeypatch):
+    """Not the one a `ray start` recorded in /tmp/ray (address=None would join it: a suite
+    beside this one, in another network namespace, made the scale smoke run hang)."""
+    import ray
+
+    from ingest import pipeline
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    pipeline.connect_ray()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    pipeline.connect_ray()
+    assert [c["address"] for c in calls] == ["local", "ray://head:10001"]
