@@ -20,17 +20,22 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import ray
-
-from lookalike.errors import LookalikeError
-from lookalike.indexer import Report
-from lookalike.local_milvus import choose_for_ingest, open_catalog, serving
-from lookalike.models import get_model
 from lookalike.ray_env import use_local_ray_env
-from lookalike.settings import Settings
-from lookalike.sources import Source
-from lookalike.stages import Embed, ReadPrepare, Write
-from lookalike.store import make_store
+
+# Before Ray is imported: it reads its auth mode once per process, so a driver that set
+# RAY_AUTH_MODE=token after importing it could not talk to the cluster it started.
+use_local_ray_env()
+
+import ray  # noqa: E402
+
+from lookalike.errors import LookalikeError  # noqa: E402
+from lookalike.indexer import Report  # noqa: E402
+from lookalike.local_milvus import choose_for_ingest, open_catalog, serving  # noqa: E402
+from lookalike.models import get_model  # noqa: E402
+from lookalike.settings import Settings  # noqa: E402
+from lookalike.sources import Source  # noqa: E402
+from lookalike.stages import Embed, ReadPrepare, Write  # noqa: E402
+from lookalike.store import make_store  # noqa: E402
 
 log = logging.getLogger("ingest")
 
@@ -41,7 +46,6 @@ def connect_ray() -> None:
     would join): it may be another user's, another network namespace's, or long gone."""
     if ray.is_initialized():
         return
-    use_local_ray_env()
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 

@@ -18,6 +18,7 @@ import yaml
 from harness.load import payloads, run_load
 from lookalike.images import content_id
 from lookalike.lite_server import LiteServer
+from lookalike.ray_env import LOCAL_RAY_ENV
 from lookalike.supervisor import pid_alive
 
 from .conftest import REPO
@@ -41,7 +42,10 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
     data = tmp_path / "data"
     env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(data / "lookalike.db"),
            "LOOKALIKE_STORE__LOCAL_DIR": str(data / "images")}
-    for key in ("RAY_ADDRESS",):
+    # As from a fresh shell: none of the Ray environment the suite set for itself (the commands
+    # must set it before Ray is imported: a driver that read RAY_AUTH_MODE unset could not talk
+    # to the token-auth cluster it started).
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", *LOCAL_RAY_ENV):
         env.pop(key, None)
     cli = [str(Path(sys.executable).with_name("lookalike"))]
     ingested = subprocess.run([sys.executable, "-m", "ingest", str(gallery_root), "--report",
