@@ -32,6 +32,9 @@ def serve_session(num_cpus: int | None = None, **init_options):
     127.0.0.1, in the environment `make run` gives it (the caller applies
     ``lookalike.ray_env.use_local_ray_env`` before Ray is imported); yields the base URL.
     Everything it started is shut down afterwards."""
+    from lookalike.ray_env import use_local_ray_env
+
+    use_local_ray_env()  # normally done already, before Ray was first imported (it reads its auth mode then)
     import ray
     from ray import serve
 
