@@ -33,8 +33,9 @@ def _start_service(cmd: list[str], env: dict, tmp_path: Path) -> tuple[subproces
     serve_config = tmp_path / "serve.yaml"
     serve_config.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "serve.log", "w")
+    # Ctrl-C as a terminal delivers it: a suite started in the background inherits SIGINT ignored.
     proc = subprocess.Popen([*cmd, str(serve_config)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, f"http://127.0.0.1:{port}"
 
 
