@@ -100,9 +100,14 @@ def parse(model: type[BaseModel], fields: dict, api=None):
     try:
         return model.model_validate(fields, context=context)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        raise InvalidParameter(f"'{where}': {first.get('msg', 'invalid').removeprefix('Value error, ')}") from None
+        raise invalid_parameter(exc.errors()) from None
+
+
+def invalid_parameter(errors: list[dict]) -> InvalidParameter:
+    """The first of pydantic's (or FastAPI's) validation errors, as our 422: the field and why."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body")) or "body"
+    return InvalidParameter(f"'{where}': {first.get('msg', 'invalid').removeprefix('Value error, ')}")
 
 
 def image_body(model: type[BaseModel]) -> dict:

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from lookalike.errors import BackendUnavailable, InvalidParameter, LookalikeError, NotFound
+from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
 
 from . import api_models as m
 from .access import ReadCors
@@ -87,9 +87,7 @@ async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
-    return error_response(InvalidParameter(f"'{where}': {first.get('msg', 'invalid')}"), request)
+    return error_response(m.invalid_parameter(exc.errors()), request)  # the same words as the routes' own checks
 
 
 @app.exception_handler(Exception)
