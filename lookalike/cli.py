@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="backend health, entity count, index, model")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("config", help="the settings in effect as YAML (secrets masked); --defaults: the code's")
+    p = sub.add_parser("config", help="the settings in effect as YAML (secrets left out); --defaults: the code's")
     p.add_argument("--defaults", action="store_true", help="the defaults alone (no file, no environment)")
     p.set_defaults(func=cmd_config)
 
