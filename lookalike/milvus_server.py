@@ -36,9 +36,12 @@ MILVUS_PORT = 19530  # inside the namespace only
 # --mount-proc: Milvus reads its memory from /proc, which must show this pid namespace.
 UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
 SOCKET_PATH_MAX = 107  # sun_path, less the terminating NUL
-# A server restarted after a crash waits for its predecessor's etcd session to expire: 30 s by
-# default, 10 here (a restart measured ~15 s instead of ~36 s).
-SESSION_TTL_S = 10
+# Milvus's components keep an etcd session alive; one not renewed for this long counts as dead,
+# and the server then shuts itself down (SIGINT to itself, "service not ready: Abnormal"). 10 s
+# made a restart after a crash faster (~15 s instead of ~36 s) but killed the server on a busy
+# machine: two test suites at once starved it for 8 s and it stopped mid-suite. Milvus's own
+# default, 30 s, rides that out; a restart after a crash waits for it.
+SESSION_TTL_S = 30
 # A clean stop is given this long before SIGKILL (inserts are in its WAL once acknowledged; a
 # killed server comes back with every row). Milvus's own shutdown took over 10 s here.
 STOP_GRACE_S = 5
