@@ -60,12 +60,12 @@ def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
     from lookalike.encoder import ImageEncoder
     from lookalike.indexer import index_items
-    from lookalike.local_milvus import open_catalog
+    from lookalike.local_milvus import gallery_catalog
     from lookalike.sources import iter_folder
     from lookalike.store import make_store
 
     encoder = ImageEncoder(settings.model).load()
-    catalog = open_catalog(settings.milvus, encoder.dim, shared=True)
+    catalog = gallery_catalog(settings)
     report = index_items(iter_folder(gallery), settings, encoder=encoder, catalog=catalog,
                          store=make_store(settings.store))
     catalog.close()

@@ -1,5 +1,6 @@
 """Retrieval quality on two labelled sets, through the running service and exactly, plus copy
-detection and a comparison of preprocessing choices.
+detection, a comparison of preprocessing and descriptor choices, region search and near-duplicate
+groups on planted copies.
 
   openclipart     the sample gallery: 31 openclipart sub-folders as labels, 40 images each
   fashion-mnist   Fashion-MNIST test images, 10 classes, 100 each (dark on white)
@@ -7,10 +8,15 @@ detection and a comparison of preprocessing choices.
 1. Service: the Serve application (config/serve.yaml) over a Milvus Lite HNSW index; each set
    is indexed and evaluated with `lookalike eval DIR --url ...` (every image a query over HTTP,
    leave-one-out), which also reports exact search over the same stored vectors.
-2. Preprocessing: exact search only, in-process, every set embedded once per ``images.fit``
-   (pad / crop / stretch): P@10, mAP@10 and copy-detection recall@1, side by side.
+2. Preprocessing and descriptors: exact search only, in-process, every set embedded once per
+   ``images.fit`` (pad / crop / stretch) and per ``model.pooling`` (avg / gem): P@10, mAP@10 and
+   copy-detection recall@1 per edit, side by side.
+3. Region search: random boxes (30-70 %, and 50 %, of each side) of openclipart images; the
+   whole image's recall@1 / @5.
+4. Near-duplicates: openclipart plus planted copies (every edit kind, resized, re-encoded),
+   grouped by ``lookalike.duplicates`` per threshold: pair precision and recall.
 
-    python -m benchmarks.quality [--copies 100] [--fits pad,crop,stretch]
+    python -m benchmarks.quality [--copies 100] [--fits pad,crop,stretch] [--poolings avg,gem]
 """
 
 from __future__ import annotations
@@ -56,31 +62,134 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
     return out
 
 
-def preprocessing(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
-    """Exact-search quality per ``images.fit``, the model and everything else unchanged."""
+def variants(base, axis: str, values: list[str]) -> dict[str, object]:
+    """``base`` settings with one field changed (``axis``: ``images.fit``, ``model.pooling``)."""
+    section, field = axis.split(".")
+    return {value: base.with_overrides(**{section: {field: value}}) for value in values}
+
+
+def exact_quality(sets: dict[str, Path], settings_by_name: dict[str, object], copies: int) -> dict[str, dict]:
+    """Exact-search quality of each set under each settings, everything else unchanged:
+    {set: {name: evaluate(...)}} (P@1, P@10, mAP@10, copy recall per edit)."""
     from lookalike.encoder import ImageEncoder
     from lookalike.evaluation import bytes_embedder, evaluate, load_gallery
     from lookalike.sources import iter_folder
-    from lookalike.settings import load_settings
 
-    base = load_settings()
-    encoder = ImageEncoder(base.model).load()
-    out: dict[str, dict[str, dict]] = {}
-    for name, folder in sets.items():
-        gallery = load_gallery(list(iter_folder(folder)))
-        for fit in args.fits:
-            limits = base.images.model_copy(update={"fit": fit})
-            gallery.vectors, kept = embed_files(gallery.paths, encoder, limits)
-            assert len(kept) == len(gallery.paths), f"{name}: {len(gallery.paths) - len(kept)} images did not decode"
-
-            out.setdefault(name, {})[fit] = evaluate(gallery, search=None, embed=bytes_embedder(encoder, limits),
-                                                     copies=args.copies)
-            m = out[name][fit]["exact"]
-            print(f"  {name} fit={fit}: P@10 {m['p_at_10']:.3f}, mAP@10 {m['map_at_10']:.3f}", flush=True)
+    out: dict[str, dict] = {}
+    for name, settings in settings_by_name.items():
+        encoder = ImageEncoder(settings.model).load()
+        for set_name, folder in sets.items():
+            gallery = load_gallery(list(iter_folder(folder)))
+            gallery.vectors, kept = embed_files(gallery.paths, encoder, settings.images)
+            assert len(kept) == len(gallery.paths), f"{set_name}: {len(gallery.paths) - len(kept)} did not decode"
+            out.setdefault(set_name, {})[name] = evaluate(
+                gallery, search=None, embed=bytes_embedder(encoder, settings.images), copies=copies)
+            m = out[set_name][name]["exact"]
+            print(f"  {set_name} {name}: P@10 {m['p_at_10']:.3f}, mAP@10 {m['map_at_10']:.3f}", flush=True)
     return out
 
 
-def report(results: Results, service: dict, fits: dict) -> None:
+def preprocessing(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
+    """Exact-search quality per ``images.fit``."""
+    from lookalike.settings import load_settings
+
+    return exact_quality(sets, variants(load_settings(), "images.fit", args.fits), args.copies)
+
+
+def descriptors(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
+    """Exact-search quality per ``model.pooling`` (copy detection and class retrieval together)."""
+    from lookalike.settings import load_settings
+
+    return exact_quality(sets, variants(load_settings(), "model.pooling", args.poolings), args.copies)
+
+
+def _gallery_and_encoder(folder: Path, settings):
+    from lookalike.encoder import ImageEncoder
+    from lookalike.evaluation import bytes_embedder, load_gallery
+    from lookalike.sources import iter_folder
+
+    encoder = ImageEncoder(settings.model).load()
+    gallery = load_gallery(list(iter_folder(folder)))
+    gallery.vectors, _ = embed_files(gallery.paths, encoder, settings.images)
+    return gallery, bytes_embedder(encoder, settings.images)
+
+
+def regions(folder: Path, args) -> dict[str, dict]:
+    """Search by a part of a gallery image (a box around it): the whole image's rank among exact
+    results, for random boxes of 30-70 % of each side and for boxes of exactly 50 %."""
+    import random
+
+    from lookalike.evaluation import copy_recall, exact_top_k, pick, random_crop
+    from lookalike.settings import load_settings
+
+    gallery, embed = _gallery_and_encoder(folder, load_settings())
+    chosen = pick(args.copies, len(gallery.ids), 2)
+    out = {}
+    for name, (low, high) in {"random 30-70 %": (0.3, 0.7), "50 %": (0.5, 0.5)}.items():
+        rng = random.Random(7)
+        crops = [random_crop(Path(gallery.paths[i]).read_bytes(), rng, low, high) for i in chosen]
+        top = exact_top_k(embed(crops), gallery.vectors, 5)
+        out[name] = copy_recall([row.index(i) + 1 if i in row else None for i, row in zip(chosen, top.tolist())])
+        print(f"  region {name}: recall@1 {out[name]['recall_at_1']:.3f}", flush=True)
+    return out
+
+
+def planted_duplicates(folder: Path, args) -> dict:
+    """Near-duplicate groups on the gallery plus planted copies of ``args.copies`` originals (each
+    edit kind, resized, re-encoded), through ``lookalike.duplicates.scan`` with exact neighbours.
+    Pairs in one group count as found; pairs of one original's family are the truth. The
+    gallery's own near-identical pictures, if any, count against precision."""
+    from itertools import combinations
+
+    from lookalike import duplicates
+    from lookalike.evaluation import PLANTED, edited_copies, pick
+    from lookalike.settings import load_settings
+
+    settings = load_settings()
+    gallery, embed = _gallery_and_encoder(folder, settings)
+    originals = pick(args.copies, len(gallery.ids), 3)
+    families, datas, kinds = [], [], []
+    for i in originals:
+        copies = edited_copies(Path(gallery.paths[i]).read_bytes(), PLANTED)
+        family = [i]
+        for kind, data in copies.items():
+            family.append(len(gallery.ids) + len(datas))
+            datas.append(data)
+            kinds.append(kind)
+        families.append(family)
+    vectors = np.concatenate([gallery.vectors, embed(datas)])
+    ids = list(range(len(vectors)))
+    truth = {pair for family in families for pair in combinations(sorted(family), 2)}
+    family_of = {member: f[0] for f in families for member in f}
+
+    def search(queries, k):  # exact neighbours: what the index approximates
+        sims = queries @ vectors.T
+        top = np.argsort(-sims, axis=1)[:, :k]
+        return [[(int(j), float(sims[r, j])) for j in row] for r, row in enumerate(top)]
+
+    out = {"images": len(vectors), "planted": len(datas), "by_threshold": {}}
+    for threshold in args.thresholds:
+        scan = duplicates.scan(((ids[i:i + 256], vectors[i:i + 256]) for i in range(0, len(ids), 256)), search,
+                               threshold=threshold, neighbours=settings.duplicates.neighbours, total=len(ids))
+        found = {pair for g in scan.groups for pair in combinations(sorted(g.ids), 2)}
+        hit = found & truth
+        grouped = {i: g for g in scan.groups for i in g.ids}
+        per_kind: dict[str, list[bool]] = {}
+        for n, kind in enumerate(kinds):
+            member = len(gallery.ids) + n
+            together = member in grouped and family_of[member] in grouped[member].ids
+            per_kind.setdefault(kind, []).append(together)
+        out["by_threshold"][str(threshold)] = {
+            "groups": len(scan.groups), "precision": round(len(hit) / max(1, len(found)), 4),
+            "recall": round(len(hit) / len(truth), 4),
+            "copies_with_original": {k: round(float(np.mean(v)), 4) for k, v in per_kind.items()}}
+        r = out["by_threshold"][str(threshold)]
+        print(f"  duplicates at {threshold}: precision {r['precision']:.3f}, recall {r['recall']:.3f}", flush=True)
+    return out
+
+
+def report(results: Results, service: dict, fits: dict, descriptors: dict | None = None,
+           regions: dict | None = None, duplicates: dict | None = None) -> None:
     rows = []
     for name, r in service.items():
         for how in ("index", "exact"):
@@ -108,19 +217,10 @@ def report(results: Results, service: dict, fits: dict) -> None:
                 per_class.append({"set": name, "class": label, "p10": p})
         results.section("Per-class P@10 (service), worst first", markdown_table(per_class, ["set", "class", "p10"],
                                                                                  ["set", "class", "P@10"]))
-    prep = []
-    for name, by_fit in fits.items():
-        for fit, r in by_fit.items():
-            c = r.get("copies", {})
-            prep.append({"set": name, "fit": fit, "p1": r["exact"]["p_at_1"], "p10": r["exact"]["p_at_10"],
-                         "map10": r["exact"]["map_at_10"],
-                         "copy_r1": round(float(np.mean([v["exact"]["recall_at_1"] for v in c.values()])), 4)
-                         if c else None})
-    if prep:
-        results.section("Preprocessing: fit to the model's square input (exact search)", markdown_table(
-            prep, ["set", "fit", "p1", "p10", "map10", "copy_r1"],
-            ["set", "images.fit", "P@1", "P@10", "mAP@10", "copy recall@1 (mean of edits)"]))
-
+    _exact_section(results, fits, "images.fit", "Preprocessing: fit to the model's square input (exact search)")
+    _exact_section(results, descriptors or {}, "model.pooling",
+                   "Descriptors: pooling of the last feature map (exact search, the same weights)", per_edit=True)
+    if fits:
         def draw(ax):
             names = list(fits)
             width = 0.8 / max(1, len(next(iter(fits.values()))))
@@ -133,18 +233,55 @@ def report(results: Results, service: dict, fits: dict) -> None:
             ax.legend(fontsize=8)
 
         results.plot("quality-preprocessing.png", draw)
+    if regions:
+        results.section("Region search: a part of a gallery image (exact search, whole-image vectors)",
+                        markdown_table([{"box": name, **r} for name, r in regions.items()],
+                                       ["box", "queries", "recall_at_1", "recall_at_5"],
+                                       ["box (side of the image)", "queries", "recall@1 of the whole", "recall@5"]))
+    if duplicates:
+        rows = [{"threshold": t, **{k: v for k, v in r.items() if k != "copies_with_original"},
+                 **{f"with_{k}": v for k, v in r["copies_with_original"].items()}}
+                for t, r in duplicates["by_threshold"].items()]
+        kinds = list(next(iter(duplicates["by_threshold"].values()))["copies_with_original"])
+        results.section(f"Near-duplicate groups: {duplicates['planted']} planted copies among {duplicates['images']} "
+                        "images (exact neighbours)", markdown_table(
+                            rows, ["threshold", "groups", "precision", "recall", *[f"with_{k}" for k in kinds]],
+                            ["threshold", "groups", "pair precision", "pair recall", *kinds]))
+
+
+def _exact_section(results: Results, by_set: dict, setting: str, title: str, per_edit: bool = False) -> None:
+    rows = []
+    for name, by_value in by_set.items():
+        for value, r in by_value.items():
+            c = r.get("copies", {})
+            row = {"set": name, "value": value, "p1": r["exact"]["p_at_1"], "p10": r["exact"]["p_at_10"],
+                   "map10": r["exact"]["map_at_10"],
+                   "copy_r1": round(float(np.mean([v["exact"]["recall_at_1"] for v in c.values()])), 4) if c else None}
+            if per_edit:
+                row.update({kind: v["exact"]["recall_at_1"] for kind, v in c.items()})
+            rows.append(row)
+    if rows:
+        edits = list(EDIT_KINDS) if per_edit else []
+        results.section(title, markdown_table(rows, ["set", "value", "p1", "p10", "map10", "copy_r1", *edits],
+                                              ["set", setting, "P@1", "P@10", "mAP@10", "copy recall@1 (mean)",
+                                               *edits]))
 
 
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=100, help="originals edited per set")
     parser.add_argument("--fits", default="pad,crop,stretch")
+    parser.add_argument("--poolings", default="avg,gem", help="model.pooling values compared")
+    parser.add_argument("--thresholds", default="0.85,0.88,0.9,0.92,0.95",
+                        help="near-duplicate thresholds measured on planted copies")
     parser.add_argument("--per-class", type=int, default=40, help="openclipart images per class")
     parser.add_argument("--fashion-per-class", type=int, default=100)
-    parser.add_argument("--skip-service", action="store_true", help="only the preprocessing comparison")
+    parser.add_argument("--skip-service", action="store_true", help="only the in-process (exact) comparisons")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     args.fits = args.fits.split(",") if args.fits else []
+    args.poolings = args.poolings.split(",") if args.poolings else []
+    args.thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else []
     results = Results("quality", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
     sets = datasets(args)
     work = Path(tempfile.mkdtemp(prefix="lookalike-quality-"))
@@ -152,7 +289,13 @@ def main(argv: list[str] | None = None) -> Results:
     results.add("service", service)
     fits = preprocessing(sets, args) if args.fits else {}
     results.add("preprocessing", fits)
-    report(results, service, fits)
+    pooling = descriptors(sets, args) if args.poolings else {}
+    results.add("descriptors", pooling)
+    parts = regions(sets["openclipart"], args)
+    results.add("regions", parts)
+    planted = planted_duplicates(sets["openclipart"], args) if args.thresholds else {}
+    results.add("duplicates", planted)
+    report(results, service, fits, pooling, parts, planted)
     results.write()
     return results
 

@@ -200,7 +200,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
 def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
     """The first ``n`` entries of the big gallery, vectors and fields as they are, into a Milvus
     Lite directory (a search costs what it costs whatever embedded the vectors)."""
-    from lookalike.local_milvus import local_service, open_catalog
+    from lookalike.local_milvus import gallery_catalog, local_service
     from lookalike.settings import load_settings
 
     saved = dict(os.environ)
@@ -210,10 +210,10 @@ def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    dim = 1280
-    source = open_catalog(settings.milvus, dim, shared=True)
+    source = gallery_catalog(settings)
     lite_settings = settings.milvus.model_copy(update={"uri": str(lite_work / "lookalike.db"), "engine": "lite"})
-    target = open_catalog(lite_settings, dim, shared=True)  # through its server, which the service then joins
+    # Through its server, which the service then joins.
+    target = gallery_catalog(settings.model_copy(update={"milvus": lite_settings}))
     started, copied = time.perf_counter(), 0
     for batch in source.entries(with_vectors=True):
         batch = batch[: n - copied]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
 )
 
 from lookalike.errors import InvalidParameter
+from lookalike.images import Box
 from lookalike.limits import LABEL_MAX_BYTES, utf8_len
 
 # -- requests ----------------------------------------------------------------------------------
@@ -57,6 +58,29 @@ class SearchParams(BaseModel):
     min_score: Annotated[float | None, Number, Blank] = Field(None, ge=-1, le=1, description="cosine similarity at least")
 
 
+def _box(value: str | None) -> Box | None:
+    return None if value is None else Box.parse(value)
+
+
+class ImageSearchParams(SearchParams):
+    """A search by an uploaded image may take only a part of it."""
+
+    box: Annotated[str | None, Blank] = Field(
+        None, description="search by this part of the image only: `x,y,w,h` in the image's pixels (integers, "
+                          "after its EXIF orientation), or as fractions of its width and height (`0.25,0.1,0.5,0.5`)",
+        examples=["0.25,0.1,0.5,0.5"])
+
+    @field_validator("box")
+    @classmethod
+    def _valid_box(cls, value: str | None) -> str | None:
+        _box(value)  # the same parse the route uses: a bad box is a 422 with the reason
+        return value
+
+    @property
+    def region(self) -> Box | None:
+        return _box(self.box)
+
+
 class PageParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -66,6 +90,17 @@ class PageParams(BaseModel):
     filter: Annotated[Label | None, Blank] = Field(None, description="only images with this label")
 
 
+class DuplicateParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    threshold: Annotated[float | None, Number, Blank] = Field(
+        None, ge=0, le=1, description="cosine similarity at least (default: duplicates.threshold)")
+    offset: int = Field(0, ge=0, le=10_000_000, description="groups to skip")
+    limit: Annotated[int, AfterValidator(lambda v, info: _at_most(v, info, "page_size_max"))] = Field(
+        20, ge=1, description="groups per page (api.page_size_max at most)")
+    refresh: bool = Field(False, description="scan again even when the last scan still stands")
+
+
 def _at_most(value: int, info: ValidationInfo, setting: str) -> int:
     bound = (info.context or {}).get(setting)
     if bound is not None and value > bound:
@@ -73,8 +108,8 @@ def _at_most(value: int, info: ValidationInfo, setting: str) -> int:
     return value
 
 
-class ImageJson(SearchParams):
-    """A JSON body: the image as base64 (or a data: URL), or a URL the server fetches."""
+class ImageSource(BaseModel):
+    """A JSON body's image: base64 (or a data: URL), or a URL the server fetches."""
 
     image: str | None = Field(None, description="base64 bytes, or a data: URL", examples=["iVBORw0KGgo..."])
     url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
@@ -88,7 +123,11 @@ class AddParams(BaseModel):
         None, description=f"the image's label (its class; {LABEL_MAX_BYTES} bytes of UTF-8 at most)")
 
 
-class AddJson(ImageJson, AddParams):
+class ImageJson(ImageSearchParams, ImageSource):
+    """A search's JSON body: the image and the search's parameters."""
+
+
+class AddJson(ImageSource, AddParams):
     name: str | None = Field(None, description="where it came from (kept as `source`)")
 
 
@@ -179,6 +218,36 @@ class ImagePage(BaseModel):
     offset: int
     limit: int
     total: int
+
+
+class DuplicateImage(ImageEntry):
+    score: float = Field(description="its highest cosine similarity to another image of the group")
+
+
+class DuplicateGroup(BaseModel):
+    size: int
+    top_score: float = Field(description="the group's closest pair")
+    images: list[DuplicateImage] = Field(description="the best-connected image first")
+
+
+class ScanProgress(BaseModel):
+    threshold: float | None
+    done: int = Field(description="images scanned so far")
+    total: int
+
+
+class DuplicatesResponse(BaseModel):
+    state: Literal["done", "scanning"] = Field(
+        description="done (200), or scanning (202): the scan goes on; ask again for its result")
+    progress: ScanProgress | None = None
+    threshold: float | None = None
+    images: int | None = Field(None, description="images scanned")
+    groups: int | None = Field(None, description="groups found (all pages)")
+    duplicates: int | None = Field(None, description="images that could go: every group's members but one")
+    seconds: float | None = Field(None, description="how long the scan took")
+    offset: int | None = None
+    limit: int | None = None
+    items: list[DuplicateGroup] = Field(default_factory=list)
 
 
 class IndexResponse(BaseModel):

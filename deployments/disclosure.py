@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 # Per part of the status: the fields anyone may read (an allow-list: a new field stays private
 # until it is added here).
 PUBLIC_STATUS_FIELDS = {
-    "milvus": {"healthy", "error", "warning", "collection", "metric", "dim", "count", "searches", "search_seconds",
-               "engine"},
-    "model": {"healthy", "error", "name", "dim", "input_size", "device", "gpu", "runtime", "precision", "loaded",
-              "batch_sizes", "forward_seconds"},
+    "milvus": {"healthy", "error", "warning", "collection", "metric", "dim", "descriptor", "count", "searches",
+               "search_seconds", "engine"},
+    "model": {"healthy", "error", "name", "pooling", "dim", "input_size", "device", "gpu", "runtime", "precision",
+              "loaded", "batch_sizes", "forward_seconds"},
     "store": {"healthy", "error", "backend", "endpoint", "bucket"},
 }
 

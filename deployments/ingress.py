@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lookalike import url_fetch
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
-from lookalike.images import PreparedImage, prepare
+from lookalike.images import Box, PreparedImage, prepare
 from lookalike.models import get_model
 from lookalike.settings import Settings
 from lookalike.store import LocalStore, make_store
@@ -97,31 +97,32 @@ class Ingress(OriginalRoutes):
         timings["fetch_ms"] = _ms(time.perf_counter() - started)
         return data
 
-    def _prepare(self, data: bytes) -> PreparedImage:
-        return prepare(data, self.model.input_size, self.settings.images)
+    def _prepare(self, data: bytes, box: Box | None = None) -> PreparedImage:
+        return prepare(data, self.model.input_size, self.settings.images, box)
 
     def _public(self, item: dict, operator: bool) -> dict:
         source = item.get("source", "")
         return {**item, "id": str(item["id"]), "url": self.store.url(item["key"]),
                 "source": source if operator else public_source(source)}
 
-    def _search_params(self, fields: dict) -> tuple[int, str | None, float | None]:
-        """k, filter, min_score from the query string and the body's fields, by the declared model."""
-        params = m.parse(m.SearchParams, fields, self.settings.api)
-        return params.k or self.settings.api.top_k_default, params.filter, params.min_score
+    def _search_params(self, fields: dict, model: type[m.SearchParams] = m.SearchParams):
+        """The search's parameters from the query string and the body's fields, by the declared
+        model; ``k`` defaulted from the settings."""
+        params = m.parse(model, fields, self.settings.api)
+        return params.model_copy(update={"k": params.k or self.settings.api.top_k_default})
 
     async def _run_search(self, payload: Payload, operator: bool) -> tuple[list[dict], dict]:
         timings: dict = {}
-        k, label, min_score = self._search_params(payload.fields)
+        params = self._search_params(payload.fields, m.ImageSearchParams)
         data = await self._image_bytes(payload, timings)
         started = time.perf_counter()
-        prepared = await asyncio.to_thread(self._prepare, data)
+        prepared = await asyncio.to_thread(self._prepare, data, params.region)
         timings["decode_ms"] = _ms(time.perf_counter() - started)
         started = time.perf_counter()
         vector = await self._embed(prepared)
         timings["embed_ms"] = _ms(time.perf_counter() - started)
         started = time.perf_counter()
-        hits = await self._searcher("search", vector, k, label, min_score)
+        hits = await self._searcher("search", vector, params.k, params.filter, params.min_score)
         timings["search_ms"] = _ms(time.perf_counter() - started)
         return [self._public(h, operator) for h in hits], timings
 
@@ -163,10 +164,11 @@ class Ingress(OriginalRoutes):
     # -- search --------------------------------------------------------------------------------
     @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image",
               description="The image as a multipart file field `image`, JSON `{\"image\": base64}` or "
-                          "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score` as query or "
-                          "body fields. Timings also come as a `Server-Timing` header.",
+                          "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score`, `box` as query or "
+                          "body fields (`box`: search by that part of the image). Timings also come as a "
+                          "`Server-Timing` header.",
               openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
-    async def search(self, request: Request, response: Response, query: Annotated[m.SearchParams, Query()],
+    async def search(self, request: Request, response: Response, query: Annotated[m.ImageSearchParams, Query()],
                      payload: Annotated[Payload, Depends(image_payload)]) -> dict:
         """``query`` declares the parameters; they may also come as body fields, so the route
         validates both together with the same model (``_search_params``)."""
@@ -182,9 +184,9 @@ class Ingress(OriginalRoutes):
     async def similar(self, request: Request, query: Annotated[m.SearchParams, Query()],
                       image_id: str = IMAGE_ID) -> dict:
         ident = id_param(image_id)
-        k_, label, min_ = self._search_params(dict(request.query_params))
+        params = self._search_params(dict(request.query_params))
         started = time.perf_counter()
-        hits = await self._searcher("similar", ident, k_, label, min_)
+        hits = await self._searcher("similar", ident, params.k, params.filter, params.min_score)
         operator = self._is_operator(request)
         return {"id": str(ident), "results": [self._public(h, operator) for h in hits],
                 "timings": {"search_ms": _ms(time.perf_counter() - started)}}
@@ -220,6 +222,26 @@ class Ingress(OriginalRoutes):
     async def delete_image(self, image_id: str = IMAGE_ID) -> dict:
         entry = await self._searcher("delete", id_param(image_id))
         return {"deleted": str(entry["id"]), "key": entry["key"], "object_deleted": entry["object_deleted"]}
+
+    @app.get("/api/v1/duplicates", response_model=m.DuplicatesResponse, tags=["library"],
+             summary="Groups of near-duplicate images, largest first, paged",
+             description="Every image's nearest neighbours from the index (batched searches); images at "
+                         "`threshold` or more are grouped. The scan is a job: past `serve.index_wait_s` the answer "
+                         "is 202 with its progress; ask again. Its result is kept until the library's count "
+                         "changes. Delete the extras with `DELETE /api/v1/images/{id}`.",
+             responses={**m.errors(422, 503), 202: {"model": m.DuplicatesResponse, "description": "scanning"}})
+    async def list_duplicates(self, request: Request, response: Response,
+                              query: Annotated[m.DuplicateParams, Query()]) -> dict:
+        params = m.parse(m.DuplicateParams, dict(request.query_params), self.settings.api)  # + the settings' bound
+        result = await self._searcher("duplicates", params.threshold, params.offset, params.limit,
+                                      self.settings.serve.index_wait_s, params.refresh)
+        if result["state"] == "scanning":
+            response.status_code = 202
+            return result
+        operator = self._is_operator(request)
+        for group in result["items"]:
+            group["images"] = [self._public(i, operator) for i in group["images"]]
+        return result
 
     @app.post("/api/v1/index", response_model=m.IndexResponse, tags=["library"],
               summary="(Re)build the index with the configured type and parameters",

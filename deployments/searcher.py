@@ -17,10 +17,10 @@ import numpy as np
 import ray
 from ray import serve
 
+from lookalike import duplicates
 from lookalike.catalog import Entry, label_filter
 from lookalike.errors import BackendUnavailable
-from lookalike.local_milvus import open_catalog
-from lookalike.models import get_model
+from lookalike.local_milvus import gallery_catalog
 from lookalike.settings import Settings
 from lookalike.store import make_store
 from lookalike.writer import GalleryWriter, NewImage
@@ -35,11 +35,16 @@ def _entry_dict(entry: Entry) -> dict:
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class Searcher:
     def __init__(self, settings: Settings):
-        self.catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        self.catalog = gallery_catalog(settings)
         self.writer = GalleryWriter(self.catalog, make_store(settings.store),
                                     delete_foreign_originals=settings.store.delete_foreign_originals)
         self._write = asyncio.Lock()
         self._rebuild: asyncio.Task | None = None
+        self.duplicate_settings = settings.duplicates
+        self._scan: duplicates.Scan | None = None  # the last finished near-duplicate scan
+        self._scanned_count = -1  # the catalog's count it stands for (kept in step by deletes here)
+        self._scanning: asyncio.Task | None = None
+        self._scan_progress = {"threshold": None, "done": 0, "total": 0}
         self.searches, self.search_seconds = 0, 0.0  # time in Milvus, for the status route's breakdown
         try:
             self.catalog.ensure_ready()
@@ -85,6 +90,9 @@ class Searcher:
         """Unlink one entry and delete the object the service stored for it."""
         async with self._write:
             entry, object_deleted = await self._run(self.writer.remove, image_id)
+        if self._scan is not None:
+            self._scan.forget([image_id])  # a reviewed duplicate is gone: the scan stays true
+            self._scanned_count -= 1
         return {**_entry_dict(entry), "object_deleted": object_deleted}
 
     async def list(self, offset: int, limit: int, label: str | None = None) -> dict:
@@ -103,6 +111,47 @@ class Searcher:
         if done:
             return {"state": "done", "index": self._rebuild.result()}
         return {"state": "building", "index": await self._run(self.catalog.index_info)}
+
+    async def duplicates(self, threshold: float | None, offset: int, limit: int, wait_s: float,
+                         refresh: bool = False) -> dict:
+        """Near-duplicate groups, a page of them: ``{"state": "done", ...summary, "items"}``, or
+        ``{"state": "scanning", "progress"}`` while a scan runs past ``wait_s``. A finished scan
+        is kept and answers again until the catalog's count changes (an image added or deleted
+        elsewhere), the threshold differs, or ``refresh``; one scan runs at a time."""
+        threshold = self.duplicate_settings.threshold if threshold is None else threshold
+        running = self._scanning is not None and not self._scanning.done()
+        if not running:
+            fresh = (self._scan is not None and self._scan.threshold == threshold and not refresh
+                     and await self._run(self.catalog.count) == self._scanned_count)
+            if not fresh:
+                self._scanning = asyncio.create_task(self._scan_now(threshold))
+        if self._scanning is not None and not self._scanning.done():
+            await asyncio.wait({self._scanning}, timeout=wait_s)
+        if self._scanning is not None and self._scanning.done():
+            self._scanning.result()  # a failed scan (Milvus down) answers as itself
+        if self._scan is None or self._scan.threshold != threshold or (self._scanning and not self._scanning.done()):
+            return {"state": "scanning", "progress": dict(self._scan_progress)}
+        page = self._scan.page(offset, limit)
+        entries = {e.id: _entry_dict(e) for e in
+                   await self._run(self.catalog.get, [i for g in page for i in g.ids])}
+        items = []
+        for g in page:
+            out = g.to_dict()
+            out["images"] = [{**entries[i["id"]], "score": i["score"]} for i in out["images"] if i["id"] in entries]
+            items.append(out)
+        return {"state": "done", **self._scan.summary(), "offset": offset, "limit": limit, "items": items}
+
+    async def _scan_now(self, threshold: float) -> None:
+        self._scan_progress = {"threshold": threshold, "done": 0, "total": 0}
+
+        def progress(done: int, total: int) -> None:
+            self._scan_progress.update(done=done, total=total)
+
+        count = await self._run(self.catalog.count)
+        scan = await self._run(duplicates.find, self.catalog, self.duplicate_settings, threshold=threshold,
+                               progress=progress)
+        log.info("near-duplicates at %.3f: %s", threshold, scan.summary())
+        self._scan, self._scanned_count = scan, count
 
     async def status(self) -> dict:
         return {**await self._run(self.catalog.describe), "searches": self.searches,

@@ -100,12 +100,22 @@ async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
 
 
 # -- the page, the docs, liveness ------------------------------------------------------------------
+def _page(name: str) -> FileResponse:
+    path = WEB_DIR / name
+    if not path.is_file():
+        raise NotFound("no web page is installed")
+    return FileResponse(path, media_type="text/html")
+
+
 @app.get("/", include_in_schema=False)
 async def page() -> FileResponse:
-    index = WEB_DIR / "index.html"
-    if not index.is_file():
-        raise NotFound("no web page is installed")
-    return FileResponse(index, media_type="text/html")
+    return _page("index.html")
+
+
+@app.get("/duplicates", include_in_schema=False)
+async def duplicates_page() -> FileResponse:
+    """Near-duplicate review: groups side by side, delete the chosen ones."""
+    return _page("duplicates.html")
 
 
 @app.get("/docs", include_in_schema=False)

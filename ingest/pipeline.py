@@ -30,7 +30,7 @@ import ray  # noqa: E402
 
 from lookalike.errors import LookalikeError  # noqa: E402
 from lookalike.indexer import Report  # noqa: E402
-from lookalike.local_milvus import choose_for_ingest, open_catalog, serving  # noqa: E402
+from lookalike.local_milvus import choose_for_ingest, gallery_catalog, serving  # noqa: E402
 from lookalike.models import get_model  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from lookalike.sources import Source  # noqa: E402
@@ -66,7 +66,7 @@ def read_prepare(batch: dict, *, settings: Settings, source: Source) -> dict:
     """The read + prepare stage as a Ray task function (tasks spread and scale freely)."""
     key = f"{source}|{settings.model_dump_json()}"
     if key not in _read_stages:
-        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        catalog = gallery_catalog(settings)
         _read_stages[key] = ReadPrepare(settings, source.reader(settings), catalog)
     return _read_stages[key](batch)
 
@@ -75,7 +75,7 @@ class WriteActor:
     """The write stage in an actor: one Milvus client and one store client per actor."""
 
     def __init__(self, settings: Settings, source: Source):
-        catalog = open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=True)
+        catalog = gallery_catalog(settings)
         self.write = Write(settings, catalog, make_store(settings.store), in_store=source.in_store(settings))
 
     def __call__(self, batch: dict) -> dict:
@@ -131,7 +131,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
     dim = get_model(settings.model.name).dim
     report.run["engine"] = choose_for_ingest(settings.milvus, len(items), dim)  # a large new gallery: local server
     with serving(settings.milvus):
-        catalog = open_catalog(settings.milvus, dim, shared=True)
+        catalog = gallery_catalog(settings)
         catalog.ensure_ready()
         log.info("ingesting %d files from %s into %s (%s)", len(items), source, settings.milvus.uri,
                  settings.milvus.collection)

@@ -95,16 +95,23 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
+# The collection property that records what its vectors are (Milvus Lite drops descriptions).
+DESCRIPTOR_PROPERTY = "lookalike.descriptor"
+
+
 class Catalog:
     def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
                  locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None,
-                 embedded: bool = False):
+                 embedded: bool = False, descriptor: str = ""):
         """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
         each reconnection (the embedded Milvus's supervised server, see
         ``local_milvus.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
-        one writer at a time). ``embedded``: Milvus Lite (which slows down as it grows). The
-        catalog never starts a process itself."""
+        one writer at a time). ``embedded``: Milvus Lite (which slows down as it grows).
+        ``descriptor``: what the vectors are (``descriptors.descriptor_name``), recorded with a
+        new collection; an existing one that records another is refused. The catalog never
+        starts a process itself."""
         self.embedded = embedded
+        self.descriptor = descriptor
         self.settings = settings
         self.dim = dim
         self._locate = locate
@@ -221,7 +228,8 @@ class Catalog:
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
         schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX_BYTES, description="original name or path")
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
-        self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level)
+        self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level,
+                   properties={DESCRIPTOR_PROPERTY: self.descriptor} if self.descriptor else None)
 
     def _check_schema(self) -> None:
         info = self._call("describe_collection", self.name)
@@ -236,6 +244,23 @@ class Catalog:
                 f"collection {self.name!r} holds {dim}-d vectors but the model gives {self.dim}-d; "
                 "use another milvus.collection for this model, or drop and re-ingest"
             )
+        if self.descriptor:
+            self._check_descriptor((info.get("properties") or {}).get(DESCRIPTOR_PROPERTY))
+
+    def _check_descriptor(self, recorded: str | None) -> None:
+        """Vectors of another descriptor (another pooling or fit) rank garbage: refuse them."""
+        if recorded is None:  # made before descriptors were recorded: average pooling
+            pooling = self.descriptor.split("/")[1] if self.descriptor.count("/") == 2 else ""
+            if pooling != "avg":
+                raise SchemaMismatch(
+                    f"collection {self.name!r} was made before descriptors were recorded, with average pooling; "
+                    f"the settings give {self.descriptor}. Set model.pooling: avg to keep using it, or use another "
+                    "milvus.collection and re-ingest")
+            return
+        if recorded != self.descriptor:
+            raise SchemaMismatch(
+                f"collection {self.name!r} holds {recorded} vectors but the settings give {self.descriptor}; "
+                "set the model settings back, or use another milvus.collection and re-ingest")
 
     def _index_params(self):
         idx = self.settings.index
@@ -471,7 +496,8 @@ class Catalog:
 
     def describe(self) -> dict[str, Any]:
         """Health and shape, for the status route: never raises for a down backend."""
-        base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim}
+        base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim,
+                "descriptor": self.descriptor or None}
         try:
             count = self.count()
             out = {**base, "healthy": True, "count": count, "index": self.index_info()}

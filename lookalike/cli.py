@@ -19,12 +19,12 @@ log = logging.getLogger("lookalike")
 
 
 def _open_core(settings: Settings):
-    from .local_milvus import open_catalog
+    from .local_milvus import gallery_catalog
     from .encoder import ImageEncoder
     from .store import make_store
 
     encoder = ImageEncoder(settings.model)
-    catalog = open_catalog(settings.milvus, encoder.dim, shared=False)
+    catalog = gallery_catalog(settings, shared=False)
     return encoder, catalog, make_store(settings.store)
 
 
@@ -56,10 +56,15 @@ def cmd_index(args, settings: Settings) -> int:
 
 def cmd_search(args, settings: Settings) -> int:
     from .catalog import label_filter
-    from .images import prepare
+    from .images import Box, prepare
 
+    try:
+        box = Box.parse(args.box) if args.box else None
+    except ValueError as exc:
+        print(f"--box: {exc}", file=sys.stderr)
+        return 2
     encoder, catalog, store = _open_core(settings)
-    prepared = prepare(Path(args.image).read_bytes(), encoder.input_size, settings.images)
+    prepared = prepare(Path(args.image).read_bytes(), encoder.input_size, settings.images, box)
     hits = catalog.search(encoder.encode(prepared.pixels[None]), args.k, expr=label_filter(args.filter))[0]
     catalog.close()
     print(json.dumps([{**h.to_dict(), "id": str(h.id), "url": store.url(h.key)} for h in hits], indent=2))
@@ -148,6 +153,34 @@ def cmd_status(args, settings: Settings) -> int:
     if status["milvus"].get("warning"):
         log.warning(status["milvus"]["warning"])
     return 0 if status["milvus"]["healthy"] and status["store"]["healthy"] else 1
+
+
+def cmd_duplicates(args, settings: Settings) -> int:
+    """Groups of near-duplicate images, largest first, as JSON; progress on stderr."""
+    from . import duplicates
+
+    _, catalog, store = _open_core(settings)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rscanned {done:,} of {total:,} images", end="", file=sys.stderr, flush=True)
+
+    found = duplicates.find(catalog, settings.duplicates, threshold=args.threshold, progress=progress)
+    print(file=sys.stderr)
+    page = found.page(args.offset, args.limit)
+    entries = {e.id: e for e in catalog.get([i for g in page for i in g.ids])}
+    catalog.close()
+    groups = []
+    for g in page:
+        out = g.to_dict()
+        for image in out["images"]:
+            e = entries.get(image["id"])
+            image.update({"id": str(image["id"]), "label": e.label if e else "", "source": e.source if e else "",
+                          "url": store.url(e.key) if e else None})
+        groups.append(out)
+    print(json.dumps({**found.summary(), "offset": args.offset, "items": groups}, indent=2))
+    log.info("%d groups, %d images that could go (threshold %.3f, %d images, %.1f s)", len(found.groups),
+             found.duplicates, found.threshold, found.images, found.seconds)
+    return 0
 
 
 def cmd_config(args, settings: Settings) -> int:
@@ -302,7 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help="only this label")
+    p.add_argument("--box", help="search by this part of the image only: x,y,w,h in pixels, or fractions "
+                                 "(0.25,0.1,0.5,0.5)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate images in the library, largest first (JSON)")
+    p.add_argument("--threshold", type=float, help="cosine similarity at least (default: duplicates.threshold)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many groups")
+    p.add_argument("--limit", type=int, default=50, help="groups to print")
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("eval", help="retrieval quality over a labelled folder tree (P@1, P@10, mAP@10, "
                                     "copy detection), through the index and exactly")

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .descriptors import pooled
 from .models import ModelSpec, get_model
 from .settings import ModelSettings
 
@@ -91,7 +92,7 @@ class ImageEncoder:
         if self.device == "cpu":
             torch.set_num_threads(threads)
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
-            model = self.spec.build(self.settings.weights)
+            model = pooled(self.spec.build(self.settings.weights), self.settings.pooling, self.settings.gem_p)
         if self.runtime == "onnx":
             from .onnx_runtime import OnnxRuntime
 
@@ -152,6 +153,7 @@ class ImageEncoder:
     def describe(self) -> dict:
         return {
             "name": self.spec.name,
+            "pooling": self.settings.pooling,
             "dim": self.dim,
             "input_size": self.input_size,
             "device": self.device,

@@ -128,11 +128,36 @@ EDITS: dict[str, Callable[[Image.Image], bytes]] = {
 }
 
 
-def edited_copies(data: bytes) -> dict[str, bytes]:
+# Copies a library gathers beside the edits above: planted to measure near-duplicate groups.
+PLANTED = {
+    **EDITS,
+    "resized_60": lambda img: _png(img.resize((max(8, img.width * 3 // 5), max(8, img.height * 3 // 5)),
+                                              Image.Resampling.BICUBIC)),
+    "reencoded_q75": lambda img: _jpeg(img, 75),
+}
+
+
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def edited_copies(data: bytes, edits: dict[str, Callable[[Image.Image], bytes]] = EDITS) -> dict[str, bytes]:
     """Each edit kind applied to one image (transparency flattened on white first)."""
     with Image.open(io.BytesIO(data)) as img:
         img = _on_white(ImageOps.exif_transpose(img))
-        return {name: edit(img) for name, edit in EDITS.items()}
+        return {name: edit(img) for name, edit in edits.items()}
+
+
+def random_crop(data: bytes, rng: random.Random, low: float = 0.3, high: float = 0.7) -> bytes:
+    """A part of the image: each side a random fraction in [low, high] of the image's, at a random
+    place (a user's box around part of a picture), as PNG."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = _on_white(ImageOps.exif_transpose(img))
+        w, h = max(8, round(img.width * rng.uniform(low, high))), max(8, round(img.height * rng.uniform(low, high)))
+        x, y = rng.randint(0, img.width - w), rng.randint(0, img.height - h)
+        return _png(img.crop((x, y, x + w, y + h)))
 
 
 # -- running an evaluation ------------------------------------------------------------------------

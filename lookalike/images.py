@@ -41,6 +41,47 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
+class Box:
+    """A rectangle of the (EXIF-oriented) image to search by: ``x,y,w,h`` in pixels (integers),
+    or as fractions of the width and height (numbers with a decimal point, 0..1)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    relative: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Box":
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 4:
+            raise ValueError("a box is x,y,w,h: four numbers")
+        relative = any("." in p for p in parts)
+        try:
+            values = [float(p) if relative else int(p) for p in parts]
+        except ValueError:
+            raise ValueError("a box is x,y,w,h: integers in pixels, or fractions (0.25) of the image") from None
+        x, y, w, h = values
+        if not all(np.isfinite(values)) or x < 0 or y < 0 or w <= 0 or h <= 0:
+            raise ValueError("a box needs x, y >= 0 and a positive width and height")
+        if relative and (x + w > 1.0 + 1e-6 or y + h > 1.0 + 1e-6):
+            raise ValueError("a relative box must lie within the image (x + w <= 1, y + h <= 1)")
+        return cls(x, y, w, h, relative)
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in an image of this size; refuses a box outside it."""
+        sx, sy = (width, height) if self.relative else (1, 1)
+        left, top = round(self.x * sx), round(self.y * sy)
+        right, bottom = min(width, round((self.x + self.w) * sx)), min(height, round((self.y + self.h) * sy))
+        if left >= width or top >= height:
+            raise InvalidImage(f"the box starts outside the {width}x{height} image", code="invalid_box")
+        return left, top, right, bottom
+
+    def __str__(self) -> str:
+        return ",".join(f"{v:g}" for v in (self.x, self.y, self.w, self.h))
+
+
+@dataclass(frozen=True)
 class PreparedImage:
     """An image ready for the encoder, with what the catalog and the store need to know."""
 
@@ -157,10 +198,21 @@ def to_model_input(img: Image.Image, size: int, fit: str = "pad") -> np.ndarray:
     return np.asarray(fit_square(to_rgb(img), size, fit), dtype=np.uint8)
 
 
-def prepare(data: bytes, size: int, limits: ImageLimits) -> PreparedImage:
+def crop_box(img: Image.Image, box: Box, min_side: int) -> Image.Image:
+    left, top, right, bottom = box.pixels(*img.size)
+    if min(right - left, bottom - top) < min_side:
+        raise InvalidImage(f"the box is {right - left}x{bottom - top} pixels of the {img.width}x{img.height} image; "
+                           f"each side must be at least {min_side} pixels", code="invalid_box")
+    return img.crop((left, top, right, bottom))
+
+
+def prepare(data: bytes, size: int, limits: ImageLimits, box: Box | None = None) -> PreparedImage:
     """bytes -> the model's ``size`` x ``size`` input, within ``limits`` (settings.images).
+    ``box``: only that part of the image (its id stays the whole file's).
     Raises a LookalikeError subclass on bad input."""
-    img, fmt = open_image(data, limits, draft=size)
+    img, fmt = open_image(data, limits, draft=None if box else size)
+    if box is not None:
+        img = crop_box(img, box, limits.min_side)
     try:
         pixels = to_model_input(img, size, limits.fit)
     except Exception as exc:

@@ -29,7 +29,7 @@ from .lite_server import LiteServer
 from .milvus_server import MilvusServer, namespace_refusal
 
 if TYPE_CHECKING:
-    from .settings import MilvusSettings
+    from .settings import MilvusSettings, Settings
     from .supervisor import LocalService
 
 log = logging.getLogger(__name__)
@@ -133,22 +133,34 @@ def serving(settings: "MilvusSettings"):
             service.stop()
 
 
-def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False) -> Catalog:
+def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
+    """The catalog of the configured gallery, for vectors of the configured model and descriptor
+    (recorded with a new collection, checked against an existing one)."""
+    from .descriptors import descriptor_name
+    from .models import get_model
+
+    return open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=shared,
+                        descriptor=descriptor_name(settings.model, settings.images))
+
+
+def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False, descriptor: str = "") -> Catalog:
     """A catalog for the configured Milvus. A server URI is used as is; the local server is
     always reached through its supervised process. A Lite directory shared through its server
     (``lite_server``) is joined if that runs, started if ``shared`` (the caller is one of several
     processes), else opened in-process (a one-shot command while nothing else runs). Joined or
-    started, the catalog finds the process again by itself when it reconnects."""
+    started, the catalog finds the process again by itself when it reconnects. ``descriptor``:
+    what the vectors are (``gallery_catalog``); empty for vectors of no model (benchmarks)."""
     chosen = engine(settings)
     if chosen == "server":
-        return Catalog(settings, dim)
+        return Catalog(settings, dim, descriptor=descriptor)
     service = local_service(settings)
     if chosen == "lite":
         Path(settings.uri).parent.mkdir(parents=True, exist_ok=True)
         lock = LiteServer(settings.uri).write_lock
         if service is None or (not shared and service.running_uri() is None):
-            return Catalog(settings, dim, write_lock=lock, embedded=True)
+            return Catalog(settings, dim, write_lock=lock, embedded=True, descriptor=descriptor)
         return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=lock,
-                       embedded=True)
-    return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=service.write_lock)
+                       embedded=True, descriptor=descriptor)
+    return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=service.write_lock,
+                   descriptor=descriptor)
 

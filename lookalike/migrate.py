@@ -13,8 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BadRequest, LookalikeError
-from .local_milvus import engine, open_catalog, remember
-from .models import get_model
+from .local_milvus import engine, gallery_catalog, remember
 from .settings import MilvusSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,10 @@ def migrate(settings: Settings, target: str, *, sample: int = 200,
     """Copy the configured collection to ``target``; returns what was copied and checked.
     Raises MigrationMismatch when the copy does not match its source."""
     started = time.perf_counter()
-    dim = get_model(settings.model.name).dim
     to = target_settings(settings.milvus, target)
     if (engine(to), to.uri) == (engine(settings.milvus), settings.milvus.uri):
         raise BadRequest(f"the gallery is already in {target}")
-    source, dest = open_catalog(settings.milvus, dim, shared=True), open_catalog(to, dim, shared=True)
+    source, dest = gallery_catalog(settings), gallery_catalog(settings.model_copy(update={"milvus": to}))
     try:
         copied, ids = 0, []
         for batch in source.entries(with_vectors=True):

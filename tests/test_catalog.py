@@ -148,6 +148,26 @@ def test_dimension_mismatch_is_refused(milvus):
         open_catalog(milvus, DIM * 2).ensure_ready()
 
 
+def test_a_collection_records_its_descriptor_and_refuses_another(milvus):
+    made = open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
+    assert made.describe()["descriptor"] == "m/gem3/pad"
+    open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()  # the same: taken
+    open_catalog(milvus, DIM).ensure_ready()  # vectors of no model (a benchmark's): nothing to check
+    for other in ("m/avg/pad", "m/gem3/crop", "n/gem3/pad"):
+        with pytest.raises(SchemaMismatch, match="holds m/gem3/pad vectors but the settings give " + other):
+            open_catalog(milvus, DIM, descriptor=other).ensure_ready()
+    made.build_index()  # the next version of the collection records it too
+    with pytest.raises(SchemaMismatch):
+        open_catalog(milvus, DIM, descriptor="m/avg/pad").ensure_ready()
+
+
+def test_a_collection_from_before_descriptors_is_taken_as_average_pooling(milvus):
+    open_catalog(milvus, DIM).ensure_ready()  # no descriptor recorded, as collections made before
+    open_catalog(milvus, DIM, descriptor="m/avg/pad").ensure_ready()
+    with pytest.raises(SchemaMismatch, match="Set model.pooling: avg to keep using it"):
+        open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
+
+
 @pytest.mark.parametrize("index_type, build", [("IVF_FLAT", {"nlist": 8}), ("IVF_SQ8", {"nlist": 8}),
                                                ("HNSW", {"M": 8, "efConstruction": 64}), ("FLAT", {})])
 def test_configured_index_is_the_one_built(milvus, index_type, build):

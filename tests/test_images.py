@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from lookalike import errors
-from lookalike.images import content_id, open_image, prepare
+from lookalike.images import Box, content_id, open_image, prepare
 from lookalike.settings import ImageLimits
 
 from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
@@ -130,3 +130,38 @@ def test_an_extreme_aspect_ratio_is_refused_from_the_header(monkeypatch):
     assert prepare(encode(Image.new("RGB", (400, 8))), 224, LIMITS.model_copy(update={"max_aspect_ratio": 50})).pixels.shape == \
         (224, 224, 3)  # 50:1 itself passes
     assert prepare(strip, 224, LIMITS).pixels.shape == (224, 224, 3)  # 0: no limit
+
+
+@pytest.mark.parametrize("text, want", [
+    ("10,20,30,40", Box(10, 20, 30, 40, relative=False)),
+    (" 0.25, 0.1 ,0.5,0.5", Box(0.25, 0.1, 0.5, 0.5, relative=True)),
+    ("0,0,1.0,1", Box(0, 0, 1, 1, relative=True)),  # one decimal point makes it relative
+])
+def test_box_parses_pixels_or_fractions(text, want):
+    assert Box.parse(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "1,2,3", "1,2,3,4,5", "a,b,c,d", "-1,0,10,10", "0,0,0,10", "10,10,5.5,5",
+                                  "0.6,0,0.5,0.5", "nan,0,0.5,0.5", "0,0,inf,1"])
+def test_a_bad_box_is_refused_with_the_reason(text):
+    with pytest.raises(ValueError):
+        Box.parse(text)
+
+
+def test_a_box_searches_by_that_part_of_the_oriented_image():
+    # A wide image, EXIF "rotate 90": upright it is 60x120, blue on top, red below.
+    img = Image.new("RGB", (120, 60), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 60, 60))
+    data = jpeg_with_orientation(img, 6)
+    for box in (Box.parse("0,0,60,60"), Box.parse("0.0,0.0,1.0,0.5")):
+        top = prepare(data, 32, LIMITS, box)
+        assert top.id == content_id(data)  # the whole file's id
+        assert (top.pixels[..., 2] > 200).all() and (top.pixels[..., 0] < 60).all()  # all blue: no padding
+    bottom = prepare(data, 32, LIMITS, Box.parse("0,60,60,60")).pixels
+    assert (bottom[..., 0] > 200).all() and (bottom[..., 2] < 60).all()
+    clipped = prepare(data, 32, LIMITS, Box.parse("0,60,600,600")).pixels  # clipped to the image
+    assert (clipped == bottom).all()
+    for outside in ("60,0,10,10", "0,120,10,10", "0,0,4,60"):  # past the right or bottom edge; too small
+        with pytest.raises(errors.InvalidImage) as err:
+            prepare(data, 32, LIMITS, Box.parse(outside))
+        assert err.value.code == "invalid_box" and "60x120" in err.value.message

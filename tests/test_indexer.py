@@ -13,7 +13,7 @@ from lookalike.sources import iter_folder
 from lookalike.store import make_store
 
 from .conftest import REPO, make_settings
-from .support.images import messy_source
+from .support.images import collage, messy_source
 
 
 def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root, encoder):
@@ -76,6 +76,43 @@ def test_cli_index_search_status(tmp_path, gallery_root):
     assert hits[0]["source"] == str(query) and hits[0]["label"] == "stripes"
     assert hits[0]["url"].startswith("/images/") and np.isclose(hits[0]["score"], 1.0, atol=1e-3)
 
+    both = tmp_path / "collage.png"  # --box: a part of the query
+    both.write_bytes(collage(gallery_root / "circles" / "circles_1.jpg", query))
+    for box, want in (("170,0,160,160", query), ("0.0,0.0,0.48,1.0", gallery_root / "circles" / "circles_1.jpg")):
+        run = subprocess.run([*cli, "search", str(both), "-k", "1", "--box", box], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and json.loads(run.stdout)[0]["source"] == str(want), (box, run.stderr)
+    run = subprocess.run([*cli, "search", str(both), "--box", "1,2,3"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and "--box: a box is x,y,w,h" in run.stderr
+
     run = subprocess.run([*cli, "status"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     status = json.loads(run.stdout)
     assert run.returncode == 0 and status["milvus"]["count"] == 30 and status["milvus"]["healthy"]
+
+
+def test_cli_duplicates_finds_a_planted_copy(tmp_path, gallery_root):
+    import os
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "library" / "shapes"
+    folder.mkdir(parents=True)
+    for label, i in (("circles", 0), ("squares", 1), ("rings", 2)):
+        shutil.copy(next((gallery_root / label).glob(f"{label}_{i}.*")), folder)
+    original = next(folder.glob("rings_2.*"))
+    Image.open(original).convert("RGB").resize((300, 300)).save(folder / "rings_copy.png")
+    env = {**os.environ, "LOOKALIKE_MILVUS__URI": str(tmp_path / "dups.db"),
+           "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "images")}
+    cli = [sys.executable, "-m", "lookalike.cli"]
+    run = subprocess.run([*cli, "index", str(tmp_path / "library")], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([*cli, "duplicates", "--threshold", "0.95"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert found["images"] == 4 and found["groups"] == 1 and found["duplicates"] == 1
+    assert {i["source"] for i in found["items"][0]["images"]} == {str(original), str(folder / "rings_copy.png")}
+    assert "scanned 4 of 4 images" in run.stderr

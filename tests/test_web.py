@@ -10,7 +10,7 @@ import pytest
 
 from lookalike.images import content_id
 
-from .support.images import draw, encode
+from .support.images import collage, draw, encode
 
 
 @pytest.fixture
@@ -111,6 +111,71 @@ def test_more_like_this(page, api):
     ids = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
     assert clicked not in ids and len(ids) == 10
     assert _first_card(page).locator(".label").inner_text() == "rings"
+
+
+def test_drag_a_box_on_the_query_searches_by_that_part(page, api):
+    """A collage of a ring and a triangle: a box dragged around the triangle (mouse) finds that
+    very image first; a box moved and resized by keyboard onto the ring, the ring."""
+    ring, triangle = api.gallery["rings"][3], api.gallery["triangles"][2]
+    page.set_input_files("#file", files=[{"name": "collage.png", "mimeType": "image/png",
+                                          "buffer": collage(ring, triangle)}])
+    page.wait_for_selector("#results .card")
+    area = page.locator("#region-img").bounding_box()
+    scale = area["width"] / 330
+    page.mouse.move(area["x"] + 172 * scale, area["y"] + 2 * scale)
+    page.mouse.down()
+    page.mouse.move(area["x"] + 250 * scale, area["y"] + 80 * scale, steps=4)
+    page.mouse.move(area["x"] + 328 * scale, area["y"] + 158 * scale, steps=4)
+    page.mouse.up()
+    _results_for(page, triangle)
+    assert page.locator("#results-title").inner_text().startswith("Results for a part of")
+    assert "part: 47%" in page.locator("#region-text").inner_text()
+    # Keyboard: Escape clears the box, "Choose a part" makes a centred one; move it left, shrink it.
+    page.keyboard.press("Escape")
+    page.click("#region-start")
+    assert page.evaluate("() => document.activeElement.id") == "region-box"
+    for key in ["ArrowUp"] * 5 + ["ArrowLeft"] * 5 + ["Shift+ArrowDown"] * 10 + ["Shift+ArrowLeft"]:
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    _results_for(page, ring)
+    page.click("#region-clear")  # the whole image again
+    page.wait_for_function("() => document.querySelector('#results-title').textContent === 'Results for collage.png'")
+
+
+def test_duplicates_page_lists_a_planted_copy_and_deletes_it(browser, api):
+    from PIL import Image
+
+    original = api.gallery["squares"][3]
+    copy = encode(Image.open(original).convert("RGB").resize((300, 300)), "PNG")
+    added = httpx.post(api.url + "/api/v1/images", files={"image": ("copy.png", copy, "image/png")},
+                       data={"label": "squares"}, headers={"X-API-Key": api.key})
+    assert added.status_code == 201
+    copy_id, original_id = added.json()["id"], str(content_id(original.read_bytes()))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(api.url + "/")
+        page.click("text=Near-duplicates")  # the search page links to it
+        page.wait_for_selector("body[data-ready=true]")
+        page.fill("#threshold", "0.95")
+        page.click("#scan")
+        card = page.locator(f"#groups .card[data-id='{copy_id}']")
+        card.wait_for()
+        group = page.locator("#groups .group", has=page.locator(f".card[data-id='{copy_id}']"))
+        assert group.locator(f".card[data-id='{original_id}']").count() == 1  # beside its original
+        assert "Scanned" in page.locator("#progress").inner_text()
+        page.fill("#key", api.key)
+        card.locator("input[type=checkbox]").check()
+        assert page.locator("#delete").inner_text() == "Delete 1 selected"
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        page.wait_for_function("id => !document.querySelector(`#groups .card[data-id='${id}']`)", arg=copy_id)
+        assert page.locator("#message").is_hidden()
+        assert httpx.get(f"{api.url}/api/v1/images/{copy_id}").status_code == 404
+    finally:
+        context.close()
+        httpx.delete(f"{api.url}/api/v1/images/{copy_id}", headers={"X-API-Key": api.key})
 
 
 def test_search_by_url(page, api):

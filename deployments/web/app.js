@@ -7,6 +7,10 @@ const $ = (id) => document.getElementById(id);
 const api = (path) => new URL(path, document.baseURI);
 
 let lastQuery = null;          // re-run when K or the label filter changes
+let runs = 0;                  // only the latest search's answer is shown
+let lastUpload = null;         // the uploaded image, for searches by a part of it
+let region = null;             // {x, y, w, h} as fractions of the image, or null: the whole image
+const REGION_MIN = 0.05;       // the smallest box side, as a fraction of the image's side
 
 // -- errors -------------------------------------------------------------------------------
 const FRIENDLY = {
@@ -52,15 +56,17 @@ async function call(url, options = {}) {
 }
 
 // -- queries ------------------------------------------------------------------------------
-function params() {
+function params(query) {
   const p = new URLSearchParams({ k: $("k").value });
   const label = $("filter").value.trim();
   if (label) p.set("filter", label);
+  if (query && query.box) p.set("box", query.box);
   return p;
 }
 
 async function run(query) {
   lastQuery = query;
+  const mine = ++runs;
   clearError();
   document.body.classList.add("busy");
   try {
@@ -71,14 +77,15 @@ async function run(query) {
       const form = new FormData();
       if (query.kind === "file") form.append("image", query.blob, query.name);
       else form.append("url", query.url);
-      body = await call(api(`api/v1/search?${params()}`), { method: "POST", body: form });
+      body = await call(api(`api/v1/search?${params(query)}`), { method: "POST", body: form });
     }
+    if (mine !== runs) return;  // a later search was started meanwhile: its answer counts
     render(body, query);
     refreshStatus();
   } catch (e) {
-    showError(e);
+    if (mine === runs) showError(e);
   } finally {
-    document.body.classList.remove("busy");
+    if (mine === runs) document.body.classList.remove("busy");
   }
 }
 
@@ -118,7 +125,104 @@ async function searchFile(file) {
     preview.hidden = true;
   }
   const blob = await prepareUpload(file);
-  await run({ kind: "file", blob, name: file.name || "pasted.png", title: file.name || "your image" });
+  lastUpload = { kind: "file", blob, name: file.name || "pasted.png", title: file.name || "your image" };
+  showRegion(blob);
+  await run(lastUpload);
+}
+
+// -- a part of the image: drag a box (mouse, pen, touch), or move it with the keyboard --------
+function boxText(r) {
+  return [r.x, r.y, r.w, r.h].map((v) => v.toFixed(4)).join(",");  // fractions: the API's relative box
+}
+
+function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
+
+function setRegion(r) {
+  region = r;
+  const box = $("region-box");
+  box.hidden = !r;
+  $("region-search").disabled = !r;
+  $("region-clear").disabled = !r;
+  if (!r) { $("region-text").textContent = ""; return; }
+  Object.assign(box.style, { left: `${r.x * 100}%`, top: `${r.y * 100}%`, width: `${r.w * 100}%`,
+                             height: `${r.h * 100}%` });
+  const pct = (v) => Math.round(v * 100);
+  $("region-text").textContent =
+    `part: ${pct(r.w)}% × ${pct(r.h)}% of the image, from ${pct(r.x)}%, ${pct(r.y)}%`;
+}
+
+function showRegion(blob) {
+  const img = $("region-img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(blob);
+  img.alt = "Your image: drag on it to choose a part";
+  $("region").hidden = false;
+  setRegion(null);
+}
+
+function searchRegion() {
+  if (!lastUpload) return;
+  const box = region ? boxText(region) : null;
+  run({ ...lastUpload, box, title: box ? `a part of ${lastUpload.title}` : lastUpload.title });
+}
+
+function initRegion() {
+  const area = $("region-area");
+  let start = null;
+  const at = (e) => {
+    const rect = $("region-img").getBoundingClientRect();
+    return { x: clamp((e.clientX - rect.left) / rect.width, 0, 1), y: clamp((e.clientY - rect.top) / rect.height, 0, 1) };
+  };
+  const between = (a, b) => ({ x: Math.min(a.x, b.x), y: Math.min(a.y, b.y),
+                               w: Math.abs(a.x - b.x), h: Math.abs(a.y - b.y) });
+  area.addEventListener("pointerdown", (e) => {
+    if (!lastUpload) return;
+    e.preventDefault();
+    area.setPointerCapture(e.pointerId);
+    start = at(e);
+  });
+  area.addEventListener("pointermove", (e) => {
+    if (start) setRegion(between(start, at(e)));
+  });
+  const finish = (e) => {
+    if (!start) return;
+    const r = between(start, at(e));
+    start = null;
+    if (r.w >= REGION_MIN && r.h >= REGION_MIN) {
+      setRegion(r);
+      $("region-box").focus();
+      searchRegion();
+    } else {
+      setRegion(region && region.w >= REGION_MIN ? region : null);
+    }
+  };
+  area.addEventListener("pointerup", finish);
+  area.addEventListener("pointercancel", () => { start = null; });
+  $("region-box").addEventListener("keydown", (e) => {
+    if (!region) return;
+    const step = e.altKey ? 0.01 : 0.05;
+    const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    if (e.key === "Enter") { e.preventDefault(); searchRegion(); return; }
+    if (e.key === "Escape") { e.preventDefault(); setRegion(null); return; }
+    if (!(e.key in moves)) return;
+    e.preventDefault();
+    const [dx, dy] = moves[e.key];
+    let { x, y, w, h } = region;
+    if (e.shiftKey) {  // resize from the bottom-right corner
+      w = clamp(w + dx, REGION_MIN, 1 - x);
+      h = clamp(h + dy, REGION_MIN, 1 - y);
+    } else {
+      x = clamp(x + dx, 0, 1 - w);
+      y = clamp(y + dy, 0, 1 - h);
+    }
+    setRegion({ x, y, w, h });
+  });
+  $("region-start").addEventListener("click", () => {  // a box to move and resize by keyboard
+    setRegion(region || { x: 0.25, y: 0.25, w: 0.5, h: 0.5 });
+    $("region-box").focus();
+  });
+  $("region-search").addEventListener("click", searchRegion);
+  $("region-clear").addEventListener("click", () => { setRegion(null); searchRegion(); });
 }
 
 // -- rendering ----------------------------------------------------------------------------
@@ -214,8 +318,11 @@ function init() {
     e.preventDefault();
     searchFile(item.getAsFile());
   });
+  initRegion();
   $("url-form").addEventListener("submit", (e) => {
     e.preventDefault();
+    lastUpload = null;
+    $("region").hidden = true;
     const url = $("url").value.trim();
     if (url) run({ kind: "url", url, title: url.split("/").pop() || url });
   });

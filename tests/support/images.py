@@ -50,6 +50,15 @@ def draw(shape: str, colour: tuple[int, int, int], seed: int, size: int = 160) -
     return img
 
 
+def collage(left: Path, right: Path) -> bytes:
+    """Two images side by side on a 330x160 white canvas as PNG: ``left`` at x 0-159, ``right``
+    at x 170-329, each resized to 160 px square."""
+    canvas = Image.new("RGB", (330, 160), (255, 255, 255))
+    canvas.paste(Image.open(left).convert("RGB").resize((160, 160)), (0, 0))
+    canvas.paste(Image.open(right).convert("RGB").resize((160, 160)), (170, 0))
+    return encode(canvas, "PNG")
+
+
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
