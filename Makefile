@@ -92,6 +92,7 @@ bench: install bench-data
 SCALE_WORK ?= data/bench/scale
 bench-scale: install bench-data
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.scale --work $(SCALE_WORK) --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.duplicate_scan --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.summary --results $(BENCH_OUT)
 
 # Debian packages with the benchmarks' labelled images: openclipart and Fashion-MNIST.

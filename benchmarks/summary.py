@@ -13,10 +13,12 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality", "scale", "rebuild-load"]
+ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality", "duplicate-scan", "scale",
+         "rebuild-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
             "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
+            "duplicate-scan": "python -m benchmarks.duplicate_scan",
             "rebuild-load": "python -m benchmarks.rebuild_load"}
 
 
@@ -96,7 +98,24 @@ def headline_quality(data: dict) -> list[dict]:
             text = ", ".join(f"{k} {v['index']['recall_at_1']:.2f}" for k, v in copies.items())
             rows.append({"what": f"{name}: copy detection recall@1", "original": "not measured", "lookalike": text,
                          "ratio": ""})
+    for box, r in data.get("regions", {}).items():
+        rows.append({"what": f"openclipart: search by a box of {box} of an image, recall@1 of the whole",
+                     "original": "no box search", "lookalike": f"{r['recall_at_1']:.2f} (exact search)", "ratio": ""})
+    planted = data.get("duplicates", {}).get("by_threshold", {})
+    if planted:
+        text = ", ".join(f"at {t}: precision {r['precision']:.2f} / recall {r['recall']:.2f}" for t, r in planted.items())
+        rows.append({"what": f"openclipart: near-duplicate groups, {data['duplicates']['planted']} planted copies",
+                     "original": "byte-identical only", "lookalike": text, "ratio": ""})
     return rows
+
+
+def headline_duplicate_scan(data: dict) -> list[dict]:
+    r = data.get("scan", {})
+    if not r:
+        return []
+    return [{"what": f"near-duplicate scan of {r['n']:,} images (local Milvus server)", "original": "none",
+             "lookalike": f"{r['scan_s']:.0f} s ({r['images_per_s']:,} images/s), {r['planted_found']:.2f} of the "
+                          "planted copies found", "ratio": ""}]
 
 
 def headline_scale(data: dict) -> list[dict]:
@@ -140,7 +159,8 @@ def before_and_after(data: dict) -> str:
 def headlines(found: dict[str, dict]) -> str:
     heads = []
     for name, fn in (("embedding", headline_embedding), ("vector-search", headline_search),
-                     ("http-load", headline_http), ("quality", headline_quality), ("scale", headline_scale)):
+                     ("http-load", headline_http), ("quality", headline_quality),
+                     ("duplicate-scan", headline_duplicate_scan), ("scale", headline_scale)):
         if name in found:
             heads += fn(found[name])
     machines = "; ".join(sorted({machine_line(d["machine"]) for d in found.values()}))

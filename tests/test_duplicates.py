@@ -5,12 +5,22 @@ import numpy as np
 from lookalike.duplicates import Pair, group, scan
 
 
-def test_pairs_link_into_groups_largest_first():
+def test_pairs_make_star_groups_around_leaders_largest_first():
     groups = group([Pair(1, 2, 0.97), Pair(2, 3, 0.95), Pair(7, 8, 0.99), Pair(5, 6, 0.96)])
-    assert [g.ids for g in groups] == [[1, 2, 3], [7, 8], [5, 6]]  # size, then the closest pair
-    assert groups[0].scores == {1: 0.97, 2: 0.97, 3: 0.95} and groups[0].top == 0.97
+    assert [g.ids for g in groups] == [[2, 1, 3], [7, 8], [5, 6]]  # size, then the closest pair
+    assert groups[0].scores == {2: 0.97, 1: 0.97, 3: 0.95} and groups[0].top == 0.97
     assert groups[0].to_dict() == {"size": 3, "top_score": 0.97, "images": [
-        {"id": 1, "score": 0.97}, {"id": 2, "score": 0.97}, {"id": 3, "score": 0.95}]}
+        {"id": 2, "score": 0.97}, {"id": 1, "score": 0.97}, {"id": 3, "score": 0.95}]}
+
+
+def test_a_chain_does_not_merge_images_that_are_not_alike():
+    # 1~2~3~4~5 in a chain (each only like its neighbours): connected components would make one
+    # group of five in which 1 and 5 have nothing in common; stars keep every member near its leader.
+    groups = group([Pair(1, 2, 0.95), Pair(2, 3, 0.95), Pair(3, 4, 0.95), Pair(4, 5, 0.95)])
+    assert sorted(len(g.ids) for g in groups) == [2, 3]
+    for g in groups:
+        leader = g.ids[0]
+        assert all(abs(m - leader) == 1 for m in g.ids[1:])
 
 
 def test_scan_links_neighbours_at_the_threshold_only_and_reports_progress():

@@ -24,6 +24,10 @@ def page(browser, api):
 
 
 def open_page(page, url: str) -> None:
+    # Intercept file choosers from the start: expect_file_chooser turns interception on without
+    # waiting for the browser, so on a busy machine a click or Enter right after it could open
+    # the (headless, invisible) native dialog instead and the test waited in vain.
+    page.on("filechooser", lambda chooser: None)
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
 
