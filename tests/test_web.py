@@ -265,6 +265,8 @@ def test_keyboard_and_phone_width(browser, api):
     page = context.new_page()
     open_page(page, api.url)
     assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 375  # no sideways scrolling
+    page.keyboard.press("Tab")  # the header's link to the duplicates page, then the drop zone
+    assert page.evaluate("() => document.activeElement.textContent") == "Near-duplicates"
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.id") == "drop"
     with page.expect_file_chooser() as chooser:

@@ -1,10 +1,9 @@
-// Lookalike's page: no build step, no dependencies. Talks to the /api/v1 routes next to it.
+// Lookalike's page: no build step, no dependencies. Talks to the /api/v1 routes next to it
+// through api.js (loaded first).
 "use strict";
 
 const MAX_SIDE = 600;          // big photos are downscaled in the browser before upload
 const MAX_UPLOAD = 2 * 1024 * 1024;
-const $ = (id) => document.getElementById(id);
-const api = (path) => new URL(path, document.baseURI);
 
 let lastQuery = null;          // re-run when K or the label filter changes
 let runs = 0;                  // only the latest search's answer is shown
@@ -12,18 +11,7 @@ let lastUpload = null;         // the uploaded image, for searches by a part of 
 let region = null;             // {x, y, w, h} as fractions of the image, or null: the whole image
 const REGION_MIN = 0.05;       // the smallest box side, as a fraction of the image's side
 
-// -- errors -------------------------------------------------------------------------------
-const FRIENDLY = {
-  empty_input: "That file is empty.",
-  unsupported_media_type: "That is not an image we can read (try JPEG, PNG, WebP, GIF, BMP or TIFF).",
-  invalid_image: "That image is damaged or truncated and cannot be decoded.",
-  too_large: "That image is too large.",
-  backend_unavailable: "The search backend is down; try again shortly.",
-  unauthorized: "This action needs the API key.",
-  not_found: "Not found.",
-  url_fetch_failed: "The image at that URL could not be fetched.",
-};
-
+// -- errors ----------------------------------------------------------------------------------
 function showError(err) {
   const box = $("message");
   box.textContent = err.message;
@@ -33,26 +21,6 @@ function showError(err) {
 function clearError() {
   $("message").hidden = true;
   $("message").textContent = "";
-}
-
-class ApiError extends Error {}
-
-async function call(url, options = {}) {
-  let response;
-  try {
-    response = await fetch(url, options);
-  } catch (e) {
-    throw new ApiError("Cannot reach the Lookalike service: " + e.message);
-  }
-  let body = null;
-  try { body = await response.json(); } catch (_) { /* not JSON: a proxy error page */ }
-  if (!response.ok) {
-    const e = body && body.error;
-    const friendly = e && FRIENDLY[e.code];
-    const detail = e ? e.message + (e.backend ? ` (backend: ${e.backend})` : "") : response.statusText;
-    throw new ApiError(`${friendly ? friendly + " " : ""}${detail} [HTTP ${response.status}]`);
-  }
-  return body;
 }
 
 // -- queries ------------------------------------------------------------------------------

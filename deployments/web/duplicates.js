@@ -1,9 +1,8 @@
-// Near-duplicate review: GET /api/v1/duplicates (202 while the scan runs), DELETE the chosen.
+// Near-duplicate review: GET /api/v1/duplicates (202 while the scan runs), DELETE the chosen;
+// through api.js (loaded first).
 "use strict";
 
 const PAGE = 10;
-const $ = (id) => document.getElementById(id);
-const api = (path) => new URL(path, document.baseURI);
 let offset = 0;
 let total = 0;
 
@@ -18,22 +17,6 @@ function headers() {
   return key ? { "X-API-Key": key } : {};
 }
 
-async function call(url, options = {}) {
-  let response;
-  try {
-    response = await fetch(url, options);
-  } catch (e) {
-    throw new Error("Cannot reach the Lookalike service: " + e.message);
-  }
-  let body = null;
-  try { body = await response.json(); } catch (_) { /* not JSON */ }
-  if (!response.ok) {
-    const e = body && body.error;
-    throw new Error(`${e ? e.message : response.statusText} [HTTP ${response.status}]`);
-  }
-  return { status: response.status, body };
-}
-
 async function load(refresh = false) {
   showError("");
   const p = new URLSearchParams({ offset, limit: PAGE });
@@ -43,7 +26,7 @@ async function load(refresh = false) {
   document.body.classList.add("busy");
   try {
     for (;;) {
-      const { status, body } = await call(api(`api/v1/duplicates?${p}`));
+      const { status, body } = await request(api(`api/v1/duplicates?${p}`));
       if (status !== 202) { render(body); break; }
       const g = body.progress || {};
       $("progress").textContent = `Scanning: ${(g.done || 0).toLocaleString("en")} of ` +
@@ -110,7 +93,8 @@ async function deleteChosen() {
   showError("");
   for (const card of cards) {
     try {
-      await call(api(`api/v1/images/${encodeURIComponent(card.dataset.id)}`), { method: "DELETE", headers: headers() });
+      await request(api(`api/v1/images/${encodeURIComponent(card.dataset.id)}`),
+                    { method: "DELETE", headers: headers() });
       card.remove();
     } catch (e) {
       showError(`Could not delete: ${e.message}`);
