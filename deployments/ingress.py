@@ -228,17 +228,20 @@ class Ingress(OriginalRoutes):
              description="Every image's nearest neighbours from the index (batched searches); images at "
                          "`threshold` or more are grouped. The scan is a job: past `serve.index_wait_s` the answer "
                          "is 202 with its progress; ask again. Its result is kept until the library's count "
-                         "changes. Delete the extras with `DELETE /api/v1/images/{id}`.",
-             responses={**m.errors(422, 503), 202: {"model": m.DuplicatesResponse, "description": "scanning"}})
+                         "changes, and anyone may read it; starting a scan (none kept for this threshold, or "
+                         "`refresh`) needs what a write needs. Delete the extras with `DELETE /api/v1/images/{id}`.",
+             responses={**m.errors(401, 403, 422, 503), 202: {"model": m.DuplicatesResponse, "description": "scanning"}})
     async def list_duplicates(self, request: Request, response: Response,
                               query: Annotated[m.DuplicateParams, Query()]) -> dict:
         params = m.parse(m.DuplicateParams, dict(request.query_params), self.settings.api)  # + the settings' bound
+        operator = self._is_operator(request)
         result = await self._searcher("duplicates", params.threshold, params.offset, params.limit,
-                                      self.settings.serve.index_wait_s, params.refresh)
+                                      self.settings.serve.index_wait_s, params.refresh, operator)
+        if result["state"] == "needs_scan":  # reading a kept scan is free; starting one is the writers'
+            self.writes.check(request)
         if result["state"] == "scanning":
             response.status_code = 202
             return result
-        operator = self._is_operator(request)
         for group in result["items"]:
             group["images"] = [self._public(i, operator) for i in group["images"]]
         return result

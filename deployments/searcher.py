@@ -113,16 +113,20 @@ class Searcher:
         return {"state": "building", "index": await self._run(self.catalog.index_info)}
 
     async def duplicates(self, threshold: float | None, offset: int, limit: int, wait_s: float,
-                         refresh: bool = False) -> dict:
+                         refresh: bool = False, may_scan: bool = True) -> dict:
         """Near-duplicate groups, a page of them: ``{"state": "done", ...summary, "items"}``, or
         ``{"state": "scanning", "progress"}`` while a scan runs past ``wait_s``. A finished scan
         is kept and answers again until the catalog's count changes (an image added or deleted
-        elsewhere), the threshold differs, or ``refresh``; one scan runs at a time."""
+        elsewhere), the threshold differs, or ``refresh``; one scan runs at a time. A caller
+        that may not start one (``may_scan``: a scan loads Milvus for minutes at 200,000
+        images) gets ``{"state": "needs_scan"}`` instead."""
         threshold = self.duplicate_settings.threshold if threshold is None else threshold
         running = self._scanning is not None and not self._scanning.done()
         if not running:
             fresh = (self._scan is not None and self._scan.threshold == threshold and not refresh
                      and await self._run(self.catalog.count) == self._scanned_count)
+            if not fresh and not may_scan:
+                return {"state": "needs_scan"}
             if not fresh:
                 self._scanning = asyncio.create_task(self._scan_now(threshold))
         if self._scanning is not None and not self._scanning.done():

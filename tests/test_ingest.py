@@ -18,7 +18,7 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from lookalike.images import content_id
-from lookalike.local_milvus import open_catalog
+from lookalike.local_milvus import gallery_catalog, open_catalog
 from lookalike.lite_server import LiteServer
 from lookalike.settings import S3Settings
 from lookalike.store import S3Store, make_store
@@ -30,7 +30,9 @@ from harness.servers import HOST, free_ports, wait_for
 
 
 def _count(settings) -> int:
-    catalog = open_catalog(settings.milvus, 1280)
+    # The gallery's catalog: one opened without the descriptor would create the collection
+    # without it if it came first, and the job would then refuse it.
+    catalog = gallery_catalog(settings, shared=False)
     try:
         return catalog.count()
     finally:

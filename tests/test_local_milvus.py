@@ -16,7 +16,7 @@ import pytest
 
 from lookalike.catalog import Entry
 from lookalike.errors import BackendUnavailable
-from lookalike.local_milvus import choose_for_ingest, engine, open_catalog
+from lookalike.local_milvus import choose_for_ingest, engine, gallery_catalog, open_catalog
 from lookalike.migrate import _compare, migrate
 from lookalike.milvus_server import MilvusServer
 from lookalike.settings import MilvusSettings
@@ -138,7 +138,7 @@ def test_a_large_new_gallery_goes_to_the_local_server_and_every_later_run_finds_
 
 def test_migrate_moves_a_lite_gallery_to_the_local_server_without_re_embedding(tmp_path):
     settings = make_settings(tmp_path, milvus={"lite_server": False})
-    lite = open_catalog(settings.milvus, DIM)
+    lite = gallery_catalog(settings, shared=False)  # a gallery of the configured model and descriptor
     entries = _entries(500, seed=3)
     lite.upsert(entries)
     lite.flush()

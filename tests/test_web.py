@@ -158,10 +158,14 @@ def test_duplicates_page_lists_a_planted_copy_and_deletes_it(browser, api):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    # Accept the delete's confirm(). Subscribed now: Playwright turns dialog handling on without
+    # waiting, and a dialog with no handler yet is dismissed (on a busy machine, the click came first).
+    page.on("dialog", lambda dialog: dialog.accept())
     try:
         page.goto(api.url + "/")
         page.click("text=Near-duplicates")  # the search page links to it
         page.wait_for_selector("body[data-ready=true]")
+        page.fill("#key", api.key)  # starting a scan needs what a write needs
         page.fill("#threshold", "0.95")
         page.click("#scan")
         card = page.locator(f"#groups .card[data-id='{copy_id}']")
@@ -169,10 +173,8 @@ def test_duplicates_page_lists_a_planted_copy_and_deletes_it(browser, api):
         group = page.locator("#groups .group", has=page.locator(f".card[data-id='{copy_id}']"))
         assert group.locator(f".card[data-id='{original_id}']").count() == 1  # beside its original
         assert "Scanned" in page.locator("#progress").inner_text()
-        page.fill("#key", api.key)
         card.locator("input[type=checkbox]").check()
         assert page.locator("#delete").inner_text() == "Delete 1 selected"
-        page.once("dialog", lambda dialog: dialog.accept())
         page.click("#delete")
         page.wait_for_function("id => !document.querySelector(`#groups .card[data-id='${id}']`)", arg=copy_id)
         assert page.locator("#message").is_hidden()

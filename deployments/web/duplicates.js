@@ -26,7 +26,7 @@ async function load(refresh = false) {
   document.body.classList.add("busy");
   try {
     for (;;) {
-      const { status, body } = await request(api(`api/v1/duplicates?${p}`));
+      const { status, body } = await request(api(`api/v1/duplicates?${p}`), { headers: headers() });
       if (status !== 202) { render(body); break; }
       const g = body.progress || {};
       $("progress").textContent = `Scanning: ${(g.done || 0).toLocaleString("en")} of ` +
