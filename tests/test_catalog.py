@@ -25,10 +25,12 @@ def unit(rng, n):
 @pytest.fixture(params=["lite", "server"])
 def milvus(request, tmp_path):
     """(uri, settings overrides) for a fresh collection on each backend."""
+    # Deadlines for a busy machine: two suites at once made a 2,000-row upsert pass the default
+    # 10 s. No test here that takes this fixture is about deadlines.
     if request.param == "lite":
-        return MilvusSettings(uri=str(tmp_path / "t.db"), lite_server=False)
+        return MilvusSettings(uri=str(tmp_path / "t.db"), lite_server=False, timeout_s=60)
     server = request.getfixturevalue("milvus_server")
-    return MilvusSettings(uri=server.uri, collection=f"t_{abs(hash(request.node.name)) % 10**8}")
+    return MilvusSettings(uri=server.uri, collection=f"t_{abs(hash(request.node.name)) % 10**8}", timeout_s=60)
 
 
 def entries(vectors, labels=("a", "b")):
