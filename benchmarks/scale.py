@@ -182,7 +182,12 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
         deploy(settings, base)
         import httpx
 
-        status = httpx.get(f"{base}/api/v1/status", timeout=60).json()
+        # The Searcher may still be reaching the local server that ingest stopped and the service
+        # started again: its status then has no count yet (a CI run read it too early).
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{base}/api/v1/status", timeout=60).json()).get("count") is None \
+                and time.monotonic() < deadline:
+            time.sleep(1)
         rows = measure_lookalike(base, bodies, clients, seconds)
         rss = rss_by_role()
         rebuilt = rebuild_under_load(base, settings, bodies, clients[-1], seconds) if rebuild else None
