@@ -58,14 +58,16 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
     """Load on the search route: the Embedder (tens of ms per image) scales out, the Searcher
     (a few ms) stays at one replica; both come back to one when the load stops. Each has its own
     policy (as in config/serve.yaml), delays shortened to fit a test: 8 clients keep ~8 requests
-    at the Embedder (target 2 each), and far fewer at the Searcher (target 4: on this 2-core
-    machine a search waits for the CPU the forward passes hold)."""
+    at the Embedder (target 2 each), and far fewer at the Searcher (target 6, under the 8 clients:
+    on this 2-core machine a search waits for the CPU the forward passes hold, and once the
+    Embedder has two replicas the searches bunch up; at target 4 a CI run saw the Searcher reach 2
+    for a second)."""
     from ray import serve
 
     scaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
                "metrics_interval_s": 0.5, "look_back_period_s": 2}
     options = suite_options(Embedder={"autoscaling_config": {**scaling, "target_ongoing_requests": 2}},
-                           Searcher={"autoscaling_config": {**scaling, "target_ongoing_requests": 4}})
+                           Searcher={"autoscaling_config": {**scaling, "target_ongoing_requests": 6}})
     deploy("scale", "/scale", api.settings, options)
     url = serve_url + "/scale"
     timeline: list[tuple[float, dict]] = []
