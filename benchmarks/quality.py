@@ -103,26 +103,29 @@ def descriptors(sets: dict[str, Path], args) -> dict[str, dict[str, dict]]:
     return exact_quality(sets, variants(load_settings(), "model.pooling", args.poolings), args.copies)
 
 
-def _gallery_and_encoder(folder: Path, settings):
+def embedded_gallery(folder: Path):
+    """The labelled tree embedded once with the configured settings, and its bytes -> vectors
+    function: what the region and duplicate measurements share."""
     from lookalike.encoder import ImageEncoder
     from lookalike.evaluation import bytes_embedder, load_gallery
+    from lookalike.settings import load_settings
     from lookalike.sources import iter_folder
 
+    settings = load_settings()
     encoder = ImageEncoder(settings.model).load()
     gallery = load_gallery(list(iter_folder(folder)))
     gallery.vectors, _ = embed_files(gallery.paths, encoder, settings.images)
     return gallery, bytes_embedder(encoder, settings.images)
 
 
-def regions(folder: Path, args) -> dict[str, dict]:
+def regions(embedded, args) -> dict[str, dict]:
     """Search by a part of a gallery image (a box around it): the whole image's rank among exact
     results, for random boxes of 30-70 % of each side and for boxes of exactly 50 %."""
     import random
 
     from lookalike.evaluation import copy_recall, exact_top_k, pick, random_crop
-    from lookalike.settings import load_settings
 
-    gallery, embed = _gallery_and_encoder(folder, load_settings())
+    gallery, embed = embedded
     chosen = pick(args.copies, len(gallery.ids), 2)
     out = {}
     for name, (low, high) in {"random 30-70 %": (0.3, 0.7), "50 %": (0.5, 0.5)}.items():
@@ -134,7 +137,7 @@ def regions(folder: Path, args) -> dict[str, dict]:
     return out
 
 
-def planted_duplicates(folder: Path, args) -> dict:
+def planted_duplicates(embedded, args) -> dict:
     """Near-duplicate groups on the gallery plus planted copies of ``args.copies`` originals (each
     edit kind, resized, re-encoded), through ``lookalike.duplicates.scan`` with exact neighbours.
     Pairs in one group count as found; pairs of one original's family are the truth, so the
@@ -149,7 +152,7 @@ def planted_duplicates(folder: Path, args) -> dict:
     from lookalike.settings import load_settings
 
     settings = load_settings()
-    gallery, embed = _gallery_and_encoder(folder, settings)
+    gallery, embed = embedded
     own = gallery.vectors @ gallery.vectors.T
     np.fill_diagonal(own, -1.0)
     distinct = np.flatnonzero(own.max(axis=1) < min(args.thresholds))
@@ -302,9 +305,10 @@ def main(argv: list[str] | None = None) -> Results:
     results.add("preprocessing", fits)
     pooling = descriptors(sets, args) if args.poolings else {}
     results.add("descriptors", pooling)
-    parts = regions(sets["openclipart"], args)
+    embedded = embedded_gallery(sets["openclipart"])  # once for both measurements
+    parts = regions(embedded, args)
     results.add("regions", parts)
-    planted = planted_duplicates(sets["openclipart"], args) if args.thresholds else {}
+    planted = planted_duplicates(embedded, args) if args.thresholds else {}
     results.add("duplicates", planted)
     report(results, service, fits, pooling, parts, planted)
     results.write()

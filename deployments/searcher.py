@@ -135,14 +135,7 @@ class Searcher:
             self._scanning.result()  # a failed scan (Milvus down) answers as itself
         if self._scan is None or self._scan.threshold != threshold or (self._scanning and not self._scanning.done()):
             return {"state": "scanning", "progress": dict(self._scan_progress)}
-        page = self._scan.page(offset, limit)
-        entries = {e.id: _entry_dict(e) for e in
-                   await self._run(self.catalog.get, [i for g in page for i in g.ids])}
-        items = []
-        for g in page:
-            out = g.to_dict()
-            out["images"] = [{**entries[i["id"]], "score": i["score"]} for i in out["images"] if i["id"] in entries]
-            items.append(out)
+        items = await self._run(self._scan.described, self.catalog, offset, limit)
         return {"state": "done", **self._scan.summary(), "offset": offset, "limit": limit, "items": items}
 
     async def _scan_now(self, threshold: float) -> None:

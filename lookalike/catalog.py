@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .descriptors import taken_as_unrecorded
 from .errors import BackendUnavailable, NotFound, SchemaMismatch
 from .limits import KEY_MAX_BYTES, LABEL_MAX_BYTES, SOURCE_MAX_BYTES
 from .settings import MilvusSettings
@@ -249,9 +250,8 @@ class Catalog:
 
     def _check_descriptor(self, recorded: str | None) -> None:
         """Vectors of another descriptor (another pooling or fit) rank garbage: refuse them."""
-        if recorded is None:  # made before descriptors were recorded: average pooling
-            pooling = self.descriptor.split("/")[1] if self.descriptor.count("/") == 2 else ""
-            if pooling != "avg":
+        if recorded is None:  # made before descriptors were recorded
+            if not taken_as_unrecorded(self.descriptor):
                 raise SchemaMismatch(
                     f"collection {self.name!r} was made before descriptors were recorded, with average pooling; "
                     f"the settings give {self.descriptor}. Set model.pooling: avg to keep using it, or use another "

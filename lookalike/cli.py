@@ -166,17 +166,10 @@ def cmd_duplicates(args, settings: Settings) -> int:
 
     found = duplicates.find(catalog, settings.duplicates, threshold=args.threshold, progress=progress)
     print(file=sys.stderr)
-    page = found.page(args.offset, args.limit)
-    entries = {e.id: e for e in catalog.get([i for g in page for i in g.ids])}
+    groups = found.described(catalog, args.offset, args.limit)
     catalog.close()
-    groups = []
-    for g in page:
-        out = g.to_dict()
-        for image in out["images"]:
-            e = entries.get(image["id"])
-            image.update({"id": str(image["id"]), "label": e.label if e else "", "source": e.source if e else "",
-                          "url": store.url(e.key) if e else None})
-        groups.append(out)
+    for group in groups:
+        group["images"] = [{**i, "id": str(i["id"]), "url": store.url(i["key"])} for i in group["images"]]
     print(json.dumps({**found.summary(), "offset": args.offset, "items": groups}, indent=2))
     log.info("%d groups, %d images that could go (threshold %.3f, %d images, %.1f s)", len(found.groups),
              found.duplicates, found.threshold, found.images, found.seconds)

@@ -33,6 +33,12 @@ def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
     return f"{model.name}/{pooling}/{images.fit}"
 
 
+def taken_as_unrecorded(descriptor: str) -> bool:
+    """Whether a collection made before descriptors were recorded holds vectors of this one:
+    those were all average-pooled (the fit and the model were not recorded either)."""
+    return descriptor.split("/")[1:2] == ["avg"]
+
+
 def pooled(trunk: "torch.nn.Module", pooling: str, gem_p: float) -> "torch.nn.Module":
     """``trunk`` (images -> (N, C, H, W) feature map) followed by the pooling: images -> (N, C)."""
     import torch

@@ -59,6 +59,20 @@ class Scan:
     def page(self, offset: int, limit: int) -> list[Group]:
         return self.groups[offset: offset + limit]
 
+    def described(self, catalog: "Catalog", offset: int, limit: int) -> list[dict]:
+        """A page of groups with each image's entry (id, key, label, source) and score; an image
+        deleted since the scan is left out."""
+        page = self.page(offset, limit)
+        entries = {e.id: e for e in catalog.get([i for g in page for i in g.ids])}
+        out = []
+        for g in page:
+            group = g.to_dict()
+            group["images"] = [{"id": i["id"], "key": entries[i["id"]].key, "label": entries[i["id"]].label,
+                                "source": entries[i["id"]].source, "score": i["score"]}
+                               for i in group["images"] if i["id"] in entries]
+            out.append(group)
+        return out
+
     def forget(self, ids: Iterable[int]) -> None:
         """Images deleted from the scanned library leave it and their groups; a group of one is
         no group."""

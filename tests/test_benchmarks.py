@@ -189,9 +189,10 @@ def test_preprocessing_descriptor_region_and_duplicate_comparisons(out, gallery_
     assert set(pooling["generated"]) == {"avg", "gem"}
     # Another pooling, other vectors: not the same ranking to the last digit.
     assert pooling["generated"]["avg"]["exact"] != pooling["generated"]["gem"]["exact"]
-    parts = quality.regions(gallery_root, args)
+    embedded = quality.embedded_gallery(gallery_root)
+    parts = quality.regions(embedded, args)
     assert parts["50 %"]["queries"] == 2
-    planted = quality.planted_duplicates(gallery_root, args)
+    planted = quality.planted_duplicates(embedded, args)
     assert planted["planted"] == 2 * 8 and planted["images"] == 30 + 16
     loose, strict = planted["by_threshold"]["0.9"], planted["by_threshold"]["0.999"]
     assert loose["recall"] > strict["recall"]  # a lower threshold links more of the planted copies
