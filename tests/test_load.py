@@ -32,8 +32,10 @@ def test_embedder_replica_killed_under_load(serve_url, api):
     """With two Embedder replicas (as on Kubernetes), SIGKILL one under load: the other answers
     while Serve replaces it, so the longest wait between two answers stays short (0.15 s
     measured; one replica: 3.9 s with config/serve.yaml's 2 s health checks, 9.3 s with Serve's
-    defaults, benchmarks/replica_kill.py). Any request that does fail is a retriable 503 naming
-    the Embedder, never a 500."""
+    defaults, benchmarks/replica_kill.py). The bound is 3 s beyond the longest wait the same
+    clients saw before the kill: on a machine busy with other work, answers come slower with or
+    without a kill, and only what the kill adds tells two replicas from one. Any request that
+    does fail is a retriable 503 naming the Embedder, never a 500."""
     from ray import serve
 
     deploy("kill", "/kill", api.settings, suite_options(Embedder={"num_replicas": 2}))
@@ -44,14 +46,17 @@ def test_embedder_replica_killed_under_load(serve_url, api):
         serve.delete("kill")
     print(result)
     assert all(status == 503 and retry and backend == "embedder" for status, retry, backend in result["failed"])
-    assert result["ok"] > 0 and result["stall_s"] < 3.0
+    assert result["ok"] > 0 and result["stall_s"] < 3.0 + result["gap_before_s"]
 
 
 def _replicas(app: str) -> dict[str, int]:
+    """Each deployment's replicas that are not on their way out: what its autoscaler asked for
+    (a replica it added counts while it loads its model, which a busy machine makes slow)."""
     from ray import serve
 
     deployments = serve.status().applications[app].deployments
-    return {name: deployments[name].replica_states.get("RUNNING", 0) for name in ("Embedder", "Searcher")}
+    return {name: sum(n for state, n in deployments[name].replica_states.items() if state not in ("STOPPING", "STOPPED"))
+            for name in ("Embedder", "Searcher")}
 
 
 def test_embedder_and_searcher_autoscale_independently(serve_url, api):
@@ -61,14 +66,17 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
     at the Embedder (target 2 each), and far fewer at the Searcher (target 6, under the 8 clients:
     on this 2-core machine a search waits for the CPU the forward passes hold, and once the
     Embedder has two replicas the searches bunch up; at target 4 a CI run saw the Searcher reach 2
-    for a second)."""
+    for a second). How long it waits for each change is relative to how long this machine took to
+    deploy the app in the same run (at least 40 s): a replica starts no faster than that."""
     from ray import serve
 
     scaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
                "metrics_interval_s": 0.5, "look_back_period_s": 2}
     options = suite_options(Embedder={"autoscaling_config": {**scaling, "target_ongoing_requests": 2}},
                            Searcher={"autoscaling_config": {**scaling, "target_ongoing_requests": 6}})
+    started = time.monotonic()
     deploy("scale", "/scale", api.settings, options)
+    window = max(40.0, 3 * (time.monotonic() - started))
     url = serve_url + "/scale"
     timeline: list[tuple[float, dict]] = []
     started = time.monotonic()
@@ -78,7 +86,7 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
         load = threading.Thread(target=run_load, args=(f"{url}/api/v1/search", payloads([query]), 8, 120.0),
                                 kwargs={"stop": stop, "record": log}, daemon=True)
         load.start()
-        while time.monotonic() - started < 40:
+        while time.monotonic() - started < window:
             timeline.append((round(time.monotonic() - started, 1), _replicas("scale")))
             if timeline[-1][1]["Embedder"] >= 2 and time.monotonic() - started > 10:
                 break
@@ -86,7 +94,7 @@ def test_embedder_and_searcher_autoscale_independently(serve_url, api):
         loaded_until = time.monotonic() - started
         stop.set()
         load.join(timeout=60)
-        while time.monotonic() - started < loaded_until + 45:
+        while time.monotonic() - started < loaded_until + window:
             timeline.append((round(time.monotonic() - started, 1), _replicas("scale")))
             if timeline[-1][1] == {"Embedder": 1, "Searcher": 1}:
                 break
