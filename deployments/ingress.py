@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from ray import serve
@@ -21,8 +22,9 @@ from ray.serve.handle import DeploymentHandle
 
 from lookalike import url_fetch
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
-from lookalike.images import Box, PreparedImage, prepare
+from lookalike.images import Box, PreparedImage, prepare, prepare_regions
 from lookalike.models import get_model
+from lookalike.regions import boxes
 from lookalike.settings import Settings
 from lookalike.store import LocalStore, make_store
 from lookalike.writer import NewImage
@@ -50,6 +52,7 @@ class Ingress(OriginalRoutes):
         self.searcher = searcher
         self.store = make_store(settings.store)
         self.model = get_model(settings.model.name)
+        self.region_boxes = boxes(settings.model.regions)
         self.fetch_allow = url_fetch.AllowList.parse(settings.api.url_fetch_allow)
         self.writes = WritePolicy(settings.api.api_key.get_secret_value(), parse_networks(settings.api.trusted_proxies))
         app.state.settings, app.state.write_policy = settings, self.writes  # for the dependencies
@@ -77,6 +80,15 @@ class Ingress(OriginalRoutes):
 
     async def _embed(self, prepared: PreparedImage):
         return await self._remote("embedder", self.embedder, "embed", prepared.pixels)
+
+    async def _embed_regions(self, data: bytes) -> np.ndarray | None:
+        """The new image's region vectors, where the gallery keeps them (each part through the
+        Embedder's batches, as any image)."""
+        if not self.region_boxes:
+            return None
+        parts = await asyncio.to_thread(prepare_regions, data, self.model.input_size, self.settings.images,
+                                        self.region_boxes)
+        return np.stack(await asyncio.gather(*(self._remote("embedder", self.embedder, "embed", p) for p in parts)))
 
     async def _searcher(self, method: str, *args):
         return await self._remote("searcher", self.searcher, method, *args)
@@ -132,8 +144,8 @@ class Ingress(OriginalRoutes):
         prepared = await asyncio.to_thread(self._prepare, data)
         if await self._searcher("exists", prepared.id):  # known: no embedding needed
             return self._public(await self._searcher("get", prepared.id), True), False
-        vector = await self._embed(prepared)
-        image = NewImage.of(prepared, data, vector, label, payload.name or payload.url or "")
+        vector, regions = await asyncio.gather(self._embed(prepared), self._embed_regions(data))
+        image = NewImage.of(prepared, data, vector, label, payload.name or payload.url or "", regions)
         item, created = await self._searcher("add", image)  # the one write path: store, then Milvus
         return self._public(item, True), created
 

@@ -17,8 +17,10 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import regions as region_rows
 from .descriptors import taken_as_unrecorded
 from .errors import BackendUnavailable, NotFound, SchemaMismatch
+from .images import Box
 from .limits import KEY_MAX_BYTES, LABEL_MAX_BYTES, SOURCE_MAX_BYTES
 from .settings import MilvusSettings
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = ["key", "label", "source"]
 ROW_FIELDS = ["id", *OUTPUT_FIELDS, "embedding"]  # a whole row: what a copy reads and writes
+REGION_FIELDS = ["rid", "image", "region", "label", "embedding"]  # a region row (``regions.py``)
+MAX_LIMIT = 16384  # Milvus's largest top-k
 _READS = frozenset({"search", "query", "get"})
 _WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
                      "create_alias", "alter_alias", "drop_alias", "drop_collection"})
@@ -39,6 +43,7 @@ class Hit:
     source: str
     distance: float
     score: float  # cosine similarity of the unit vectors, whatever the metric
+    region: str | None = None  # the part of the image that matched (fractions x,y,w,h); None: the whole
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +56,7 @@ class Entry:
     label: str
     source: str
     embedding: np.ndarray | None = None
+    regions: np.ndarray | None = None  # (regions, dim): the region vectors, in the layout's order
 
     def to_row(self) -> dict:
         if self.embedding is None:
@@ -58,6 +64,13 @@ class Entry:
         return {"id": int(self.id), "key": _clip(self.key, KEY_MAX_BYTES), "label": _clip(self.label, LABEL_MAX_BYTES),
                 "source": _clip(self.source, SOURCE_MAX_BYTES),
                 "embedding": np.asarray(self.embedding, np.float32).tolist()}
+
+    def region_rows(self) -> list[dict]:
+        if self.regions is None:
+            return []
+        label = _clip(self.label, LABEL_MAX_BYTES)
+        return [{"rid": region_rows.row_id(self.id, i), "image": int(self.id), "region": i, "label": label,
+                 "embedding": np.asarray(vector, np.float32).tolist()} for i, vector in enumerate(self.regions)]
 
 
 def _clip(text: str, max_bytes: int) -> str:
@@ -103,14 +116,16 @@ DESCRIPTOR_PROPERTY = "lookalike.descriptor"
 class Catalog:
     def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
                  locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None,
-                 embedded: bool = False, descriptor: str = ""):
+                 embedded: bool = False, descriptor: str = "", regions: Sequence[Box] = ()):
         """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
         each reconnection (the embedded Milvus's supervised server, see
         ``local_milvus.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
         one writer at a time). ``embedded``: Milvus Lite (which slows down as it grows).
         ``descriptor``: what the vectors are (``descriptors.descriptor_name``), recorded with a
-        new collection; an existing one that records another is refused. The catalog never
-        starts a process itself."""
+        new collection; an existing one that records another is refused. ``regions``: the parts
+        of each image whose vectors are kept too (``regions.boxes``), in a second collection
+        named ``<collection>_regions``; none by default. The catalog never starts a process
+        itself."""
         self.embedded = embedded
         self.descriptor = descriptor
         self.settings = settings
@@ -118,6 +133,8 @@ class Catalog:
         self._locate = locate
         self.uri = uri or settings.uri
         self.name = settings.collection
+        self.regions = list(regions)
+        self.regions_name = f"{self.name}_regions"
         self._client = None
         self._lock = threading.Lock()
         self._ready = False
@@ -179,51 +196,65 @@ class Catalog:
 
     # -- schema and index -------------------------------------------------------------------
     # ``settings.collection`` is an alias of a versioned collection (``images__1``, ...): an index
-    # rebuild fills the next version while the current one answers, then moves the alias.
+    # rebuild fills the next version while the current one answers, then moves the alias. The
+    # region rows, when kept, follow the same scheme beside it (``images_regions__1``, ...).
+    def _tables(self) -> list[tuple[str, str]]:
+        """The gallery's collections, by alias, each with the field that holds a row's image id."""
+        return [(self.name, "id")] + ([(self.regions_name, "image")] if self.regions else [])
+
     def exists(self) -> bool:
         return bool(self._call("has_collection", self.name))
 
-    def physical(self) -> str:
+    def physical(self, alias: str | None = None) -> str:
         """The collection behind the name (the name itself for one created before aliases)."""
-        return self._call("describe_collection", self.name)["collection_name"]
+        return self._call("describe_collection", alias or self.name)["collection_name"]
 
     def ensure_ready(self) -> "Catalog":
-        """Create the collection and its index if missing, check the dimension, load it. Once,
-        whichever of the threads calling at once gets here first."""
+        """Create the collections and their indexes if missing, check the dimension, load them.
+        Once, whichever of the threads calling at once gets here first."""
         if self._ready:
             return self
         with self._ready_lock:
             if self._ready:
                 return self
-            if not self._call("has_collection", self.name):
-                self._create()
-            else:
-                self._check_schema()
-            if not self._call("list_indexes", self.name):
-                self._create_index(self.name)
-            self._call("load_collection", self.name, timeout=self.settings.index.build_timeout_s)
+            for alias, _ in self._tables():
+                if not self._call("has_collection", alias):
+                    self._create(alias)
+                else:
+                    self._check_schema(alias)
+                if not self._call("list_indexes", alias):
+                    self._create_index(alias)
+                self._call("load_collection", alias, timeout=self.settings.index.build_timeout_s)
             self._ready = True
         return self
 
-    def _create(self) -> None:
+    def _create(self, alias: str) -> None:
         from pymilvus.exceptions import MilvusException
 
-        first = f"{self.name}__1"
+        first = f"{alias}__1"
         try:
-            self._create_physical(first)
-            self._call("create_alias", first, self.name)
+            self._create_physical(first, alias)
+            self._call("create_alias", first, alias)
         except MilvusException as exc:  # another process (a second replica starting) created it first
             if "exist" not in str(exc.message):
                 raise
-            self._check_schema()
+            self._check_schema(alias)
             return
-        log.info("created collection %s as %s (dim %d)", self.name, first, self.dim)
+        log.info("created collection %s as %s (dim %d)", alias, first, self.dim)
 
-    def _create_physical(self, name: str) -> None:
+    def _create_physical(self, name: str, alias: str) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="Lookalike image embeddings")
+        if alias == self.regions_name:
+            schema.add_field("rid", DataType.INT64, is_primary=True, description="hash of the image id and region")
+            schema.add_field("image", DataType.INT64, description="the image's id in the gallery")
+            schema.add_field("region", DataType.INT16, description="its place in the layout (regions.boxes)")
+            schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
+            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
+            self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level)
+            return
         schema.add_field("id", DataType.INT64, is_primary=True, description="content hash of the image bytes")
         schema.add_field("key", DataType.VARCHAR, max_length=KEY_MAX_BYTES, description="object-store key")
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
@@ -232,20 +263,20 @@ class Catalog:
         self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level,
                    properties={DESCRIPTOR_PROPERTY: self.descriptor} if self.descriptor else None)
 
-    def _check_schema(self) -> None:
-        info = self._call("describe_collection", self.name)
+    def _check_schema(self, alias: str) -> None:
+        info = self._call("describe_collection", alias)
         fields = {f["name"]: f for f in info["fields"]}
-        missing = {"id", "key", "label", "source", "embedding"} - set(fields)
+        missing = set(REGION_FIELDS if alias == self.regions_name else ROW_FIELDS) - set(fields)
         if missing:
-            raise SchemaMismatch(f"collection {self.name!r} lacks fields {sorted(missing)}; "
+            raise SchemaMismatch(f"collection {alias!r} lacks fields {sorted(missing)}; "
                                  "use another milvus.collection or drop it")
         dim = int(fields["embedding"]["params"]["dim"])
         if dim != self.dim:
             raise SchemaMismatch(
-                f"collection {self.name!r} holds {dim}-d vectors but the model gives {self.dim}-d; "
+                f"collection {alias!r} holds {dim}-d vectors but the model gives {self.dim}-d; "
                 "use another milvus.collection for this model, or drop and re-ingest"
             )
-        if self.descriptor:
+        if self.descriptor and alias == self.name:
             self._check_descriptor((info.get("properties") or {}).get(DESCRIPTOR_PROPERTY))
 
     def _check_descriptor(self, recorded: str | None) -> None:
@@ -275,64 +306,89 @@ class Catalog:
 
     def build_index(self, progress: Callable[[str], None] | None = None) -> dict:
         """(Re)build the index with the configured type and parameters, without taking search
-        down: the rows are copied into the next version of the collection, indexed and loaded
+        down: the rows are copied into the next version of each collection, indexed and loaded
         there while the current one answers; then, with writers held off (this machine's write
-        lock), the rows written meanwhile are carried over, the alias moves, and the old version
-        is dropped. Returns index_info."""
+        lock), the rows written meanwhile are carried over, the aliases move, and the old
+        versions are dropped. Returns index_info."""
         say = progress or (lambda message: log.info("%s: %s", self.name, message))
         self.ensure_ready()
-        self._call("flush", self.name)
-        old = self.physical()
+        versions = [(alias, field, *self._next_version(alias, say)) for alias, field in self._tables()]
+        with self._insert_lock, self._write_lock():
+            for alias, field, old, new in versions:
+                now, there = self._image_ids(old, field), self._image_ids(new, field)
+                self._copy(old, new, field, sorted(now - there), write_locked=True)
+                if there - now:
+                    self._delete_images(new, field, sorted(there - now), write_locked=True)
+                if old == alias:  # a collection from before aliases: the name becomes an alias
+                    self._call("drop_collection", old, write_locked=True)
+                    self._call("create_alias", new, alias, write_locked=True)
+                else:
+                    self._call("alter_alias", new, alias, write_locked=True)
+                say(f"{alias} now points at {new} ({len(now - there)} images written meanwhile, "
+                    f"{len(there - now)} deleted meanwhile)")
+        for alias, _, old, _ in versions:
+            if old != alias:
+                say(f"dropping {old}")
+                self._call("drop_collection", old)
+        return self.index_info()
+
+    def _next_version(self, alias: str, say: Callable[[str], None]) -> tuple[str, str]:
+        """The collection behind ``alias`` copied into its next version, indexed and loaded
+        (writes go on meanwhile); (the current version, the next)."""
+        self._call("flush", alias)
+        old = self.physical(alias)
         base, _, version = old.rpartition("__")
         new = f"{base}__{int(version) + 1}" if version.isdigit() and base else f"{old}__1"
         if self._call("has_collection", new):  # left by a rebuild that died half-way
             self._call("drop_collection", new)
-        self._create_physical(new)
+        self._create_physical(new, alias)
         self._create_index(new)
         say(f"copying {old} into {new}")
         copied = 0
-        for batch in self._scan(old, ROW_FIELDS):
+        fields = REGION_FIELDS if alias == self.regions_name else ROW_FIELDS
+        for batch in self._scan(old, fields):
             self._call("insert", new, [_plain(r) for r in batch])
             copied += len(batch)
         self._call("flush", new)
         say(f"copied {copied} rows; building the index")
         self.wait_for_index(self.settings.index.build_timeout_s, collection=new)
         self._call("load_collection", new, timeout=self.settings.index.build_timeout_s)
-        with self._insert_lock, self._write_lock():
-            now, there = self._ids(old), self._ids(new)
-            self._copy(old, new, sorted(now - there), write_locked=True)
-            if there - now:
-                self._call("delete", new, ids=sorted(there - now), write_locked=True)
-            if old == self.name:  # a collection from before aliases: the name becomes an alias
-                self._call("drop_collection", old, write_locked=True)
-                self._call("create_alias", new, self.name, write_locked=True)
-            else:
-                self._call("alter_alias", new, self.name, write_locked=True)
-        say(f"{self.name} now points at {new} ({len(now - there)} rows written meanwhile, "
-            f"{len(there - now)} deleted meanwhile); dropping {old}")
-        if old != self.name:
-            self._call("drop_collection", old)
-        return self.index_info()
+        return old, new
 
     def entries(self, *, with_vectors: bool = False, batch_size: int = 1000) -> Iterator[list[Entry]]:
-        """Every entry, in batches (for copying a gallery elsewhere)."""
+        """Every entry, in batches (for copying a gallery elsewhere); ``with_vectors``: with its
+        vector, and its region vectors where the gallery keeps them."""
         self.ensure_ready()
         fields = ["id", *OUTPUT_FIELDS] + (["embedding"] if with_vectors else [])
         for batch in self._scan(self.name, fields, batch_size):
-            yield [self._entry(r) for r in batch]
+            entries = [self._entry(r) for r in batch]
+            if with_vectors and self.regions:
+                self._attach_regions(entries)
+            yield entries
+
+    def _attach_regions(self, entries: list[Entry]) -> None:
+        """Each entry's region vectors, in the layout's order (None where some are missing)."""
+        parts: dict[int, dict[int, list]] = {}
+        for row in self._rows_of(self.regions_name, "image", [e.id for e in entries], ["image", "region", "embedding"]):
+            parts.setdefault(int(row["image"]), {})[int(row["region"])] = row["embedding"]
+        for e in entries:
+            found = parts.get(e.id, {})
+            if len(found) == len(self.regions):
+                e.regions = np.asarray([found[i] for i in range(len(self.regions))], dtype=np.float32)
 
     def drop(self) -> None:
-        """Drop the collection: the alias and every version behind it."""
-        if not self._call("has_collection", self.name):
-            return
-        physical = self.physical()
-        if physical != self.name:
-            self._call("drop_alias", self.name)
-        self._call("drop_collection", physical)
+        """Drop the collections: each alias and every version behind it."""
+        for alias, _ in self._tables():
+            if not self._call("has_collection", alias):
+                continue
+            physical = self.physical(alias)
+            if physical != alias:
+                self._call("drop_alias", alias)
+            self._call("drop_collection", physical)
         self._ready = False
 
-    def _ids(self, collection: str) -> set[int]:
-        return {int(row["id"]) for batch in self._scan(collection, ["id"]) for row in batch}
+    def _image_ids(self, collection: str, field: str = "id") -> set[int]:
+        return {int(row[field]) for batch in self._scan(collection, [field]) for row in batch}
 
     def _scan(self, collection: str, fields: list[str], batch_size: int = 1000):
         """Every row of ``collection`` in batches (pymilvus's query iterator)."""
@@ -343,14 +399,31 @@ class Catalog:
         finally:
             iterator.close()
 
-    def _copy(self, source: str, target: str, ids: Iterable[int], *, write_locked: bool = False) -> int:
-        """Copy rows (ids, vectors, fields) from one collection to another, no re-embedding."""
-        ids = sorted(ids)
+    def _rows_of(self, collection: str, field: str, image_ids: Sequence[int], fields: list[str]) -> list[dict]:
+        """The rows of these images (``field``: where a row holds its image's id)."""
+        rows: list[dict] = []
+        step = max(1, self.settings.insert_batch_size // max(1, len(self.regions) if field == "image" else 1))
+        for i in range(0, len(image_ids), step):
+            chunk = [int(x) for x in image_ids[i: i + step]]
+            rows += self._call("query", collection, filter=f"{field} in {chunk}", output_fields=fields)
+        return rows
+
+    def _copy(self, source: str, target: str, field: str, image_ids: Sequence[int], *,
+              write_locked: bool = False) -> int:
+        """Copy the rows of these images (ids, vectors, fields) to another collection, no re-embedding."""
+        fields = REGION_FIELDS if field == "image" else ROW_FIELDS
+        rows = [_plain(r) for r in self._rows_of(source, field, image_ids, fields)]
         step = self.settings.insert_batch_size
-        for i in range(0, len(ids), step):
-            rows = self._call("get", source, ids=ids[i: i + step], output_fields=ROW_FIELDS)
-            self._call("upsert", target, [_plain(r) for r in rows], write_locked=write_locked)
-        return len(ids)
+        for i in range(0, len(rows), step):
+            self._call("upsert", target, rows[i: i + step], write_locked=write_locked)
+        return len(rows)
+
+    def _delete_images(self, collection: str, field: str, image_ids: Sequence[int], *,
+                       write_locked: bool = False) -> None:
+        step = 1000
+        for i in range(0, len(image_ids), step):
+            chunk = [int(x) for x in image_ids[i: i + step]]
+            self._call("delete", collection, filter=f"{field} in {chunk}", write_locked=write_locked)
 
     def index_info(self, collection: str | None = None) -> dict:
         collection = collection or self.name
@@ -383,12 +456,28 @@ class Catalog:
 
     # -- writes -----------------------------------------------------------------------------
     def upsert(self, entries: Iterable[Entry]) -> int:
+        """Write the entries (and their region rows), replacing any with the same ids."""
         self.ensure_ready()
-        rows = [e.to_row() for e in entries]
+        entries = list(entries)
+        self._upsert_rows(self.name, [e.to_row() for e in entries])
+        self._upsert_rows(self.regions_name, self._region_rows(entries))
+        return len(entries)
+
+    def _upsert_rows(self, collection: str, rows: list[dict], *, write_locked: bool = False) -> None:
         step = self.settings.insert_batch_size
         for i in range(0, len(rows), step):
-            self._call("upsert", self.name, rows[i : i + step])
-        return len(rows)
+            self._call("upsert", collection, rows[i : i + step], write_locked=write_locked)
+
+    def _region_rows(self, entries: Sequence[Entry]) -> list[dict]:
+        """The region rows of the entries, when this gallery keeps them (written after the entry:
+        a write cut short leaves an entry found by its whole only, never a region without one)."""
+        if not self.regions:
+            return []
+        for e in entries:
+            if e.regions is not None and len(e.regions) != len(self.regions):
+                raise ValueError(f"entry {e.id} has {len(e.regions)} region vectors; this gallery keeps "
+                                 f"{len(self.regions)}")
+        return [row for e in entries for row in e.region_rows()]
 
     def insert_new(self, entries: Sequence[Entry]) -> set[int]:
         """Insert the entries whose ids are not stored yet; returns the ids inserted. The check
@@ -399,10 +488,11 @@ class Catalog:
         self.ensure_ready()
         with self._insert_lock, self._write_lock():
             present = self.existing_ids([e.id for e in entries], consistency_level="Strong")
-            new = [e.to_row() for e in entries if e.id not in present]
+            new = [e for e in entries if e.id not in present]
             if new:
-                self._call("upsert", self.name, new, write_locked=True)
-        return {row["id"] for row in new}
+                self._call("upsert", self.name, [e.to_row() for e in new], write_locked=True)
+                self._upsert_rows(self.regions_name, self._region_rows(new), write_locked=True)
+        return {e.id for e in new}
 
     def existing_ids(self, ids: Sequence[int], **kwargs) -> set[int]:
         if not ids:
@@ -421,11 +511,14 @@ class Catalog:
         present = self.existing_ids(ids)
         if present:
             self._call("delete", self.name, ids=sorted(present))
+        if self.regions:  # after the entry (see _region_rows); any left by a cut-short write too
+            self._delete_images(self.regions_name, "image", sorted(int(i) for i in ids))
         return len(present)
 
     def flush(self) -> None:
         self.ensure_ready()
-        self._call("flush", self.name)
+        for alias, _ in self._tables():
+            self._call("flush", alias)
 
     # -- reads ------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None) -> list[list[Hit]]:
@@ -433,12 +526,40 @@ class Catalog:
         instead of the configured ones for the index type."""
         self.ensure_ready()
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        params = self.settings.index.search_params if params is None else params
-        results = self._call(
-            "search", self.name, data=vectors.tolist(), limit=k, filter=expr, output_fields=OUTPUT_FIELDS,
-            search_params={"metric_type": self.settings.metric, "params": params},
-        )
-        return [[self._hit(r) for r in hits] for hits in results]
+        search_params = {"metric_type": self.settings.metric,
+                         "params": self.settings.index.search_params if params is None else params}
+        results = self._call("search", self.name, data=vectors.tolist(), limit=k, filter=expr,
+                             output_fields=OUTPUT_FIELDS, search_params=search_params)
+        hits = [[self._hit(r) for r in found] for found in results]
+        if not self.regions:
+            return hits
+        parts = self._call("search", self.regions_name, data=vectors.tolist(),
+                           limit=min(MAX_LIMIT, k * len(self.regions)), filter=expr,
+                           output_fields=["image", "region"], search_params=search_params)
+        return [self._best_per_image(whole, found, k) for whole, found in zip(hits, parts)]
+
+    def _best_per_image(self, whole: list[Hit], parts: list[dict], k: int) -> list[Hit]:
+        """The whole-image hits and the region hits of one query -> one hit per image, its best
+        (``regions.best_per_image``); images found by a region only are read from the gallery
+        (a region whose image is gone, left by a cut-short delete, is skipped)."""
+        ranked = [(h.id, h.score, h) for h in whole]
+        for r in parts:
+            distance, entity = float(r["distance"]), r.get("entity", {})
+            part = Hit(id=int(entity["image"]), key="", label="", source="", distance=distance,
+                       score=self.score(distance), region=str(self.regions[int(entity["region"])]))
+            ranked.append((part.id, part.score, part))
+        best = [hit for _, _, hit in region_rows.best_per_image(ranked, k)]
+        known = {h.id: h for h in whole}
+        missing = [h.id for h in best if h.id not in known]
+        known.update({e.id: e for e in self.get(missing)})
+        out = []
+        for hit in best:
+            entry = known.get(hit.id)
+            if entry is None:
+                continue
+            out.append(Hit(id=hit.id, key=entry.key, label=entry.label, source=entry.source,
+                           distance=hit.distance, score=hit.score, region=hit.region))
+        return out
 
     def _hit(self, r: dict) -> Hit:
         entity = r.get("entity", {})
@@ -498,6 +619,8 @@ class Catalog:
         """Health and shape, for the status route: never raises for a down backend."""
         base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim,
                 "descriptor": self.descriptor or None}
+        if self.regions:
+            base["regions"] = [str(box) for box in self.regions]
         try:
             count = self.count()
             out = {**base, "healthy": True, "count": count, "index": self.index_info()}

@@ -28,15 +28,21 @@ if TYPE_CHECKING:
 
 
 def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
-    """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit)."""
+    """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit), and with
+    region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2`` (``regions.layout_name``)."""
+    from .regions import layout_name
+
     pooling = f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling
-    return f"{model.name}/{pooling}/{images.fit}"
+    regions = layout_name(model.regions)
+    return f"{model.name}/{pooling}/{images.fit}" + (f"/{regions}" if regions else "")
 
 
 def taken_as_unrecorded(descriptor: str) -> bool:
     """Whether a collection made before descriptors were recorded holds vectors of this one:
-    those were all average-pooled (the fit and the model were not recorded either)."""
-    return descriptor.split("/")[1:2] == ["avg"]
+    those were all average-pooled, without region rows (the fit and the model were not recorded
+    either)."""
+    parts = descriptor.split("/")
+    return parts[1:2] == ["avg"] and len(parts) == 3
 
 
 def pooled(trunk: "torch.nn.Module", pooling: str, gem_p: float) -> "torch.nn.Module":

@@ -206,6 +206,22 @@ def crop_box(img: Image.Image, box: Box, min_side: int) -> Image.Image:
     return img.crop((left, top, right, bottom))
 
 
+def prepare_regions(data: bytes, size: int, limits: ImageLimits, boxes: list[Box]) -> np.ndarray:
+    """The parts ``boxes`` of one image, each as a query box is prepared (cut out of the
+    EXIF-oriented image, then fitted to the model's input): (len(boxes), size, size, 3) uint8.
+    Decoded once. A part under ``limits.min_side`` is taken as it is (a gallery image's region,
+    not a user's box)."""
+    img, _ = open_image(data, limits)
+    out = np.zeros((len(boxes), size, size, 3), np.uint8)
+    try:
+        for i, box in enumerate(boxes):
+            left, top, right, bottom = box.pixels(*img.size)
+            out[i] = to_model_input(img.crop((left, top, max(right, left + 1), max(bottom, top + 1))), size, limits.fit)
+    except Exception as exc:
+        raise InvalidImage(f"cannot convert the image: {exc}") from None
+    return out
+
+
 def prepare(data: bytes, size: int, limits: ImageLimits, box: Box | None = None) -> PreparedImage:
     """bytes -> the model's ``size`` x ``size`` input, within ``limits`` (settings.images).
     ``box``: only that part of the image (its id stays the whole file's).

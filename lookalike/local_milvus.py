@@ -22,13 +22,14 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from .catalog import Catalog
 from .lite_server import LiteServer
 from .milvus_server import MilvusServer, namespace_refusal
 
 if TYPE_CHECKING:
+    from .images import Box
     from .settings import MilvusSettings, Settings
     from .supervisor import LocalService
 
@@ -135,32 +136,38 @@ def serving(settings: "MilvusSettings"):
 
 def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
     """The catalog of the configured gallery, for vectors of the configured model and descriptor
-    (recorded with a new collection, checked against an existing one)."""
+    (recorded with a new collection, checked against an existing one), with its region rows
+    where the settings keep them."""
     from .descriptors import descriptor_name
     from .models import get_model
+    from .regions import boxes
 
     return open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=shared,
-                        descriptor=descriptor_name(settings.model, settings.images))
+                        descriptor=descriptor_name(settings.model, settings.images),
+                        regions=boxes(settings.model.regions))
 
 
-def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False, descriptor: str = "") -> Catalog:
+def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False, descriptor: str = "",
+                 regions: Sequence["Box"] = ()) -> Catalog:
     """A catalog for the configured Milvus. A server URI is used as is; the local server is
     always reached through its supervised process. A Lite directory shared through its server
     (``lite_server``) is joined if that runs, started if ``shared`` (the caller is one of several
     processes), else opened in-process (a one-shot command while nothing else runs). Joined or
     started, the catalog finds the process again by itself when it reconnects. ``descriptor``:
-    what the vectors are (``gallery_catalog``); empty for vectors of no model (benchmarks)."""
+    what the vectors are (``gallery_catalog``); empty for vectors of no model (benchmarks).
+    ``regions``: the parts of each image kept as rows of their own (``regions.boxes``)."""
     chosen = engine(settings)
+    kept = {"descriptor": descriptor, "regions": regions}
     if chosen == "server":
-        return Catalog(settings, dim, descriptor=descriptor)
+        return Catalog(settings, dim, **kept)
     service = local_service(settings)
     if chosen == "lite":
         Path(settings.uri).parent.mkdir(parents=True, exist_ok=True)
         lock = LiteServer(settings.uri).write_lock
         if service is None or (not shared and service.running_uri() is None):
-            return Catalog(settings, dim, write_lock=lock, embedded=True, descriptor=descriptor)
+            return Catalog(settings, dim, write_lock=lock, embedded=True, **kept)
         return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=lock,
-                       embedded=True, descriptor=descriptor)
+                       embedded=True, **kept)
     return Catalog(settings, dim, uri=share(settings), locate=lambda: share(settings), write_lock=service.write_lock,
-                   descriptor=descriptor)
+                   **kept)
 

@@ -1,8 +1,9 @@
 """The indexing core: the three stages that turn files into gallery entries, each a plain
 callable over a batch (a dict of NumPy arrays with ``path`` and ``label``), Ray-free.
 
-ReadPrepare   path -> bytes -> content id -> already in Milvus? -> images.prepare
-Embed         pixels -> unit vectors (the model is loaded once per instance)
+ReadPrepare   path -> bytes -> content id -> already in Milvus? -> images.prepare (and its regions)
+Embed         pixels -> unit vectors (the model is loaded once per instance), and the regions'
+
 Write         originals -> image store, then entries -> Milvus (the GalleryWriter)
 
 ``lookalike index`` runs them one after the other in this process (``indexer.index_items``);
@@ -26,8 +27,9 @@ import numpy as np
 from .catalog import Catalog
 from .encoder import ImageEncoder
 from .errors import BackendUnavailable, LookalikeError, NotFound
-from .images import content_id, prepare
+from .images import content_id, prepare, prepare_regions
 from .models import get_model
+from .regions import boxes
 from .retry import Retry
 from .settings import Settings
 from .store import ImageStore
@@ -64,6 +66,7 @@ class ReadPrepare:
         self.read = read
         self.catalog = catalog
         self.size = get_model(settings.model.name).input_size
+        self.boxes = boxes(settings.model.regions)
         self.retry = Retry.of(settings.ingest)
 
     def _read(self, path: str) -> bytes:
@@ -76,6 +79,7 @@ class ReadPrepare:
                "extension": _strings(n), "content_type": _strings(n), "node_read": _strings(n, node_id()),
                **{f"t_{stage}": np.zeros(n, np.float64) for stage in STAGES}}
         pixels = np.zeros((n, self.size, self.size, 3), np.uint8)
+        region_pixels = np.zeros((n, len(self.boxes), self.size, self.size, 3), np.uint8)
         datas = _strings(n)
         datas[:] = b""
         for i, path in enumerate(batch["path"]):
@@ -105,6 +109,8 @@ class ReadPrepare:
             try:
                 prepared = prepare(datas[i], self.size, self.settings.images)
                 pixels[i] = prepared.pixels
+                if self.boxes:
+                    region_pixels[i] = prepare_regions(datas[i], self.size, self.settings.images, self.boxes)
                 out["extension"][i], out["content_type"][i] = prepared.extension, prepared.content_type
             except LookalikeError as exc:
                 if isinstance(exc, BackendUnavailable):
@@ -112,6 +118,8 @@ class ReadPrepare:
                 out["status"][i], out["message"][i], datas[i] = exc.code, exc.message, b""
             out["t_decode"][i] = time.perf_counter() - started
         out["data"], out["pixels"] = datas, pixels
+        if self.boxes:
+            out["region_pixels"] = region_pixels
         return out
 
 
@@ -127,7 +135,14 @@ class Embed:
         started = time.perf_counter()
         if ok.any():
             vectors[ok] = self.encoder.encode(batch["pixels"][ok])
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out = {k: v for k, v in batch.items() if k not in ("pixels", "region_pixels")}
+        if "region_pixels" in batch:  # (n, regions, size, size, 3) -> (n, regions, dim)
+            parts = batch["region_pixels"]
+            regions = np.zeros((len(ok), parts.shape[1], self.encoder.dim), np.float32)
+            if ok.any():
+                regions[ok] = self.encoder.encode(parts[ok].reshape(-1, *parts.shape[2:])).reshape(
+                    int(ok.sum()), parts.shape[1], -1)
+            out["regions"] = regions
         out["t_embed"] = np.where(ok, (time.perf_counter() - started) / max(int(ok.sum()), 1), 0.0)
         out["node_embed"] = _strings(len(ok), node_id())
         out["embedding"] = vectors
@@ -155,6 +170,7 @@ class Write:
                 id=image_id, data=batch["data"][i], extension=batch["extension"][i],
                 content_type=batch["content_type"][i], vector=batch["embedding"][i], label=str(batch["label"][i]),
                 source=str(batch["path"][i]), key=str(batch["path"][i]) if self.in_store else "",
+                regions=batch["regions"][i] if "regions" in batch else None,
             ))
         if images:
             self.writer.write(images)

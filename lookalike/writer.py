@@ -38,17 +38,21 @@ class NewImage:
     label: str
     source: str
     key: str = ""  # set when the original already lives in the store (indexed in place: nothing to upload)
+    regions: np.ndarray | None = None  # its region vectors, where the gallery keeps them (regions.py)
 
     @classmethod
-    def of(cls, prepared: PreparedImage, data: bytes, vector: np.ndarray, label: str, source: str) -> "NewImage":
-        return cls(prepared.id, data, prepared.extension, prepared.content_type, vector, label, source)
+    def of(cls, prepared: PreparedImage, data: bytes, vector: np.ndarray, label: str, source: str,
+           regions: np.ndarray | None = None) -> "NewImage":
+        return cls(prepared.id, data, prepared.extension, prepared.content_type, vector, label, source,
+                   regions=regions)
 
     @property
     def store_key(self) -> str:
         return self.key or object_key(self.id, self.extension)
 
     def entry(self) -> Entry:
-        return Entry(id=self.id, key=self.store_key, label=self.label, source=self.source, embedding=self.vector)
+        return Entry(id=self.id, key=self.store_key, label=self.label, source=self.source, embedding=self.vector,
+                     regions=self.regions)
 
 
 def uploaded_by_us(entry: Entry) -> bool:

@@ -166,6 +166,35 @@ def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
 
 
 @pytest.fixture(scope="session")
+def api_regions(serve_url, api, encoder) -> App:
+    """A third app on /regions: the main app's Milvus Lite and store, a gallery that keeps region
+    vectors (model.regions on) in a collection of its own. Two images per class, indexed by
+    the ingest's stages (the in-process indexer), all but the first: left for the API's add."""
+    from ray import serve
+
+    from lookalike.indexer import index_items
+    from lookalike.local_milvus import gallery_catalog
+    from lookalike.sources import SourceItem
+    from lookalike.store import make_store
+
+    model = api.settings.model
+    settings = api.settings.model_copy(update={
+        "model": model.model_copy(update={"regions": model.regions.model_copy(update={"enabled": True})}),
+        "milvus": api.settings.milvus.model_copy(update={"collection": "with_regions"})})
+    files = [p for paths in api.gallery.values() for p in paths[:2]]
+    catalog = gallery_catalog(settings)
+    report = index_items([SourceItem(str(p), p.parent.name) for p in files[1:]], settings, encoder=encoder,
+                         catalog=catalog, store=make_store(settings.store))
+    assert report.indexed == len(files) - 1
+    deploy("regions", "/regions", settings)
+    yield App(url=serve_url + "/regions", settings=settings, gallery={"indexed": files[1:], "added": files[:1]},
+              key=API_KEY)
+    serve.delete("regions")
+    catalog.drop()
+    catalog.close()
+
+
+@pytest.fixture(scope="session")
 def lite_process(workdir):
     """A Milvus Lite server the tests may kill and restart (same port, same data)."""
     server = LiteServerProcess(workdir / "s3app.db").start()

@@ -526,3 +526,31 @@ def test_replicas_run_at_the_priority_of_everything_else(api):
 
     replicas = [p for p in psutil.process_iter(["name"]) if "ServeReplica:main:" in (p.info["name"] or "")]
     assert replicas and {p.nice() for p in replicas} == {os.nice(0)}, [(p.info["name"], p.nice()) for p in replicas]
+
+
+def _quarter(path: Path) -> bytes:
+    """The bottom-right quarter of an image, as PNG."""
+    image = Image.open(path).convert("RGB")
+    return encode(image.crop((image.width // 2, image.height // 2, image.width, image.height)))
+
+
+def test_with_region_rows_a_part_of_a_gallery_image_finds_the_whole(api_regions):
+    """A gallery keeping region vectors (model.regions), filled by the ingest's stages and by the
+    API's add: a quarter of a gallery image finds that image first, saying which part matched;
+    the whole finds it as a whole; a delete takes its parts too."""
+    added, indexed = api_regions.gallery["added"][0], api_regions.gallery["indexed"][2]
+    with api_regions.client() as c:
+        r = c.post("/api/v1/images", files={"image": (added.name, added.read_bytes(), "image/png")},
+                   params={"label": added.parent.name})
+        assert r.status_code == 201, r.text
+        assert c.get("/api/v1/status").json()["milvus"]["descriptor"].endswith("/r0.5x3")
+        for path in (added, indexed):
+            image_id = str(content_id(path.read_bytes()))
+            best = _search(c, _quarter(path)).json()["results"][0]
+            assert (best["id"], best["region"]) == (image_id, "0.5,0.5,0.5,0.5"), path
+            whole = _search(c, path.read_bytes()).json()["results"][0]
+            assert (whole["id"], whole["region"]) == (image_id, None)
+        gone = api_regions.gallery["indexed"][4]
+        assert c.delete(f"/api/v1/images/{content_id(gone.read_bytes())}").status_code == 200
+        ids = [h["id"] for h in _search(c, _quarter(gone), k=50).json()["results"]]
+        assert str(content_id(gone.read_bytes())) not in ids and len(ids) == len(api_regions.gallery["indexed"])

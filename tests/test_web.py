@@ -343,3 +343,35 @@ def test_the_original_front_end_on_another_origin_shows_five_images(browser, api
         context.close()
         front.shutdown()
         front.server_close()
+
+
+def test_a_matched_part_is_outlined_on_its_result(browser, api_regions):
+    """On a gallery keeping region vectors, a quarter of a gallery image finds it first, and its
+    card outlines the part that matched, on the picture; a whole-image match has no outline."""
+    from PIL import Image
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    open_page(page, api_regions.url)
+    path = api_regions.gallery["indexed"][2]
+    image = Image.open(path).convert("RGB")
+    quarter = encode(image.crop((image.width // 2, image.height // 2, image.width, image.height)))
+    page.set_input_files("#file", files=[{"name": "part.png", "mimeType": "image/png", "buffer": quarter}])
+    _results_for(page, path)
+    first = _first_card(page)
+    outline = first.locator(".matched")
+    outline.wait_for(state="visible")
+    # Both rectangles in one go (the page may still be scrolling): the picture is square, so all of
+    # the image box is picture, and its bottom-right quarter is outlined.
+    frame, box = first.evaluate("card => [card.querySelector('img'), card.querySelector('.matched')].map("
+                                "e => e.getBoundingClientRect().toJSON())")
+    for got, want in ((box["x"], frame["x"] + frame["width"] / 2), (box["y"], frame["y"] + frame["height"] / 2),
+                      (box["width"], frame["width"] / 2), (box["height"], frame["height"] / 2)):
+        assert abs(got - want) <= 3, (box, frame)
+    assert "a part matched" in first.locator(".score").inner_text()
+    page.set_input_files("#file", files=[{"name": "whole.png", "mimeType": "image/png", "buffer": path.read_bytes()}])
+    page.wait_for_function("() => document.querySelector('#results-title').textContent === 'Results for whole.png'")
+    _results_for(page, path)
+    assert _first_card(page).locator(".matched").is_hidden()
+    context.close()

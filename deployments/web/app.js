@@ -215,7 +215,8 @@ function render(body, query) {
     img.alt = hit.label ? `${hit.label} (match ${i + 1})` : `match ${i + 1}`;
     card.querySelector(".label").textContent = hit.label || "—";
     card.querySelector(".score").textContent =
-      `score ${hit.score.toFixed(3)} · distance ${hit.distance.toFixed(3)}`;
+      `score ${hit.score.toFixed(3)} · distance ${hit.distance.toFixed(3)}` + (hit.region ? " · a part matched" : "");
+    if (hit.region) outlineMatch(card, img, hit.region);
     const button = card.querySelector(".similar");
     button.setAttribute("aria-label", `More like match ${i + 1}${hit.label ? " (" + hit.label + ")" : ""}`);
     button.addEventListener("click", () =>
@@ -228,6 +229,26 @@ function render(body, query) {
     .filter((step) => t[`${step}_ms`] != null)
     .map((step) => `${step} ${t[`${step}_ms`]} ms`)
     .join(" · ");
+}
+
+// The part of a result that matched its query (x,y,w,h as fractions of the picture), outlined
+// on the picture as its thumbnail shows it (contained in the image box, centred), and placed
+// again whenever that box changes size.
+function outlineMatch(card, img, region) {
+  const [x, y, w, h] = region.split(",").map(Number);
+  const box = card.querySelector(".matched");
+  box.title = "the part that matched";
+  const place = () => {
+    if (!img.naturalWidth) return;
+    const ratio = img.naturalWidth / img.naturalHeight;
+    const pw = Math.min(img.offsetWidth, img.offsetHeight * ratio), ph = pw / ratio;
+    const left = img.offsetLeft + (img.offsetWidth - pw) / 2, top = img.offsetTop + (img.offsetHeight - ph) / 2;
+    Object.assign(box.style, { left: `${left + x * pw}px`, top: `${top + y * ph}px`,
+                               width: `${w * pw}px`, height: `${h * ph}px` });
+    box.hidden = false;
+  };
+  img.addEventListener("load", place, { once: true });
+  new ResizeObserver(place).observe(img);
 }
 
 async function refreshStatus() {
