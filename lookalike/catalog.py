@@ -355,14 +355,15 @@ class Catalog:
         self._call("load_collection", new, timeout=self.settings.index.build_timeout_s)
         return old, new
 
-    def entries(self, *, with_vectors: bool = False, batch_size: int = 1000) -> Iterator[list[Entry]]:
+    def entries(self, *, with_vectors: bool = False, with_regions: bool = False,
+                batch_size: int = 1000) -> Iterator[list[Entry]]:
         """Every entry, in batches (for copying a gallery elsewhere); ``with_vectors``: with its
-        vector, and its region vectors where the gallery keeps them."""
+        vector; ``with_regions``: and its region vectors, where the gallery keeps them."""
         self.ensure_ready()
         fields = ["id", *OUTPUT_FIELDS] + (["embedding"] if with_vectors else [])
         for batch in self._scan(self.name, fields, batch_size):
             entries = [self._entry(r) for r in batch]
-            if with_vectors and self.regions:
+            if with_regions and self.regions:
                 self._attach_regions(entries)
             yield entries
 
@@ -521,9 +522,11 @@ class Catalog:
             self._call("flush", alias)
 
     # -- reads ------------------------------------------------------------------------------
-    def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None) -> list[list[Hit]]:
-        """Top-``k`` per vector. ``params``: search parameters for this call (``ef``, ``nprobe``)
-        instead of the configured ones for the index type."""
+    def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None,
+               regions: bool = True) -> list[list[Hit]]:
+        """Top-``k`` per vector, one hit per image (its best row, where the gallery keeps region
+        rows; ``regions=False``: the whole-image vectors only). ``params``: search parameters
+        for this call (``ef``, ``nprobe``) instead of the configured ones for the index type."""
         self.ensure_ready()
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         search_params = {"metric_type": self.settings.metric,
@@ -531,7 +534,7 @@ class Catalog:
         results = self._call("search", self.name, data=vectors.tolist(), limit=k, filter=expr,
                              output_fields=OUTPUT_FIELDS, search_params=search_params)
         hits = [[self._hit(r) for r in found] for found in results]
-        if not self.regions:
+        if not (self.regions and regions):
             return hits
         parts = self._call("search", self.regions_name, data=vectors.tolist(),
                            limit=min(MAX_LIMIT, k * len(self.regions)), filter=expr,

@@ -143,7 +143,9 @@ def find(catalog: "Catalog", settings: "DuplicateSettings", *, threshold: float 
                for entries in catalog.entries(with_vectors=True, batch_size=settings.batch_size))
 
     def search(vectors, k):
-        return [[(h.id, h.score) for h in hits] for hits in catalog.search(vectors, k)]
+        # Whole images only: a picture that holds another as a part is not its duplicate (and the
+        # threshold was measured on whole-image vectors).
+        return [[(h.id, h.score) for h in hits] for hits in catalog.search(vectors, k, regions=False)]
 
     return scan(batches, search, threshold=settings.threshold if threshold is None else threshold,
                 neighbours=settings.neighbours, total=total, progress=progress)

@@ -45,7 +45,7 @@ def migrate(settings: Settings, target: str, *, sample: int = 200,
     source, dest = gallery_catalog(settings), gallery_catalog(settings.model_copy(update={"milvus": to}))
     try:
         copied, ids = 0, []
-        for batch in source.entries(with_vectors=True):
+        for batch in source.entries(with_vectors=True, with_regions=True):
             dest.upsert(batch)
             ids.extend(e.id for e in batch)
             copied += len(batch)

@@ -306,7 +306,7 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     # Its region rows went too (read at Strong: a 2.3 server's Session read lags a delete).
     assert not catalog.client.query(catalog.regions_name, filter="image in [1007]", output_fields=["rid"],
                                     consistency_level="Strong")
-    copied = {e.id: e for batch in catalog.entries(with_vectors=True) for e in batch}
+    copied = {e.id: e for batch in catalog.entries(with_vectors=True, with_regions=True) for e in batch}
     assert len(copied) == 49 and np.allclose(copied[1003].regions, parts[3], atol=1e-5)
 
     catalog.build_index()
