@@ -119,16 +119,19 @@ def embedded_gallery(folder: Path):
     return gallery, bytes_embedder(encoder, settings.images), encoder, settings
 
 
-# Region layouts compared (model.regions): side fractions x steps per side.
-REGION_LAYOUTS = {"none": None, "0.5 x 2": ([0.5], 2), "0.5 x 3": ([0.5], 3), "0.7 x 2": ([0.7], 2),
-                  "0.5 + 0.7 x 2": ([0.5, 0.7], 2)}
+# Region layouts compared (model.regions): side fractions x steps per side, and the margin a
+# part's score counts below a whole image's (None: the configured one).
+REGION_LAYOUTS = {"none": None, "0.5 x 2": ([0.5], 2, None), "0.5 x 3": ([0.5], 3, None),
+                  "0.5 x 3, no margin": ([0.5], 3, 0.0), "0.7 x 2": ([0.7], 2, None),
+                  "0.5 + 0.7 x 2": ([0.5, 0.7], 2, None)}
 
 
 def regions(embedded, args) -> dict[str, dict]:
     """Search by a part of a gallery image, per region layout (``model.regions``): recall@1 /
     @5 of the whole image for random boxes of 30-70 % of each side and for boxes of exactly
     50 %, exact search over each image's whole and region rows (the best row per image, as the
-    catalog merges them). Beside it, what the layout does to whole-image search: copy recall@1
+    catalog merges them, a part's score less the margin). Beside it, what the layout does to
+    whole-image search: copy recall@1
     per edit kind and P@10 / mAP@10 with the same rows; and its cost (rows and vector RAM per
     image, region vectors made per second here)."""
     import random
@@ -142,6 +145,8 @@ def regions(embedded, args) -> dict[str, dict]:
     gallery, embed, encoder, settings = embedded
     datas = [Path(p).read_bytes() for p in gallery.paths]
     layouts = {name: boxes(RegionSettings(enabled=True, sides=v[0], steps=v[1])) if v else []
+               for name, v in REGION_LAYOUTS.items()}
+    margins = {name: settings.model.regions.margin if not v or v[2] is None else v[2]
                for name, v in REGION_LAYOUTS.items()}
     every = list({str(b): b for boxes_ in layouts.values() for b in boxes_}.values())
     started = time.perf_counter()
@@ -161,15 +166,17 @@ def regions(embedded, args) -> dict[str, dict]:
     out = {}
     for name, layout in layouts.items():
         rows = np.concatenate([gallery.vectors[:, None], parts[:, [column[str(b)] for b in layout]]], axis=1)
+        less = np.array([0.0] + [margins[name]] * len(layout), np.float32)
 
         def best(q: np.ndarray) -> np.ndarray:  # each image's best row: (queries, images)
-            return np.einsum("qd,nrd->qnr", q, rows).max(axis=2)
+            return (np.einsum("qd,nrd->qnr", q, rows) - less).max(axis=2)
 
         def ranks(scores: np.ndarray, want: list[int]) -> list[int | None]:
             order = np.argsort(-scores, axis=1)[:, :5].tolist()
             return [row.index(i) + 1 if i in row else None for i, row in zip(want, order)]
 
-        r = {"rows_per_image": rows.shape[1], "vector_kb_per_image": round(rows.shape[1] * rows.shape[2] * 4 / 1024, 1)}
+        r = {"rows_per_image": rows.shape[1], "vector_kb_per_image": round(rows.shape[1] * rows.shape[2] * 4 / 1024, 1),
+             "margin": margins[name] if layout else None}
         for q_name, q in queries.items():
             r[q_name] = copy_recall(ranks(best(q), chosen))
         r["copies"] = {kind: copy_recall(ranks(best(q), originals))["recall_at_1"] for kind, q in edits.items()}
@@ -296,7 +303,7 @@ def report(results: Results, service: dict, fits: dict, descriptors: dict | None
         results.plot("quality-preprocessing.png", draw)
     if regions:
         layouts = {k: v for k, v in regions.items() if isinstance(v, dict)}
-        rows = [{"layout": name, "rows": r["rows_per_image"], "kb": r["vector_kb_per_image"],
+        rows = [{"layout": name, "rows": r["rows_per_image"], "kb": r["vector_kb_per_image"], "margin": r["margin"],
                  "r1": r["random 30-70 %"]["recall_at_1"], "r5": r["random 30-70 %"]["recall_at_5"],
                  "h1": r["50 %"]["recall_at_1"], "h5": r["50 %"]["recall_at_5"], "p10": r["p_at_10"],
                  "map10": r["map_at_10"], **r["copies"]} for name, r in layouts.items()]
@@ -304,12 +311,13 @@ def report(results: Results, service: dict, fits: dict, descriptors: dict | None
         results.section(
             "Region search: a part of a gallery image finds the whole (exact search, best row per image)",
             "Each layout (`model.regions`: side fractions x steps per side) adds that many rows per image, cut "
-            "out and embedded as a query box is; a search takes each image's best row. Queries: a random box "
+            "out and embedded as a query box is; a search takes each image's best row, a part's score counting "
+            "`margin` below a whole image's. Queries: a random box "
             "of 30-70 % of each side, or of exactly 50 %, of a gallery image; recall of that image. With the "
             "same rows: copy recall@1 per edit kind and P@10 / mAP@10 (whole gallery images as queries). "
             f"Region vectors made here at {regions.get('region_vectors_per_s')} per second.\n\n"
-            + markdown_table(rows, ["layout", "rows", "kb", "r1", "r5", "h1", "h5", "p10", "map10", *kinds],
-                             ["layout", "rows / image", "vector KB / image", "30-70 % box: recall@1", "recall@5",
+            + markdown_table(rows, ["layout", "rows", "kb", "margin", "r1", "r5", "h1", "h5", "p10", "map10", *kinds],
+                             ["layout", "rows / image", "vector KB / image", "margin", "30-70 % box: recall@1", "recall@5",
                               "50 % box: recall@1", "recall@5", "P@10", "mAP@10", *kinds]))
     if duplicates:
         rows = [{"threshold": t, **{k: v for k, v in r.items() if k != "copies_with_original"},

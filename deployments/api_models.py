@@ -182,7 +182,8 @@ class ImageEntry(BaseModel):
 
 class Hit(ImageEntry):
     distance: float = Field(description="squared L2 distance of the unit vectors")
-    score: float = Field(description="cosine similarity, -1..1")
+    score: float = Field(description="cosine similarity, -1..1 (the results' order); for a result found by a "
+                         "part of it, that part's less model.regions.margin")
     region: str | None = Field(None, description="the part of the image that matched, x,y,w,h as fractions of its "
                                "width and height, where the gallery keeps region vectors (model.regions); "
                                "null: the whole image", examples=["0.5,0,0.5,0.5"])

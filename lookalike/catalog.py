@@ -116,7 +116,8 @@ DESCRIPTOR_PROPERTY = "lookalike.descriptor"
 class Catalog:
     def __init__(self, settings: MilvusSettings, dim: int, *, uri: str | None = None,
                  locate: Callable[[], str] | None = None, write_lock: Callable[[], ContextManager] | None = None,
-                 embedded: bool = False, descriptor: str = "", regions: Sequence[Box] = ()):
+                 embedded: bool = False, descriptor: str = "", regions: Sequence[Box] = (),
+                 region_margin: float = 0.0):
         """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
         each reconnection (the embedded Milvus's supervised server, see
         ``local_milvus.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
@@ -124,8 +125,8 @@ class Catalog:
         ``descriptor``: what the vectors are (``descriptors.descriptor_name``), recorded with a
         new collection; an existing one that records another is refused. ``regions``: the parts
         of each image whose vectors are kept too (``regions.boxes``), in a second collection
-        named ``<collection>_regions``; none by default. The catalog never starts a process
-        itself."""
+        named ``<collection>_regions``; none by default. ``region_margin``: how much lower a
+        part's score counts than a whole image's. The catalog never starts a process itself."""
         self.embedded = embedded
         self.descriptor = descriptor
         self.settings = settings
@@ -134,6 +135,7 @@ class Catalog:
         self.uri = uri or settings.uri
         self.name = settings.collection
         self.regions = list(regions)
+        self.region_margin = region_margin
         self.regions_name = f"{self.name}_regions"
         self._client = None
         self._lock = threading.Lock()
@@ -543,13 +545,14 @@ class Catalog:
 
     def _best_per_image(self, whole: list[Hit], parts: list[dict], k: int) -> list[Hit]:
         """The whole-image hits and the region hits of one query -> one hit per image, its best
-        (``regions.best_per_image``); images found by a region only are read from the gallery
+        (``regions.best_per_image``; a part's score is its cosine less ``region_margin``, its
+        distance the row's own); images found by a region only are read from the gallery
         (a region whose image is gone, left by a cut-short delete, is skipped)."""
         ranked = [(h.id, h.score, h) for h in whole]
         for r in parts:
             distance, entity = float(r["distance"]), r.get("entity", {})
             part = Hit(id=int(entity["image"]), key="", label="", source="", distance=distance,
-                       score=self.score(distance), region=str(self.regions[int(entity["region"])]))
+                       score=self.score(distance) - self.region_margin, region=str(self.regions[int(entity["region"])]))
             ranked.append((part.id, part.score, part))
         best = [hit for _, _, hit in region_rows.best_per_image(ranked, k)]
         known = {h.id: h for h in whole}

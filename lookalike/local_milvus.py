@@ -144,20 +144,21 @@ def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
 
     return open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=shared,
                         descriptor=descriptor_name(settings.model, settings.images),
-                        regions=boxes(settings.model.regions))
+                        regions=boxes(settings.model.regions), region_margin=settings.model.regions.margin)
 
 
 def open_catalog(settings: "MilvusSettings", dim: int, *, shared: bool = False, descriptor: str = "",
-                 regions: Sequence["Box"] = ()) -> Catalog:
+                 regions: Sequence["Box"] = (), region_margin: float = 0.0) -> Catalog:
     """A catalog for the configured Milvus. A server URI is used as is; the local server is
     always reached through its supervised process. A Lite directory shared through its server
     (``lite_server``) is joined if that runs, started if ``shared`` (the caller is one of several
     processes), else opened in-process (a one-shot command while nothing else runs). Joined or
     started, the catalog finds the process again by itself when it reconnects. ``descriptor``:
     what the vectors are (``gallery_catalog``); empty for vectors of no model (benchmarks).
-    ``regions``: the parts of each image kept as rows of their own (``regions.boxes``)."""
+    ``regions``: the parts of each image kept as rows of their own (``regions.boxes``), and
+    how much lower their scores count (``region_margin``)."""
     chosen = engine(settings)
-    kept = {"descriptor": descriptor, "regions": regions}
+    kept = {"descriptor": descriptor, "regions": regions, "region_margin": region_margin}
     if chosen == "server":
         return Catalog(settings, dim, **kept)
     service = local_service(settings)

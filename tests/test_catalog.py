@@ -313,6 +313,18 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     hits = catalog.search(parts[9, 0], 1)[0]
     assert (hits[0].id, hits[0].region) == (1009, "0,0,0.5,0.5")
     assert catalog.physical(catalog.regions_name).endswith("_regions__2")
+    # A part's score counts region_margin below a whole image's: a query nearer a part of 1006
+    # than to the whole of 1005 finds 1006 first without a margin, 1005 with one past the gap.
+    query = 0.6 * whole[5] + 0.8 * parts[6, 0]
+    query /= np.linalg.norm(query)
+    gap = float(query @ parts[6, 0] - query @ whole[5])
+    assert gap > 0
+    assert [(h.id, h.region) for h in catalog.search(query, 1)[0]] == [(1006, "0,0,0.5,0.5")]
+    margined = open_catalog(milvus, DIM, descriptor="m/gem3/pad/r0.5x2", regions=layout, region_margin=gap + 0.05)
+    assert [(h.id, h.region) for h in margined.search(query, 1)[0]] == [(1005, None)]
+    part = margined.search(parts[9, 0], 1)[0][0]
+    assert (part.id, part.region) == (1009, "0,0,0.5,0.5") and part.score == pytest.approx(0.95 - gap, abs=1e-4)
+    margined.close()
     with pytest.raises(SchemaMismatch):
         open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
     catalog.drop()
