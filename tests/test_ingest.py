@@ -88,6 +88,34 @@ def test_ingested_image_gives_the_served_query_vector(ray_cluster, api, tmp_path
             client.delete(f"/api/v1/images/{content_id(path.read_bytes())}", headers={"X-API-Key": api.key})
 
 
+def test_the_job_writes_region_rows_where_the_gallery_keeps_them(ray_cluster, api_regions, tmp_path):
+    """With model.regions on, the Ray Data job embeds each image's parts too (the stages' region
+    columns through its tasks and actors): a new image's top-left quarter finds it, by that part."""
+    from PIL import Image
+
+    folder = tmp_path / "grids"
+    (folder / "grids").mkdir(parents=True)
+    paths = []
+    shapes = list(CLASSES.values())
+    for i in range(2):  # 4 x 4 grids of small shapes: no gallery image (one shape each) looks like a quarter
+        grid = Image.new("RGB", (320, 320), (255, 255, 255))
+        for j in range(16):
+            shape, colour = shapes[(i + j * 5) % len(shapes)]
+            grid.paste(draw(shape, colour, seed=7000 + 100 * i + j, size=80), (80 * (j % 4), 80 * (j // 4)))
+        paths.append(folder / "grids" / f"g{i}.png")
+        paths[-1].write_bytes(encode(grid))
+    report = run_ingest(str(folder), api_regions.settings, report_path=str(tmp_path / "r.json"))
+    assert report.indexed == 2
+    with api_regions.client() as client:
+        for path in paths:
+            quarter = encode(Image.open(path).convert("RGB").crop((0, 0, 160, 160)))
+            hit = client.post("/api/v1/search", files={"image": ("q.png", quarter, "image/png")},
+                              params={"k": 1}).json()["results"][0]
+            assert (hit["id"], hit["region"]) == (str(content_id(path.read_bytes())), "0,0,0.5,0.5")
+        for path in paths:  # leave the shared app as it was
+            client.delete(f"/api/v1/images/{content_id(path.read_bytes())}")
+
+
 def test_ingest_from_s3(ray_cluster, tmp_path, s3_server):
     s3 = {"endpoint": s3_server.endpoint, "access_key": s3_server.access_key, "secret_key": s3_server.secret_key}
     source_store = S3Store(S3Settings(**s3, bucket="photos"))
