@@ -122,7 +122,7 @@ def embedded_gallery(folder: Path):
 # Region layouts compared (model.regions): side fractions x steps per side, and the margin a
 # part's score counts below a whole image's (None: the configured one).
 REGION_LAYOUTS = {"none": None, "0.5 x 2": ([0.5], 2, None), "0.5 x 3": ([0.5], 3, None),
-                  "0.5 x 3, no margin": ([0.5], 3, 0.0), "0.7 x 2": ([0.7], 2, None),
+                  "0.5 x 3, no margin": ([0.5], 3, 0.0), "0.5 x 4": ([0.5], 4, None), "0.7 x 2": ([0.7], 2, None),
                   "0.5 + 0.7 x 2": ([0.5, 0.7], 2, None)}
 
 

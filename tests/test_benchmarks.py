@@ -192,7 +192,7 @@ def test_preprocessing_descriptor_region_and_duplicate_comparisons(out, gallery_
     embedded = quality.embedded_gallery(gallery_root)
     parts = quality.regions(embedded, args)
     assert set(parts) == {*quality.REGION_LAYOUTS, "region_vectors_per_s"} and parts["none"]["50 %"]["queries"] == 2
-    assert [parts[name]["rows_per_image"] for name in quality.REGION_LAYOUTS] == [1, 5, 10, 10, 5, 9]
+    assert [parts[name]["rows_per_image"] for name in quality.REGION_LAYOUTS] == [1, 5, 10, 10, 17, 5, 9]
     assert parts["0.5 x 3"]["margin"] == 0.06 and parts["0.5 x 3, no margin"]["margin"] == 0.0
     assert set(parts["0.5 x 2"]["copies"]) == set(quality.EDIT_KINDS)
     planted = quality.planted_duplicates(embedded, args)
