@@ -328,10 +328,12 @@ class Catalog:
                     self._call("alter_alias", new, alias, write_locked=True)
                 say(f"{alias} now points at {new} ({len(now - there)} images written meanwhile, "
                     f"{len(there - now)} deleted meanwhile)")
-        for alias, _, old, _ in versions:
-            if old != alias:
-                say(f"dropping {old}")
-                self._call("drop_collection", old)
+        retiring = [old for alias, _, old, _ in versions if old != alias]
+        if retiring:
+            time.sleep(self.settings.index.retire_after_s)  # searches sent to them before the move
+        for old in retiring:
+            say(f"dropping {old}")
+            self._call("drop_collection", old)
         return self.index_info()
 
     def _next_version(self, alias: str, say: Callable[[str], None]) -> tuple[str, str]:
@@ -355,7 +357,25 @@ class Catalog:
         say(f"copied {copied} rows; building the index")
         self.wait_for_index(self.settings.index.build_timeout_s, collection=new)
         self._call("load_collection", new, timeout=self.settings.index.build_timeout_s)
+        self._wait_until_searchable(new)
         return old, new
+
+    def _wait_until_searchable(self, collection: str) -> None:
+        """Until a search of ``collection`` answers (a loaded collection's shards may still be
+        finding their leaders), so that the alias never moves to one that fails searches."""
+        from pymilvus.exceptions import MilvusException
+
+        probe = np.full((1, self.dim), 1.0 / np.sqrt(self.dim), np.float32).tolist()
+        deadline = time.monotonic() + self.settings.index.build_timeout_s
+        while True:
+            try:
+                self._call("search", collection, data=probe, limit=1,
+                           search_params={"metric_type": self.settings.metric, "params": self.settings.index.search_params})
+                return
+            except MilvusException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def entries(self, *, with_vectors: bool = False, with_regions: bool = False,
                 batch_size: int = 1000) -> Iterator[list[Entry]]:

@@ -62,6 +62,10 @@ class IndexSettings(_Section):
     build: dict[IndexType, dict[str, int]] = Field(default_factory=_default_build)
     search: dict[IndexType, dict[str, int]] = Field(default_factory=_default_search)
     build_timeout_s: float = 600.0
+    # After a rebuild moves the alias, the old version stays this long before it is dropped, so
+    # that searches already sent to it finish (dropping it at once failed two in flight on a
+    # Milvus 2.3 server: "failed to get delegator ... for channel").
+    retire_after_s: float = Field(default=2.0, ge=0.0)
 
     @field_validator("type", mode="before")
     @classmethod
