@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,6 +33,15 @@ MAX_LIMIT = 16384  # Milvus's largest top-k
 _READS = frozenset({"search", "query", "get"})
 _WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
                      "create_alias", "alter_alias", "drop_alias", "drop_collection"})
+
+
+class _Table(NamedTuple):
+    """One of the gallery's collections, by its alias: the entries, or their region rows."""
+
+    alias: str
+    image_field: str  # where a row holds its image's id
+    fields: list[str]  # a whole row: what a copy reads and writes
+    per_image: int  # rows per image
 
 
 @dataclass
@@ -137,6 +146,8 @@ class Catalog:
         self.regions = list(regions)
         self.region_margin = region_margin
         self.regions_name = f"{self.name}_regions"
+        self._gallery = _Table(self.name, "id", ROW_FIELDS, 1)
+        self._parts = _Table(self.regions_name, "image", REGION_FIELDS, max(1, len(self.regions)))
         self._client = None
         self._lock = threading.Lock()
         self._ready = False
@@ -200,9 +211,9 @@ class Catalog:
     # ``settings.collection`` is an alias of a versioned collection (``images__1``, ...): an index
     # rebuild fills the next version while the current one answers, then moves the alias. The
     # region rows, when kept, follow the same scheme beside it (``images_regions__1``, ...).
-    def _tables(self) -> list[tuple[str, str]]:
-        """The gallery's collections, by alias, each with the field that holds a row's image id."""
-        return [(self.name, "id")] + ([(self.regions_name, "image")] if self.regions else [])
+    def _tables(self) -> list[_Table]:
+        """The gallery's collections: its entries, and their region rows where it keeps them."""
+        return [self._gallery] + ([self._parts] if self.regions else [])
 
     def exists(self) -> bool:
         return bool(self._call("has_collection", self.name))
@@ -219,37 +230,37 @@ class Catalog:
         with self._ready_lock:
             if self._ready:
                 return self
-            for alias, _ in self._tables():
-                if not self._call("has_collection", alias):
-                    self._create(alias)
+            for table in self._tables():
+                if not self._call("has_collection", table.alias):
+                    self._create(table)
                 else:
-                    self._check_schema(alias)
-                if not self._call("list_indexes", alias):
-                    self._create_index(alias)
-                self._call("load_collection", alias, timeout=self.settings.index.build_timeout_s)
+                    self._check_schema(table)
+                if not self._call("list_indexes", table.alias):
+                    self._create_index(table.alias)
+                self._call("load_collection", table.alias, timeout=self.settings.index.build_timeout_s)
             self._ready = True
         return self
 
-    def _create(self, alias: str) -> None:
+    def _create(self, table: _Table) -> None:
         from pymilvus.exceptions import MilvusException
 
-        first = f"{alias}__1"
+        first = f"{table.alias}__1"
         try:
-            self._create_physical(first, alias)
-            self._call("create_alias", first, alias)
+            self._create_physical(first, table)
+            self._call("create_alias", first, table.alias)
         except MilvusException as exc:  # another process (a second replica starting) created it first
             if "exist" not in str(exc.message):
                 raise
-            self._check_schema(alias)
+            self._check_schema(table)
             return
-        log.info("created collection %s as %s (dim %d)", alias, first, self.dim)
+        log.info("created collection %s as %s (dim %d)", table.alias, first, self.dim)
 
-    def _create_physical(self, name: str, alias: str) -> None:
+    def _create_physical(self, name: str, table: _Table) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="Lookalike image embeddings")
-        if alias == self.regions_name:
+        if table is self._parts:
             schema.add_field("rid", DataType.INT64, is_primary=True, description="hash of the image id and region")
             schema.add_field("image", DataType.INT64, description="the image's id in the gallery")
             schema.add_field("region", DataType.INT16, description="its place in the layout (regions.boxes)")
@@ -265,10 +276,11 @@ class Catalog:
         self._call("create_collection", name, schema=schema, consistency_level=self.settings.consistency_level,
                    properties={DESCRIPTOR_PROPERTY: self.descriptor} if self.descriptor else None)
 
-    def _check_schema(self, alias: str) -> None:
+    def _check_schema(self, table: _Table) -> None:
+        alias = table.alias
         info = self._call("describe_collection", alias)
         fields = {f["name"]: f for f in info["fields"]}
-        missing = set(REGION_FIELDS if alias == self.regions_name else ROW_FIELDS) - set(fields)
+        missing = set(table.fields) - set(fields)
         if missing:
             raise SchemaMismatch(f"collection {alias!r} lacks fields {sorted(missing)}; "
                                  "use another milvus.collection or drop it")
@@ -278,7 +290,7 @@ class Catalog:
                 f"collection {alias!r} holds {dim}-d vectors but the model gives {self.dim}-d; "
                 "use another milvus.collection for this model, or drop and re-ingest"
             )
-        if self.descriptor and alias == self.name:
+        if self.descriptor and table is self._gallery:
             self._check_descriptor((info.get("properties") or {}).get(DESCRIPTOR_PROPERTY))
 
     def _check_descriptor(self, recorded: str | None) -> None:
@@ -314,13 +326,14 @@ class Catalog:
         versions are dropped. Returns index_info."""
         say = progress or (lambda message: log.info("%s: %s", self.name, message))
         self.ensure_ready()
-        versions = [(alias, field, *self._next_version(alias, say)) for alias, field in self._tables()]
+        versions = [(table, *self._next_version(table, say)) for table in self._tables()]
         with self._insert_lock, self._write_lock():
-            for alias, field, old, new in versions:
-                now, there = self._image_ids(old, field), self._image_ids(new, field)
-                self._copy(old, new, field, sorted(now - there), write_locked=True)
+            for table, old, new in versions:
+                alias = table.alias
+                now, there = self._image_ids(old, table), self._image_ids(new, table)
+                self._copy(old, new, table, sorted(now - there), write_locked=True)
                 if there - now:
-                    self._delete_images(new, field, sorted(there - now), write_locked=True)
+                    self._delete_images(new, table, sorted(there - now), write_locked=True)
                 if old == alias:  # a collection from before aliases: the name becomes an alias
                     self._call("drop_collection", old, write_locked=True)
                     self._call("create_alias", new, alias, write_locked=True)
@@ -328,7 +341,7 @@ class Catalog:
                     self._call("alter_alias", new, alias, write_locked=True)
                 say(f"{alias} now points at {new} ({len(now - there)} images written meanwhile, "
                     f"{len(there - now)} deleted meanwhile)")
-        retiring = [old for alias, _, old, _ in versions if old != alias]
+        retiring = [old for table, old, _ in versions if old != table.alias]
         if retiring:
             time.sleep(self.settings.index.retire_after_s)  # searches sent to them before the move
         for old in retiring:
@@ -336,21 +349,20 @@ class Catalog:
             self._call("drop_collection", old)
         return self.index_info()
 
-    def _next_version(self, alias: str, say: Callable[[str], None]) -> tuple[str, str]:
-        """The collection behind ``alias`` copied into its next version, indexed and loaded
-        (writes go on meanwhile); (the current version, the next)."""
-        self._call("flush", alias)
-        old = self.physical(alias)
+    def _next_version(self, table: _Table, say: Callable[[str], None]) -> tuple[str, str]:
+        """The collection behind ``table``'s alias copied into its next version, indexed and
+        loaded (writes go on meanwhile); (the current version, the next)."""
+        self._call("flush", table.alias)
+        old = self.physical(table.alias)
         base, _, version = old.rpartition("__")
         new = f"{base}__{int(version) + 1}" if version.isdigit() and base else f"{old}__1"
         if self._call("has_collection", new):  # left by a rebuild that died half-way
             self._call("drop_collection", new)
-        self._create_physical(new, alias)
+        self._create_physical(new, table)
         self._create_index(new)
         say(f"copying {old} into {new}")
         copied = 0
-        fields = REGION_FIELDS if alias == self.regions_name else ROW_FIELDS
-        for batch in self._scan(old, fields):
+        for batch in self._scan(old, table.fields):
             self._call("insert", new, [_plain(r) for r in batch])
             copied += len(batch)
         self._call("flush", new)
@@ -392,7 +404,7 @@ class Catalog:
     def _attach_regions(self, entries: list[Entry]) -> None:
         """Each entry's region vectors, in the layout's order (None where some are missing)."""
         parts: dict[int, dict[int, list]] = {}
-        for row in self._rows_of(self.regions_name, "image", [e.id for e in entries], ["image", "region", "embedding"]):
+        for row in self._rows_of(self.regions_name, self._parts, [e.id for e in entries], ["image", "region", "embedding"]):
             parts.setdefault(int(row["image"]), {})[int(row["region"])] = row["embedding"]
         for e in entries:
             found = parts.get(e.id, {})
@@ -401,16 +413,17 @@ class Catalog:
 
     def drop(self) -> None:
         """Drop the collections: each alias and every version behind it."""
-        for alias, _ in self._tables():
-            if not self._call("has_collection", alias):
+        for table in self._tables():
+            if not self._call("has_collection", table.alias):
                 continue
-            physical = self.physical(alias)
-            if physical != alias:
-                self._call("drop_alias", alias)
+            physical = self.physical(table.alias)
+            if physical != table.alias:
+                self._call("drop_alias", table.alias)
             self._call("drop_collection", physical)
         self._ready = False
 
-    def _image_ids(self, collection: str, field: str = "id") -> set[int]:
+    def _image_ids(self, collection: str, table: _Table) -> set[int]:
+        field = table.image_field
         return {int(row[field]) for batch in self._scan(collection, [field]) for row in batch}
 
     def _scan(self, collection: str, fields: list[str], batch_size: int = 1000):
@@ -422,31 +435,27 @@ class Catalog:
         finally:
             iterator.close()
 
-    def _rows_of(self, collection: str, field: str, image_ids: Sequence[int], fields: list[str]) -> list[dict]:
-        """The rows of these images (``field``: where a row holds its image's id)."""
+    def _rows_of(self, collection: str, table: _Table, image_ids: Sequence[int], fields: list[str]) -> list[dict]:
+        """The rows of these images in ``collection`` (a version of ``table``)."""
         rows: list[dict] = []
-        step = max(1, self.settings.insert_batch_size // max(1, len(self.regions) if field == "image" else 1))
+        step = max(1, self.settings.insert_batch_size // table.per_image)
         for i in range(0, len(image_ids), step):
             chunk = [int(x) for x in image_ids[i: i + step]]
-            rows += self._call("query", collection, filter=f"{field} in {chunk}", output_fields=fields)
+            rows += self._call("query", collection, filter=f"{table.image_field} in {chunk}", output_fields=fields)
         return rows
 
-    def _copy(self, source: str, target: str, field: str, image_ids: Sequence[int], *,
-              write_locked: bool = False) -> int:
-        """Copy the rows of these images (ids, vectors, fields) to another collection, no re-embedding."""
-        fields = REGION_FIELDS if field == "image" else ROW_FIELDS
-        rows = [_plain(r) for r in self._rows_of(source, field, image_ids, fields)]
-        step = self.settings.insert_batch_size
-        for i in range(0, len(rows), step):
-            self._call("upsert", target, rows[i: i + step], write_locked=write_locked)
-        return len(rows)
+    def _copy(self, source: str, target: str, table: _Table, image_ids: Sequence[int], *,
+              write_locked: bool = False) -> None:
+        """Copy the rows of these images (ids, vectors, fields) to another version, no re-embedding."""
+        rows = [_plain(r) for r in self._rows_of(source, table, image_ids, table.fields)]
+        self._upsert_rows(target, rows, write_locked=write_locked)
 
-    def _delete_images(self, collection: str, field: str, image_ids: Sequence[int], *,
+    def _delete_images(self, collection: str, table: _Table, image_ids: Sequence[int], *,
                        write_locked: bool = False) -> None:
         step = 1000
         for i in range(0, len(image_ids), step):
             chunk = [int(x) for x in image_ids[i: i + step]]
-            self._call("delete", collection, filter=f"{field} in {chunk}", write_locked=write_locked)
+            self._call("delete", collection, filter=f"{table.image_field} in {chunk}", write_locked=write_locked)
 
     def index_info(self, collection: str | None = None) -> dict:
         collection = collection or self.name
@@ -535,13 +544,13 @@ class Catalog:
         if present:
             self._call("delete", self.name, ids=sorted(present))
         if self.regions:  # after the entry (see _region_rows); any left by a cut-short write too
-            self._delete_images(self.regions_name, "image", sorted(int(i) for i in ids))
+            self._delete_images(self.regions_name, self._parts, sorted(int(i) for i in ids))
         return len(present)
 
     def flush(self) -> None:
         self.ensure_ready()
-        for alias, _ in self._tables():
-            self._call("flush", alias)
+        for table in self._tables():
+            self._call("flush", table.alias)
 
     # -- reads ------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None,

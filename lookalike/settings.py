@@ -168,11 +168,6 @@ class RegionSettings(_Section):
     steps: int = Field(default=3, ge=1, le=4)
     margin: float = Field(default=0.06, ge=0.0, le=1.0)
 
-    @property
-    def per_image(self) -> int:
-        """Region rows per image."""
-        return len(self.sides) * self.steps**2 if self.enabled else 0
-
 
 class ModelSettings(_Section):
     # efficientnet-lite0 (1280-d, ImageNet weights in a package) | resnet50 (2048-d, the original's)

@@ -2,8 +2,7 @@
 callable over a batch (a dict of NumPy arrays with ``path`` and ``label``), Ray-free.
 
 ReadPrepare   path -> bytes -> content id -> already in Milvus? -> images.prepare (and its regions)
-Embed         pixels -> unit vectors (the model is loaded once per instance), and the regions'
-
+Embed         pixels -> unit vectors (the model is loaded once per instance), the parts' too
 Write         originals -> image store, then entries -> Milvus (the GalleryWriter)
 
 ``lookalike index`` runs them one after the other in this process (``indexer.index_items``);
