@@ -7,7 +7,8 @@ groups on planted copies.
 
 1. Service: the Serve application (config/serve.yaml) over a Milvus Lite HNSW index; each set
    is indexed and evaluated with `lookalike eval DIR --url ...` (every image a query over HTTP,
-   leave-one-out), which also reports exact search over the same stored vectors.
+   leave-one-out; edited copies and parts of images), which also reports exact search over the
+   same stored vectors; openclipart once more with region rows (``SERVICE_VARIANTS``).
 2. Preprocessing and descriptors: exact search only, in-process, every set embedded once per
    ``images.fit`` (pad / crop / stretch) and per ``model.pooling`` (avg / gem): P@10, mAP@10 and
    copy-detection recall@1 per edit, side by side.
@@ -39,8 +40,14 @@ def datasets(args) -> dict[str, Path]:
             "fashion-mnist": fashion_mnist_set(per_class=args.fashion_per_class)}
 
 
+# Galleries indexed and served besides each set as configured: {name: (set, settings from the
+# environment)}. With region rows, a part of an image finds the whole through the service.
+SERVICE_VARIANTS = {"openclipart, region rows": ("openclipart", {"LOOKALIKE_MODEL__REGIONS__ENABLED": "true"})}
+
+
 def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
-    """`lookalike eval --url` against the deployed application, one collection per set."""
+    """`lookalike eval --url` against the deployed application, one collection per set and per
+    variant (``SERVICE_VARIANTS``, for the sets measured)."""
     from harness.serve import deploy, serve_session
     from lookalike import cli
     from lookalike.local_milvus import serving
@@ -48,17 +55,20 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
 
     os.environ.update({"LOOKALIKE_MILVUS__URI": str(work / "quality.db"),
                        "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")})
+    runs = {name: (name, {}) for name in sets}
+    runs.update({name: v for name, v in SERVICE_VARIANTS.items() if v[0] in sets})
     out = {}
     settings = load_settings()
     with serving(settings.milvus), serve_session() as base:
-        for name, folder in sets.items():
-            collection = name.replace("-", "_")
-            os.environ["LOOKALIKE_MILVUS__COLLECTION"] = collection
+        for n, (name, (set_name, env)) in enumerate(runs.items()):
+            os.environ.update({**env, "LOOKALIKE_MILVUS__COLLECTION": f"quality_{n}"})
             deploy(load_settings(), base)
-            report = work / f"eval-{name}.json"
-            cli.main(["eval", str(folder), "--url", base, "--copies", str(args.copies), "--report", str(report)])
+            report = work / f"eval-{n}.json"
+            cli.main(["eval", str(sets[set_name]), "--url", base, "--copies", str(args.copies),
+                      "--report", str(report)])
             out[name] = json.loads(report.read_text())
-        os.environ.pop("LOOKALIKE_MILVUS__COLLECTION")
+            for key in [*env, "LOOKALIKE_MILVUS__COLLECTION"]:
+                os.environ.pop(key)
     return out
 
 
@@ -271,12 +281,14 @@ def report(results: Results, service: dict, fits: dict, descriptors: dict | None
             ["set", "images", "classes", "search", "P@1", "P@10", "mAP@10"]))
         copies = []
         for name, r in service.items():
-            for kind, c in r.get("copies", {}).items():
+            for kind, c in {**r.get("copies", {}), **r.get("parts", {})}.items():
                 copies.append({"set": name, "edit": kind, "r1": c["index"]["recall_at_1"],
                                "r5": c["index"]["recall_at_5"], "r1x": c["exact"]["recall_at_1"],
                                "r5x": c["exact"]["recall_at_5"]})
         results.section("Copy detection (edited copies, not in the gallery, must find their original)",
-                        markdown_table(copies, ["set", "edit", "r1", "r5", "r1x", "r5x"],
+                        "`part_50`: a box of half of each side of a gallery image, at a random place; `part_30_70`: "
+                        "of 30-70 %. Exact search is over the whole-image vectors alone; the service also "
+                        "searches the region rows of a gallery that keeps them.\n\n" + markdown_table(copies, ["set", "edit", "r1", "r5", "r1x", "r5x"],
                                        ["set", "edit", "recall@1 service", "recall@5 service", "recall@1 exact",
                                         "recall@5 exact"]))
         per_class = []

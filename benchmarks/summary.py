@@ -93,7 +93,7 @@ def headline_quality(data: dict) -> list[dict]:
                      "lookalike": f"{r['index']['p_at_10']:.3f} / {r['index']['map_at_10']:.3f} through the service "
                                   f"(exact: {r['exact']['p_at_10']:.3f} / {r['exact']['map_at_10']:.3f})",
                      "ratio": ""})
-        copies = r.get("copies", {})
+        copies = {**r.get("copies", {}), **r.get("parts", {})}
         if copies:
             text = ", ".join(f"{k} {v['index']['recall_at_1']:.2f}" for k, v in copies.items())
             rows.append({"what": f"{name}: copy detection recall@1", "original": "not measured", "lookalike": text,

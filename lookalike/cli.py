@@ -133,7 +133,7 @@ def format_eval(result: dict) -> str:
             lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
     if "copies" in result:
         lines.append(f"\n{'copy detection':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
-        for kind, r in result["copies"].items():
+        for kind, r in {**result["copies"], **result.get("parts", {})}.items():
             idx = r.get("index", {})
             lines.append(f"{kind:18}{idx.get('recall_at_1', float('nan')):10.3f}"
                          f"{idx.get('recall_at_5', float('nan')):10.3f}"
@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="search through the running service (e.g. http://127.0.0.1:8000); "
                                  "default: the configured Milvus in-process")
     p.add_argument("--queries", type=int, default=0, help="query this many images (0: every one)")
-    p.add_argument("--copies", type=int, default=100, help="edited copies of this many images (0: none)")
+    p.add_argument("--copies", type=int, default=100,
+                   help="edited copies and parts of this many images (0: none)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--report", help="write the JSON report here")

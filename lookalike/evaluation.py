@@ -7,7 +7,8 @@ with exact search over the very same stored vectors, so the index's cost in qual
 
 Copy detection: edited copies of some gallery images (crop, rotation, JPEG quality, grayscale,
 downscale, text overlay), which are not in the gallery, are searched; recall@1 / recall@5 is
-how often the original comes back first / in the top 5, per edit kind.
+how often the original comes back first / in the top 5, per edit kind. The same for parts of
+those images (half of each side, or 30-70 %, at a random place): what region rows are for.
 
 The metrics and the edits are pure functions over arrays and bytes; ``evaluate`` wires them
 to a gallery, an encoder and a searcher.
@@ -160,6 +161,16 @@ def random_crop(data: bytes, rng: random.Random, low: float = 0.3, high: float =
         return _png(img.crop((x, y, x + w, y + h)))
 
 
+# Parts of a gallery image searched as a user's box would cut them: each side exactly half, or a
+# random 30-70 %, of the image's, at a random place (seeded per image).
+PARTS = {"part_50": (0.5, 0.5), "part_30_70": (0.3, 0.7)}
+
+
+def parts_of(data: bytes, seed: int) -> dict[str, bytes]:
+    """One part of each kind in ``PARTS`` of one image, the same for the same ``seed``."""
+    return {name: random_crop(data, random.Random(seed), low, high) for name, (low, high) in PARTS.items()}
+
+
 # -- running an evaluation ------------------------------------------------------------------------
 def bytes_embedder(encoder, limits: ImageLimits) -> Callable[[Sequence[bytes]], np.ndarray]:
     """Image bytes -> unit vectors through the one preprocessing (``limits``: settings.images)."""
@@ -237,16 +248,22 @@ def evaluate(gallery: Gallery, *, search: IndexSearch | None, embed: Callable[[S
         out["index"] = retrieval_metrics(q_labels, results, gallery.class_sizes, k)
     if copies:
         out["copies"] = copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read)
+        out["parts"] = copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read,
+                                      make=lambda data, i: parts_of(data, seed * 100_003 + i))
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
 
 def copy_detection(gallery: Gallery, *, search: IndexSearch | None, embed, n: int, seed: int = 0,
-                   read=lambda p: open(p, "rb").read()) -> dict:
+                   read=lambda p: open(p, "rb").read(),
+                   make: Callable[[bytes, int], dict[str, bytes]] = lambda data, i: edited_copies(data)) -> dict:
+    """Recall@1 / @5 of ``n`` gallery images from queries made of them, per kind: ``make(image
+    bytes, gallery index)`` -> {kind: query bytes} (by default the edited copies; ``parts_of``:
+    parts of the image, which a gallery with region rows finds through the index)."""
     originals = pick(n, len(gallery.ids), seed + 1)
-    edited = {i: edited_copies(read(gallery.paths[i])) for i in originals}
+    edited = {i: make(read(gallery.paths[i]), i) for i in originals}
     out: dict = {}
-    for kind in EDITS:
+    for kind in edited[originals[0]] if originals else ():
         datas = [edited[i][kind] for i in originals]
         vectors = embed(datas)
         top = exact_top_k(vectors, gallery.vectors, 5)

@@ -13,7 +13,7 @@ import pytest
 from benchmarks import duplicate_scan, embedding, http_load, mixed_load, quality, summary, vector_search
 from benchmarks.common import Results, markdown_table
 from harness.load import latency_stats, payloads, require_loopback, run_load
-from lookalike.evaluation import PLANTED
+from lookalike.evaluation import PARTS, PLANTED
 from lookalike.settings import ImageLimits
 
 
@@ -171,10 +171,10 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     # The generated classes differ in shape and colour: both searches find mostly the right class,
     # and on 30 vectors the HNSW index gives what exact search gives.
     assert result["exact"]["p_at_1"] >= 0.8 and result["index"]["p_at_1"] == result["exact"]["p_at_1"]
-    assert set(result["copies"]) == set(quality.EDIT_KINDS)
+    assert set(result["copies"]) == set(quality.EDIT_KINDS) and set(result["parts"]) == set(PARTS)
     # The service embeds the copies through the same pipeline and runtime as the exact search:
-    # on 30 vectors both find the same originals, edit by edit.
-    for kind, r in result["copies"].items():
+    # on 30 vectors (and no region rows) both find the same originals, edit by edit, part by part.
+    for kind, r in {**result["copies"], **result["parts"]}.items():
         assert r["index"] == r["exact"], kind
     assert "copy detection" in done.stdout
     (out / "eval-generated.json").write_text(report.read_text())

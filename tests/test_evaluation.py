@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.evaluation import EDITS, copy_recall, edited_copies, exact_top_k, pick, retrieval_metrics
+from lookalike.evaluation import (EDITS, PARTS, copy_recall, edited_copies, exact_top_k, parts_of, pick,
+                                  retrieval_metrics)
 
 from .support.images import draw, encode
 
@@ -58,6 +59,17 @@ def test_every_edit_gives_a_decodable_changed_image():
     assert Image.open(io.BytesIO(copies["grayscale"])).mode == "L"
     assert Image.open(io.BytesIO(copies["downscale_25"])).size == (50, 50)
     assert Image.open(io.BytesIO(copies["crop_70"])).size == (140, 140)
+
+
+def test_parts_are_the_sizes_asked_for_and_the_same_for_the_same_seed():
+    original = encode(draw("circle", (200, 30, 30), seed=5, size=200), "PNG")
+    parts = parts_of(original, seed=3)
+    assert set(parts) == set(PARTS) and parts == parts_of(original, seed=3)
+    assert Image.open(io.BytesIO(parts["part_50"])).size == (100, 100)
+    w, h = Image.open(io.BytesIO(parts["part_30_70"])).size
+    assert 60 <= w <= 140 and 60 <= h <= 140
+    # Another seed, another place (and size): not one fixed box for every image.
+    assert any(parts_of(original, seed) != parts for seed in range(4, 8))
 
 
 def test_pick_is_deterministic_and_bounded():
