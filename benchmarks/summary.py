@@ -93,11 +93,12 @@ def headline_quality(data: dict) -> list[dict]:
                      "lookalike": f"{r['index']['p_at_10']:.3f} / {r['index']['map_at_10']:.3f} through the service "
                                   f"(exact: {r['exact']['p_at_10']:.3f} / {r['exact']['map_at_10']:.3f})",
                      "ratio": ""})
-        copies = {**r.get("copies", {}), **r.get("parts", {})}
-        if copies:
-            text = ", ".join(f"{k} {v['index']['recall_at_1']:.2f}" for k, v in copies.items())
-            rows.append({"what": f"{name}: copy detection recall@1", "original": "not measured", "lookalike": text,
-                         "ratio": ""})
+        for of, found in [("", r), (", originals held once", r.get("distinct", {}))]:
+            copies = {**found.get("copies", {}), **found.get("parts", {})}
+            if copies:
+                text = ", ".join(f"{k} {v['index']['recall_at_1']:.2f}" for k, v in copies.items())
+                rows.append({"what": f"{name}: copy detection recall@1{of}", "original": "not measured",
+                             "lookalike": text, "ratio": ""})
     layouts = {name: r for name, r in data.get("regions", {}).items() if isinstance(r, dict)}
     for box in ("random 30-70 %", "50 %") if layouts else ():
         text = ", ".join(f"{name} {r[box]['recall_at_1']:.2f}" for name, r in layouts.items())

@@ -92,7 +92,8 @@ def cmd_eval(args, settings: Settings) -> int:
     gallery.vectors = np.stack([found[i] for i in gallery.ids])
     embed = bytes_embedder(encoder, settings.images)
     search = _http_searcher(args.url, args.timeout) if args.url else _index_searcher(catalog, embed)
-    result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k)
+    result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k,
+                      distinct_at=settings.duplicates.threshold)
     result["through"] = args.url or f"in-process: {catalog.uri}"
     catalog.close()
     if args.report:
@@ -131,13 +132,17 @@ def format_eval(result: dict) -> str:
         if name in result:
             m = result[name]
             lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
-    if "copies" in result:
-        lines.append(f"\n{'copy detection':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
-        for kind, r in {**result["copies"], **result.get("parts", {})}.items():
-            idx = r.get("index", {})
+    tables = [("copy detection", result)]
+    if "distinct" in result:
+        d = result["distinct"]
+        tables.append((f"originals held once ({d['images']} with no other image at {d['threshold']} or more)", d))
+    for title, r in tables if "copies" in result else ():
+        lines.append(f"\n{title}\n{'':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
+        for kind, c in {**r["copies"], **r.get("parts", {})}.items():
+            idx = c.get("index", {})
             lines.append(f"{kind:18}{idx.get('recall_at_1', float('nan')):10.3f}"
                          f"{idx.get('recall_at_5', float('nan')):10.3f}"
-                         f"{r['exact']['recall_at_1']:10.3f}{r['exact']['recall_at_5']:10.3f}")
+                         f"{c['exact']['recall_at_1']:10.3f}{c['exact']['recall_at_5']:10.3f}")
     return "\n".join(lines)
 
 

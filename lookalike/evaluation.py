@@ -227,12 +227,26 @@ def pick(n: int, total: int, seed: int = 0) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), n))
 
 
+def distinct(vectors: np.ndarray, threshold: float) -> list[int]:
+    """Rows with no other row at cosine ``threshold`` or more: images the library holds once.
+    Only for those is "the original" of a copy well defined; a recoloured variant of a picture,
+    or another piece of one jigsaw, is as good an answer to its grayscale or cropped copy."""
+    nearest = np.full(len(vectors), -np.inf, np.float32)
+    for start in range(0, len(vectors), 1024):  # a block of rows at a time: memory stays O(n)
+        sims = vectors[start:start + 1024] @ vectors.T
+        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf
+        nearest[start:start + len(sims)] = sims.max(axis=1)
+    return np.flatnonzero(nearest < threshold).tolist()
+
+
 def evaluate(gallery: Gallery, *, search: IndexSearch | None, embed: Callable[[Sequence[bytes]], np.ndarray],
-             queries: int = 0, copies: int = 0, k: int = K, seed: int = 0,
+             queries: int = 0, copies: int = 0, k: int = K, seed: int = 0, distinct_at: float | None = None,
              read: Callable[[str], bytes] = lambda p: open(p, "rb").read()) -> dict:
     """Quality through ``search`` (the index; skipped when None) and exact over ``gallery.vectors``.
 
-    ``embed``: image bytes -> unit vectors through the same pipeline (for the edited copies)."""
+    ``embed``: image bytes -> unit vectors through the same pipeline (for the edited copies).
+    ``distinct_at``: copies and parts are measured again on originals the library holds once
+    (no other image at that cosine or more: the near-duplicate threshold), under "distinct"."""
     chosen = pick(queries, len(gallery.ids), seed)
     q_labels = [gallery.labels[i] for i in chosen]
     out: dict = {"gallery": len(gallery.ids), "classes": len(gallery.class_sizes), "k": k}
@@ -247,20 +261,28 @@ def evaluate(gallery: Gallery, *, search: IndexSearch | None, embed: Callable[[S
             results.append([label for _, label in hits])
         out["index"] = retrieval_metrics(q_labels, results, gallery.class_sizes, k)
     if copies:
-        out["copies"] = copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read)
-        out["parts"] = copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read,
-                                      make=lambda data, i: parts_of(data, seed * 100_003 + i))
+        def both(among: list[int] | None) -> dict:
+            return {"copies": copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read,
+                                             among=among),
+                    "parts": copy_detection(gallery, search=search, embed=embed, n=copies, seed=seed, read=read,
+                                            among=among, make=lambda data, i: parts_of(data, seed * 100_003 + i))}
+
+        out.update(both(None))
+        if distinct_at is not None:
+            among = distinct(gallery.vectors, distinct_at)
+            out["distinct"] = {"threshold": distinct_at, "images": len(among), **both(among)}
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
 
 def copy_detection(gallery: Gallery, *, search: IndexSearch | None, embed, n: int, seed: int = 0,
-                   read=lambda p: open(p, "rb").read(),
+                   read=lambda p: open(p, "rb").read(), among: Sequence[int] | None = None,
                    make: Callable[[bytes, int], dict[str, bytes]] = lambda data, i: edited_copies(data)) -> dict:
-    """Recall@1 / @5 of ``n`` gallery images from queries made of them, per kind: ``make(image
-    bytes, gallery index)`` -> {kind: query bytes} (by default the edited copies; ``parts_of``:
-    parts of the image, which a gallery with region rows finds through the index)."""
-    originals = pick(n, len(gallery.ids), seed + 1)
+    """Recall@1 / @5 of ``n`` gallery images (drawn from ``among``, default all) from queries made
+    of them, per kind: ``make(image bytes, gallery index)`` -> {kind: query bytes} (by default the
+    edited copies; ``parts_of``: parts of the image, which region rows find through the index)."""
+    among = list(range(len(gallery.ids))) if among is None else list(among)
+    originals = [among[j] for j in pick(n, len(among), seed + 1)]
     edited = {i: make(read(gallery.paths[i]), i) for i in originals}
     out: dict = {}
     for kind in edited[originals[0]] if originals else ():

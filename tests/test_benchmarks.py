@@ -172,6 +172,10 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     # and on 30 vectors the HNSW index gives what exact search gives.
     assert result["exact"]["p_at_1"] >= 0.8 and result["index"]["p_at_1"] == result["exact"]["p_at_1"]
     assert set(result["copies"]) == set(quality.EDIT_KINDS) and set(result["parts"]) == set(PARTS)
+    # Measured again on the originals held once: those with no other image at the near-duplicate
+    # threshold. The generated classes are variations of one shape each: none is held once.
+    once = result["distinct"]
+    assert once["threshold"] == 0.82 and once["images"] == 0 and once["copies"] == once["parts"] == {}
     # The service embeds the copies through the same pipeline and runtime as the exact search:
     # on 30 vectors (and no region rows) both find the same originals, edit by edit, part by part.
     for kind, r in {**result["copies"], **result["parts"]}.items():
@@ -194,6 +198,7 @@ def test_preprocessing_descriptor_region_and_duplicate_comparisons(out, gallery_
     assert set(parts) == {*quality.REGION_LAYOUTS, "region_vectors_per_s"} and parts["none"]["50 %"]["queries"] == 2
     assert [parts[name]["rows_per_image"] for name in quality.REGION_LAYOUTS] == [1, 5, 10, 10, 17, 5, 9]
     assert parts["0.5 x 3"]["margin"] == 0.06 and parts["0.5 x 3, no margin"]["margin"] == 0.0
+    assert parts["none"]["50 %, held once"]["queries"] <= 2
     assert set(parts["0.5 x 2"]["copies"]) == set(quality.EDIT_KINDS)
     planted = quality.planted_duplicates(embedded, args)
     assert planted["planted"] == 2 * 8 and planted["images"] == 30 + 16

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.evaluation import (EDITS, PARTS, copy_recall, edited_copies, exact_top_k, parts_of, pick,
+from lookalike.evaluation import (EDITS, PARTS, copy_recall, distinct, edited_copies, exact_top_k, parts_of, pick,
                                   retrieval_metrics)
 
 from .support.images import draw, encode
@@ -70,6 +70,16 @@ def test_parts_are_the_sizes_asked_for_and_the_same_for_the_same_seed():
     assert 60 <= w <= 140 and 60 <= h <= 140
     # Another seed, another place (and size): not one fixed box for every image.
     assert any(parts_of(original, seed) != parts for seed in range(4, 8))
+
+
+def test_distinct_leaves_out_images_the_library_holds_twice():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(2100, 16)).astype(np.float32)  # past one block of rows
+    g[2050] = g[3] + 0.01 * rng.normal(size=16)  # a near-copy of image 3, in another block
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    held_once = distinct(g, 0.9)
+    assert 3 not in held_once and 2050 not in held_once
+    assert len(held_once) == 2098 and distinct(g, 1.01) == list(range(2100))
 
 
 def test_pick_is_deterministic_and_bounded():
