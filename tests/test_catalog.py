@@ -325,6 +325,18 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     part = margined.search(parts[9, 0], 1)[0][0]
     assert (part.id, part.region) == (1009, "0,0,0.5,0.5") and part.score == pytest.approx(0.95 - gap, abs=1e-4)
     margined.close()
+    # A near-duplicate scan compares whole images: an image that is one of 1004's parts is not its
+    # duplicate (it would be, at score 1, through 1004's region row); a copy of 1002's whole is.
+    from lookalike import duplicates
+    from lookalike.settings import DuplicateSettings
+
+    planted = entries(np.stack([parts[4, 0], whole[2]]))
+    for n, entry in enumerate(planted):
+        entry.id, entry.key, entry.regions = 1100 + n, f"p{n}.png", unit(rng, 2)
+    catalog.upsert(planted)
+    catalog.flush()
+    groups = [sorted(g.ids) for g in duplicates.find(catalog, DuplicateSettings(threshold=0.9)).groups]
+    assert groups == [[1002, 1101]]
     with pytest.raises(SchemaMismatch):
         open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
     catalog.drop()
