@@ -491,8 +491,9 @@ class Catalog:
         """Write the entries (and their region rows), replacing any with the same ids."""
         self.ensure_ready()
         entries = list(entries)
-        self._upsert_rows(self.name, [e.to_row() for e in entries])
-        self._upsert_rows(self.regions_name, self._region_rows(entries))
+        rows, parts = [e.to_row() for e in entries], self._region_rows(entries)  # both checked before a write
+        self._upsert_rows(self.name, rows)
+        self._upsert_rows(self.regions_name, parts)
         return len(entries)
 
     def _upsert_rows(self, collection: str, rows: list[dict], *, write_locked: bool = False) -> None:
@@ -501,8 +502,9 @@ class Catalog:
             self._call("upsert", collection, rows[i : i + step], write_locked=write_locked)
 
     def _region_rows(self, entries: Sequence[Entry]) -> list[dict]:
-        """The region rows of the entries, when this gallery keeps them (written after the entry:
-        a write cut short leaves an entry found by its whole only, never a region without one)."""
+        """The region rows of the entries, when this gallery keeps them; made (and checked) before
+        any write, written after the entry: a write cut short leaves an entry found by its whole
+        only, never a region without one."""
         if not self.regions:
             return []
         for e in entries:
@@ -522,8 +524,9 @@ class Catalog:
             present = self.existing_ids([e.id for e in entries], consistency_level="Strong")
             new = [e for e in entries if e.id not in present]
             if new:
-                self._call("upsert", self.name, [e.to_row() for e in new], write_locked=True)
-                self._upsert_rows(self.regions_name, self._region_rows(new), write_locked=True)
+                rows, parts = [e.to_row() for e in new], self._region_rows(new)
+                self._call("upsert", self.name, rows, write_locked=True)
+                self._upsert_rows(self.regions_name, parts, write_locked=True)
         return {e.id for e in new}
 
     def existing_ids(self, ids: Sequence[int], **kwargs) -> set[int]:

@@ -334,7 +334,15 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     for n, entry in enumerate(planted):
         entry.id, entry.key, entry.regions = 1100 + n, f"p{n}.png", unit(rng, 2)
     catalog.upsert(planted)
+    # An entry with another number of parts than the layout's is refused before anything is written.
+    odd = entries(unit(rng, 1))[0]
+    odd.id, odd.regions = 1200, unit(rng, 3)
+    with pytest.raises(ValueError, match="entry 1200 has 3 region vectors; this gallery keeps 2"):
+        catalog.upsert([odd])
+    with pytest.raises(ValueError, match="entry 1200 has 3"):
+        catalog.insert_new([odd])
     catalog.flush()
+    assert not catalog.existing_ids([1200], consistency_level="Strong")
     groups = [sorted(g.ids) for g in duplicates.find(catalog, DuplicateSettings(threshold=0.9)).groups]
     assert groups == [[1002, 1101]]
     with pytest.raises(SchemaMismatch):
