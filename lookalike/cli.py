@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,15 @@ def cmd_eval(args, settings: Settings) -> int:
              for e in catalog.get(gallery.ids[start:start + 500], with_vectors=True)}
     gallery.vectors = np.stack([found[i] for i in gallery.ids])
     embed = bytes_embedder(encoder, settings.images)
-    search = _http_searcher(args.url, args.timeout) if args.url else _index_searcher(catalog, embed)
+    seconds: list[float] = []  # the index's own time per search
+    search = (_http_searcher(args.url, args.timeout, seconds) if args.url
+              else _index_searcher(catalog, embed, seconds))
     result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k,
                       distinct_at=settings.duplicates.threshold)
     result["through"] = args.url or f"in-process: {catalog.uri}"
+    if seconds:
+        p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
+        result["search_ms"] = {"searches": len(seconds), "p50": round(float(p50), 2), "p99": round(float(p99), 2)}
     catalog.close()
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -103,14 +109,20 @@ def cmd_eval(args, settings: Settings) -> int:
     return 0
 
 
-def _index_searcher(catalog, embed):
+def _index_searcher(catalog, embed, seconds: list[float]):
+    """Search in-process; ``seconds`` gets the catalog's time per search."""
     def search(data: bytes, k: int):
-        return [(h.id, h.label) for h in catalog.search(embed([data]), k)[0]]
+        vector = embed([data])
+        started = time.perf_counter()
+        hits = catalog.search(vector, k)[0]
+        seconds.append(time.perf_counter() - started)
+        return [(h.id, h.label) for h in hits]
 
     return search
 
 
-def _http_searcher(url: str, timeout: float):
+def _http_searcher(url: str, timeout: float, seconds: list[float]):
+    """Search through the service; ``seconds`` gets its own search time (``timings.search_ms``)."""
     import httpx
 
     client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
@@ -119,7 +131,9 @@ def _http_searcher(url: str, timeout: float):
         response = client.post("/api/v1/search", params={"k": k}, files={"image": ("query", data)})
         if response.status_code != 200:
             raise SystemExit(f"lookalike eval: {url} answered {response.status_code}: {response.text[:300]}")
-        return [(int(h["id"]), h["label"]) for h in response.json()["results"]]
+        answer = response.json()
+        seconds.append(answer["timings"]["search_ms"] / 1000)
+        return [(int(h["id"]), h["label"]) for h in answer["results"]]
 
     return search
 
@@ -132,6 +146,9 @@ def format_eval(result: dict) -> str:
         if name in result:
             m = result[name]
             lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
+    if result.get("search_ms", {}).get("searches"):
+        t = result["search_ms"]
+        lines.append(f"index search: p50 {t['p50']} ms, p99 {t['p99']} ms over {t['searches']} searches")
     tables = [("copy detection", result)]
     if "distinct" in result:
         d = result["distinct"]

@@ -181,6 +181,10 @@ def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, galle
     for kind, r in {**result["copies"], **result["parts"]}.items():
         assert r["index"] == r["exact"], kind
     assert "copy detection" in done.stdout
+    # The service's own search time, for each query it answered: 30 leave-one-out, then 3 originals'
+    # copies and parts (none is held once, above).
+    assert result["search_ms"]["searches"] == 30 + 3 * (len(quality.EDIT_KINDS) + len(PARTS))
+    assert 0 < result["search_ms"]["p50"] <= result["search_ms"]["p99"]
     (out / "eval-generated.json").write_text(report.read_text())
 
 
