@@ -9,6 +9,8 @@ Copy detection: edited copies of some gallery images (crop, rotation, JPEG quali
 downscale, text overlay), which are not in the gallery, are searched; recall@1 / recall@5 is
 how often the original comes back first / in the top 5, per edit kind. The same for parts of
 those images (half of each side, or 30-70 %, at a random place): what region rows are for.
+Both again on originals the library holds once (``distinct``), the only ones whose copies have
+one right answer.
 
 The metrics and the edits are pure functions over arrays and bytes; ``evaluate`` wires them
 to a gallery, an encoder and a searcher.
