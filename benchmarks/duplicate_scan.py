@@ -12,6 +12,7 @@ perturbed copy of itself, so the scan has groups to find and their recall is kno
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,10 +96,13 @@ def main(argv: list[str] | None = None) -> Results:
     work = Path(tempfile.mkdtemp(prefix="lookalike-dupscan-"))
     milvus = MilvusSettings(uri=str(work / "lookalike.db"), engine="local_server", collection="dupscan")
     mix = Mixtures(real_embeddings(), 1280)
-    with serving(milvus):
-        catalog = open_catalog(milvus, mix.dim, shared=True)
-        row = measure(catalog, mix, args.n, batch=args.batch, every=args.copy_every, noise=args.copy_noise)
-        catalog.close()
+    try:
+        with serving(milvus):
+            catalog = open_catalog(milvus, mix.dim, shared=True)
+            row = measure(catalog, mix, args.n, batch=args.batch, every=args.copy_every, noise=args.copy_noise)
+            catalog.close()
+    finally:  # 200,000 vectors and their index: gigabytes
+        shutil.rmtree(work, ignore_errors=True)
     report(results, row)
     results.write()
     print(results.sections[-1])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> Results:
     from lookalike.lite_server import LiteServer
     from lookalike.settings import load_settings
 
-    work = Path(tempfile.mkdtemp(prefix="lookalike-http-"))
+    work = None if args.rows_to else Path(tempfile.mkdtemp(prefix="lookalike-http-"))
     env = dict(os.environ) if args.rows_to else {  # a child measures on its parent's data
         **os.environ, "LOOKALIKE_MILVUS__URI": str(work / "lookalike.db"),
         "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")}
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> Results:
             results.add("rows", rows)
     finally:
         lite.stop()
+        shutil.rmtree(work, ignore_errors=True)
     report(results, rows)
     results.write()
     return results

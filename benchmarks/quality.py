@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -399,7 +400,10 @@ def main(argv: list[str] | None = None) -> Results:
     results = Results("quality", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
     sets = datasets(args)
     work = Path(tempfile.mkdtemp(prefix="lookalike-quality-"))
-    service = {} if args.skip_service else through_service(sets, args, work)
+    try:
+        service = {} if args.skip_service else through_service(sets, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     results.add("service", service)
     fits = preprocessing(sets, args) if args.fits else {}
     results.add("preprocessing", fits)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -110,6 +111,7 @@ def main() -> None:
                 serve.delete("kill")
     finally:
         LiteServer(settings.milvus.uri).stop()
+        shutil.rmtree(work, ignore_errors=True)
     results.add("rows", rows)
     table = ["| Embedder | requests after the kill | failed (all 503 + Retry-After) | stall (s) | longest wait before the kill (s) |",
              "|---|---|---|---|---|"]
