@@ -381,8 +381,7 @@ class Catalog:
         deadline = time.monotonic() + self.settings.index.build_timeout_s
         while True:
             try:
-                self._call("search", collection, data=probe, limit=1,
-                           search_params={"metric_type": self.settings.metric, "params": self.settings.index.search_params})
+                self._call("search", collection, data=probe, limit=1, search_params=self._search_params())
                 return
             except MilvusException:
                 if time.monotonic() > deadline:
@@ -563,8 +562,7 @@ class Catalog:
         for this call (``ef``, ``nprobe``) instead of the configured ones for the index type."""
         self.ensure_ready()
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        search_params = {"metric_type": self.settings.metric,
-                         "params": self.settings.index.search_params if params is None else params}
+        search_params = self._search_params(params)
         results = self._call("search", self.name, data=vectors.tolist(), limit=k, filter=expr,
                              output_fields=OUTPUT_FIELDS, search_params=search_params)
         hits = [[self._hit(r) for r in found] for found in results]
@@ -574,6 +572,11 @@ class Catalog:
                            limit=min(MAX_LIMIT, k * len(self.regions)), filter=expr,
                            output_fields=["image", "region"], search_params=search_params)
         return [self._best_per_image(whole, found, k) for whole, found in zip(hits, parts)]
+
+    def _search_params(self, params: dict | None = None) -> dict:
+        """What a search sends: the metric, and ``params`` or the configured ones for the index type."""
+        return {"metric_type": self.settings.metric,
+                "params": self.settings.index.search_params if params is None else params}
 
     def _best_per_image(self, whole: list[Hit], parts: list[dict], k: int) -> list[Hit]:
         """The whole-image hits and the region hits of one query -> one hit per image, its best
