@@ -42,6 +42,7 @@ READ_ROUTES = [
     ("HEAD", re.compile(r"/images/.+")),
     ("POST", re.compile(r"/search/")),
     ("GET", re.compile(r"/status/")),
+    ("GET", re.compile(r"/healthz")),
 ]
 
 
@@ -96,7 +97,7 @@ def _forwarded_chain(request: Request) -> list[str]:
 def client_host(request: Request, trusted: tuple[Network, ...] = ()):
     """Who sent the request (an ip_address), or None when it cannot be told."""
     peer = _address(request.client.host) if request.client else None
-    forwarded = any(request.headers.get(name) for name in FORWARDING_HEADERS)
+    forwarded = any(name in request.headers for name in FORWARDING_HEADERS)  # empty counts: it was sent
     if peer is None or not forwarded:
         return peer
     if not any(peer in net for net in trusted):
@@ -113,6 +114,21 @@ def client_host(request: Request, trusted: tuple[Network, ...] = ()):
 def is_local_client(request: Request, trusted: tuple[Network, ...] = ()) -> bool:
     host = client_host(request, trusted)
     return host is not None and host.is_loopback
+
+
+def local_base_url(request: Request) -> str:
+    """The address the request was sent to (scheme, Host, root path) when its host is this
+    machine (localhost or a loopback address), else "": a Host header is the client's word."""
+    url = request.url
+    try:
+        host, port = url.hostname or "", url.port
+    except ValueError:  # a port that is no number
+        return ""
+    address = _address(f"[{host}]" if ":" in host else host)
+    if host.lower() != "localhost" and not (address and address.is_loopback):
+        return ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    return f"{url.scheme}://{netloc}{request.scope.get('root_path', '')}".rstrip("/")
 
 
 def is_cross_site(request: Request) -> bool:

@@ -55,7 +55,8 @@ class SearchParams(BaseModel):
         None, ge=1, description="how many results (api.top_k_max at most)")
     filter: Annotated[Label | None, Blank] = Field(
         None, description=f"only images with this label ({LABEL_MAX_BYTES} bytes of UTF-8 at most)")
-    min_score: Annotated[float | None, Number, Blank] = Field(None, ge=-1, le=1, description="cosine similarity at least")
+    min_score: Annotated[float | None, Number, Blank] = Field(None, ge=-1, le=1, allow_inf_nan=False,
+                                                              description="cosine similarity at least")
 
 
 def _box(value: str | None) -> Box | None:
@@ -94,7 +95,7 @@ class DuplicateParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     threshold: Annotated[float | None, Number, Blank] = Field(
-        None, ge=0, le=1, description="cosine similarity at least (default: duplicates.threshold)")
+        None, ge=0, le=1, allow_inf_nan=False, description="cosine similarity at least (default: duplicates.threshold)")
     offset: int = Field(0, ge=0, le=10_000_000, description="groups to skip")
     limit: Annotated[int, AfterValidator(lambda v, info: _at_most(v, info, "page_size_max"))] = Field(
         20, ge=1, description="groups per page (api.page_size_max at most)")

@@ -12,7 +12,7 @@ from lookalike import machine
 from lookalike.errors import Unauthorized
 
 from . import api_models as m
-from .access import key_matches, presented_key
+from .access import key_matches, local_base_url, presented_key
 from .inputs import Payload, fields_payload, image_payload
 from .web_app import app
 
@@ -31,8 +31,12 @@ class OriginalRoutes:
             raise Unauthorized("wrong key")
 
     def _absolute(self, request: Request, url: str) -> str:
-        """Store URLs may be relative to this service; the original page lives elsewhere."""
-        return url if "://" in url else str(request.base_url).rstrip("/") + url
+        """Store URLs may be relative to this service; the original page lives elsewhere. The
+        base is ``api.public_url``, or the address the request was sent to when that names this
+        machine; otherwise the URL stays relative (a Host header is no address to trust)."""
+        if "://" in url:
+            return url
+        return (self.settings.api.public_url or local_base_url(request)) + url
 
     @app.post("/search/", response_model=m.OriginalSearchResponse, tags=["the original's routes"],
               summary="Search, as the original server answered its front end",

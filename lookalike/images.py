@@ -69,12 +69,13 @@ class Box:
         return cls(x, y, w, h, relative)
 
     def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) in an image of this size; refuses a box outside it."""
+        """(left, top, right, bottom) in an image of this size; refuses a box that does not lie
+        within it (a box clipped silently would search another part than the one asked for)."""
         sx, sy = (width, height) if self.relative else (1, 1)
         left, top = round(self.x * sx), round(self.y * sy)
-        right, bottom = min(width, round((self.x + self.w) * sx)), min(height, round((self.y + self.h) * sy))
-        if left >= width or top >= height:
-            raise InvalidImage(f"the box starts outside the {width}x{height} image", code="invalid_box")
+        right, bottom = round((self.x + self.w) * sx), round((self.y + self.h) * sy)
+        if right > width or bottom > height:
+            raise InvalidImage(f"the box {self} runs outside the {width}x{height} image", code="invalid_box")
         return left, top, right, bottom
 
     def __str__(self) -> str:

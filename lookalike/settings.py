@@ -14,6 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
@@ -267,6 +268,19 @@ class ApiSettings(_Section):
     # Hosts and CIDRs that may be fetched although not public (an internal image server), e.g.
     # ["images.internal", "10.20.0.0/16"]. Empty: public addresses only.
     url_fetch_allow: list[str] = Field(default_factory=list)
+    # The service's public address (https://search.example.com), for the absolute image URLs the
+    # original's /search/ and /insert/ answer. Unset: the address a request was sent to when it
+    # names this machine (localhost, a loopback address), else the URLs stay relative: a Host
+    # header is never copied into a URL unchecked.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
+            raise ValueError(f"api.public_url: {value!r} is not an http(s) address without a query")
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod

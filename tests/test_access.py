@@ -12,7 +12,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from deployments.access import FORWARDING_HEADERS, ReadCors, check_write, client_host, parse_networks
+from deployments.access import (
+    FORWARDING_HEADERS, ReadCors, check_write, client_host, local_base_url, parse_networks,
+)
 from lookalike.errors import Forbidden, Unauthorized
 
 
@@ -43,6 +45,43 @@ def test_without_trusted_proxies_any_forwarding_header_makes_a_keyless_write_for
     assert err.value.code == "api_key_required"
     with pytest.raises(Forbidden):  # even naming this machine: nobody is trusted to say so
         check_write(request(**{header.replace("-", "_"): value.replace("203.0.113.9", "127.0.0.1")}), "")
+
+
+@pytest.mark.parametrize("header", FORWARDING_HEADERS)
+def test_an_empty_forwarding_header_still_makes_a_keyless_write_foreign(header):
+    """An empty ``X-Forwarded-For:`` is still a proxy's (or a client's) word about the sender."""
+    with pytest.raises(Forbidden) as err:
+        check_write(request(**{header.replace("-", "_"): ""}), "")
+    assert err.value.code == "api_key_required"
+    assert client_host(request(**{header.replace("-", "_"): " "}), parse_networks(["127.0.0.1"])) is None
+
+
+@pytest.mark.parametrize("host, want", [
+    ("127.0.0.1:8000", "http://127.0.0.1:8000"), ("localhost:8000", "http://localhost:8000"),
+    ("[::1]:8000", "http://[::1]:8000"), ("127.0.0.1", "http://127.0.0.1"),
+    ("evil.example", ""), ("localhost.evil.example:8000", ""), ("127.0.0.1@evil.example", ""),
+    ("10.0.0.1:8000", ""), ("127.0.0.1:notaport", ""),
+])
+def test_a_base_url_comes_from_the_host_header_only_when_it_names_this_machine(host, want):
+    assert local_base_url(request(host=host)) == want
+
+
+def test_the_original_routes_absolute_urls_start_with_the_public_url():
+    from types import SimpleNamespace
+
+    from deployments.original_routes import OriginalRoutes
+    from lookalike.settings import ApiSettings
+
+    def absolute(public_url: str, host: str) -> str:
+        routes = SimpleNamespace(settings=SimpleNamespace(api=ApiSettings(public_url=public_url)))
+        return OriginalRoutes._absolute(routes, request(host=host), "/images/a.png")
+
+    assert absolute("https://search.example.com/", "evil.example") == "https://search.example.com/images/a.png"
+    assert absolute("", "127.0.0.1:8000") == "http://127.0.0.1:8000/images/a.png"
+    assert absolute("", "evil.example") == "/images/a.png"
+    for bad in ("search.example.com", "ftp://x", "https://x/?q=1", "https://"):
+        with pytest.raises(ValueError, match="api.public_url"):
+            ApiSettings(public_url=bad)
 
 
 def test_a_trusted_proxy_names_the_client():
@@ -90,7 +129,8 @@ def _app(origins):
         return PlainTextResponse("ok")
 
     routes = [Route("/api/v1/search", ok, methods=["POST"]), Route("/api/v1/images", ok, methods=["GET", "POST"]),
-              Route("/api/v1/index", ok, methods=["POST"]), Route("/status/", ok, methods=["GET"])]
+              Route("/api/v1/index", ok, methods=["POST"]), Route("/status/", ok, methods=["GET"]),
+              Route("/healthz", ok, methods=["GET"])]
     return TestClient(ReadCors(Starlette(routes=routes), origins))
 
 
@@ -99,8 +139,9 @@ def test_cors_on_read_routes_only_and_never_with_credentials():
     read = client.post("/api/v1/search", headers={"Origin": "http://front.example"})
     assert read.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in read.headers
-    assert client.get("/status/", headers={"Origin": "http://front.example"}).headers[
-        "access-control-allow-origin"] == "*"
+    for path in ("/status/", "/healthz"):  # a front end on another origin checks the service is up
+        assert client.get(path, headers={"Origin": "http://front.example"}).headers[
+            "access-control-allow-origin"] == "*", path
     pre = client.options("/api/v1/search", headers={"Origin": "http://front.example",
                                                     "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 204 and pre.headers["access-control-allow-methods"] == "POST"

@@ -108,7 +108,8 @@ def test_search_by_a_box_of_the_query(api, anon):
     assert first(anon.post("/api/v1/search", json={"image": base64.b64encode(both).decode(),
                                                    "box": "0.5152,0.0,0.4848,1.0"})) == \
         (200, str(content_id(right.read_bytes())))
-    for bad, why in (("0,0,160", "four numbers"), ("400,0,10,10", "outside"), ("0.9,0,0.5,0.5", "within")):
+    for bad, why in (("0,0,160", "four numbers"), ("400,0,10,10", "outside"), ("0.9,0,0.5,0.5", "within"),
+                     ("200,100,200,100", "outside the 330x160 image")):  # past the edge: never clipped
         r = _search(anon, both, box=bad)
         assert r.status_code == 422 and why in r.json()["error"]["message"], (bad, r.text)
 
@@ -122,6 +123,11 @@ def test_filter_and_min_score(api, anon):
     only_self = _search(anon, data, k=10, min_score=0.999).json()["results"]
     assert [h["id"] for h in only_self] == [str(content_id(data))]
     assert _search(anon, data, min_score=3).status_code == 422
+    for not_a_number in ("nan", "inf", "-inf"):  # said as what it is, not as "should be <= 1"
+        r = _search(anon, data, min_score=not_a_number)
+        assert r.status_code == 422 and "finite number" in r.json()["error"]["message"], r.text
+        r = anon.get("/api/v1/duplicates", params={"threshold": not_a_number})
+        assert r.status_code == 422 and "finite number" in r.json()["error"]["message"], r.text
 
 
 def test_non_ascii_labels_are_stored_and_filtered(api, client, anon):
@@ -321,6 +327,12 @@ def test_original_routes(api, client, anon):
     assert isinstance(body["search_time"], int) and isinstance(body["embedding_time"], int)  # ms, as it was
     assert body["embedding_time"] >= 1  # decoding and a forward pass take more than a millisecond
     assert anon.post("/search/", json={"image": b64}).json()["ok"] is True  # no key: reads are open
+
+    # The Host header is the client's word: it never becomes the address of the images it is sent.
+    port = httpx.URL(api.url).port
+    for host in ("evil.example", f"localhost.evil.example:{port}", f"evil.example:{port}"):
+        spoofed = anon.post("/search/", json={"image": b64}, headers={"Host": host}).json()
+        assert spoofed["ok"] is True and spoofed["image1"].startswith("/images/"), (host, spoofed)
 
     wrong = anon.post("/search/", json={"key": "not-the-key", "image": b64})
     assert wrong.status_code == 401 and wrong.json()["ok"] is False and wrong.json()["result"]

@@ -159,9 +159,9 @@ def test_a_box_searches_by_that_part_of_the_oriented_image():
         assert (top.pixels[..., 2] > 200).all() and (top.pixels[..., 0] < 60).all()  # all blue: no padding
     bottom = prepare(data, 32, LIMITS, Box.parse("0,60,60,60")).pixels
     assert (bottom[..., 0] > 200).all() and (bottom[..., 2] < 60).all()
-    clipped = prepare(data, 32, LIMITS, Box.parse("0,60,600,600")).pixels  # clipped to the image
-    assert (clipped == bottom).all()
-    for outside in ("60,0,10,10", "0,120,10,10", "0,0,4,60"):  # past the right or bottom edge; too small
+    assert (prepare(data, 32, LIMITS, Box.parse("0.0,0.5,1.0,0.5")).pixels == bottom).all()  # up to the edge
+    # Past the right or bottom edge (never clipped to another part than the one asked for); too small.
+    for outside in ("60,0,10,10", "0,120,10,10", "0,60,600,600", "0,60,61,60", "50,0,11,10", "0,0,4,60"):
         with pytest.raises(errors.InvalidImage) as err:
             prepare(data, 32, LIMITS, Box.parse(outside))
         assert err.value.code == "invalid_box" and "60x120" in err.value.message
