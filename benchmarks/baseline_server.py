@@ -17,13 +17,13 @@ import json
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from lookalike.catalog import Catalog
-from lookalike.encoder import ImageEncoder
+from lookalike.milvus.catalog import Catalog
+from lookalike.embedding.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
-from lookalike.images import prepare
-from lookalike.local_milvus import open_catalog
+from lookalike.embedding.images import prepare
+from lookalike.milvus.engines import open_catalog
 from lookalike.settings import load_settings
-from lookalike.store import make_store
+from lookalike.storage.store import make_store
 
 
 def make_handler(settings, encoder: ImageEncoder, catalog: Catalog, store):

@@ -135,7 +135,7 @@ def _json_default(value):
 # -- labelled data sets ----------------------------------------------------------------------------
 def openclipart_set(out: Path | None = None, per_class: int = 40) -> Path:
     """The sample gallery's layout: openclipart sub-folders as labels (31 classes)."""
-    from lookalike.gallery import build_gallery
+    from lookalike.quality.gallery import build_gallery
 
     out = Path(out or DATA / f"openclipart-{per_class}")
     build_gallery(out, per_class=per_class)
@@ -171,7 +171,7 @@ def embed_files(paths: Sequence[str | os.PathLike], encoder, limits, threads: in
     from concurrent.futures import ThreadPoolExecutor
 
     from lookalike.errors import LookalikeError
-    from lookalike.images import prepare
+    from lookalike.embedding.images import prepare
 
     def one(path):
         try:

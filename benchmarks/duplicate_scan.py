@@ -1,4 +1,4 @@
-"""How long a near-duplicate scan takes at the original's scale: ``lookalike.duplicates.find``
+"""How long a near-duplicate scan takes at the original's scale: ``lookalike.quality.duplicates.find``
 over a gallery of N vectors on the local Milvus server (HNSW, the default settings), as
 ``lookalike duplicates`` and ``GET /api/v1/duplicates`` run it.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Results, markdown_table
-from benchmarks.vector_search import CHUNK, Mixtures, _normalise, real_embeddings
+from benchmarks.vector_search import CHUNK, Mixtures, unit_rows, real_embeddings
 
 
 def planted(mix: Mixtures, n: int, every: int, noise: float):
@@ -33,7 +33,7 @@ def planted(mix: Mixtures, n: int, every: int, noise: float):
         vectors = mix.chunk(c, min(CHUNK, n - made))
         rng = np.random.default_rng([11, c])
         originals = np.arange(0, len(vectors) - 1, every)
-        vectors[originals + 1] = _normalise(vectors[originals] + rng.standard_normal(
+        vectors[originals + 1] = unit_rows(vectors[originals] + rng.standard_normal(
             (len(originals), vectors.shape[1])).astype(np.float32) * (noise / np.sqrt(vectors.shape[1])))
         ids = np.arange(made + 1, made + 1 + len(vectors), dtype=np.int64)
         yield ids, vectors, [(int(ids[o]), int(ids[o + 1])) for o in originals]
@@ -44,8 +44,8 @@ def measure(catalog, mix: Mixtures, n: int, *, batch: int = 256, every: int = 10
             threshold: float | None = None) -> dict:
     """Insert ``n`` vectors with planted copies into ``catalog``, index them, scan (at the
     default threshold unless given): one row."""
-    from lookalike import duplicates
-    from lookalike.catalog import Entry
+    from lookalike.quality import duplicates
+    from lookalike.milvus.catalog import Entry
     from lookalike.settings import DuplicateSettings
 
     settings = DuplicateSettings(batch_size=batch, **({} if threshold is None else {"threshold": threshold}))
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--copy-noise", type=float, default=0.25)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from lookalike.local_milvus import open_catalog, serving
+    from lookalike.milvus.engines import open_catalog, serving
     from lookalike.settings import MilvusSettings
 
     results = Results("duplicate-scan", args.out, **{k: v for k, v in vars(args).items() if k != "out"})

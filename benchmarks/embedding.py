@@ -30,7 +30,7 @@ ORIGINAL = "original (torch fp32, 1 image)"
 
 
 def prepared_images(n: int, size: int, gallery: Path) -> np.ndarray:
-    from lookalike.images import prepare
+    from lookalike.embedding.images import prepare
     from lookalike.settings import load_settings
 
     limits = load_settings().images
@@ -40,7 +40,7 @@ def prepared_images(n: int, size: int, gallery: Path) -> np.ndarray:
 
 
 def encoder_for(model: str, runtime: str, precision: str, batch: int, spin_wait: bool = False):
-    from lookalike.encoder import ImageEncoder
+    from lookalike.embedding.encoder import ImageEncoder
     from lookalike.settings import load_settings
 
     settings = load_settings().model.model_copy(update={"name": model, "runtime": runtime, "precision": precision,
@@ -72,7 +72,7 @@ def run_model(model: str, batches: list[int], seconds: float, images: np.ndarray
     """fp32 at batch 1 is the original's way (one upload, one forward pass, fp32): the baseline."""
     import torch
 
-    from lookalike import onnx_runtime
+    from lookalike.embedding import onnx_runtime
 
     fast = "fp16" if torch.cuda.is_available() else "bf16"
     modes = [("torch", "fp32", False)]
@@ -97,7 +97,7 @@ def run_model(model: str, batches: list[int], seconds: float, images: np.ndarray
 
 
 def _native_bf16() -> bool:
-    from lookalike.encoder import cpu_has_native_bf16
+    from lookalike.embedding.encoder import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

@@ -59,11 +59,11 @@ K = 5
 
 def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
-    from lookalike.encoder import ImageEncoder
-    from lookalike.indexer import index_items
-    from lookalike.local_milvus import gallery_catalog
-    from lookalike.sources import iter_folder
-    from lookalike.store import make_store
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.indexing.indexer import index_items
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.indexing.sources import iter_folder
+    from lookalike.storage.store import make_store
 
     encoder = ImageEncoder(settings.model).load()
     catalog = gallery_catalog(settings)
@@ -82,7 +82,7 @@ def process_role(pid: int, cmdline: str) -> str:
         return cmdline.split()[0].rsplit(":", 1)[-1].split(".")[0]
     if cmdline.startswith("ray::ProxyActor"):
         return "proxy"
-    if "lookalike.lite_server" in cmdline:
+    if "lookalike.milvus.lite_server" in cmdline:
         return "Milvus Lite"
     if "benchmarks.baseline_server" in cmdline:
         return "original server"
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> Results:
         parser.error(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
     results = Results("http-load", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
 
-    from lookalike.lite_server import LiteServer
+    from lookalike.milvus.lite_server import LiteServer
     from lookalike.settings import load_settings
 
     work = None if args.rows_to else Path(tempfile.mkdtemp(prefix="lookalike-http-"))

@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import random_weights
-from lookalike.catalog import Catalog, Entry
-from lookalike.encoder import ImageEncoder
-from lookalike.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
-from lookalike.images import prepare
+from lookalike.milvus.catalog import Catalog, Entry
+from lookalike.embedding.encoder import ImageEncoder
+from lookalike.quality.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
+from lookalike.embedding.images import prepare
 from lookalike.settings import load_settings
-from lookalike.sources import iter_folder
-from lookalike.store import LocalStore, object_key
+from lookalike.indexing.sources import iter_folder
+from lookalike.storage.store import LocalStore, object_key
 
 
 def build_images(out: Path, n: int, fmt: str) -> Path:

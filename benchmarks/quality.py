@@ -15,7 +15,7 @@ groups on planted copies.
 3. Region search: random boxes (30-70 %, and 50 %, of each side) of openclipart images; the
    whole image's recall@1 / @5.
 4. Near-duplicates: openclipart plus planted copies (every edit kind, resized, re-encoded),
-   grouped by ``lookalike.duplicates`` per threshold: pair precision and recall.
+   grouped by ``lookalike.quality.duplicates`` per threshold: pair precision and recall.
 
     python -m benchmarks.quality [--copies 100] [--fits pad,crop,stretch] [--poolings avg,gem]
 """
@@ -51,7 +51,7 @@ def through_service(sets: dict[str, Path], args, work: Path) -> dict[str, dict]:
     variant (``SERVICE_VARIANTS``, for the sets measured)."""
     from harness.serve import deploy, serve_session
     from lookalike import cli
-    from lookalike.local_milvus import serving
+    from lookalike.milvus.engines import serving
     from lookalike.settings import load_settings
 
     os.environ.update({"LOOKALIKE_MILVUS__URI": str(work / "quality.db"),
@@ -82,9 +82,9 @@ def variants(base, axis: str, values: list[str]) -> dict[str, object]:
 def exact_quality(sets: dict[str, Path], settings_by_name: dict[str, object], copies: int) -> dict[str, dict]:
     """Exact-search quality of each set under each settings, everything else unchanged:
     {set: {name: evaluate(...)}} (P@1, P@10, mAP@10, copy recall per edit)."""
-    from lookalike.encoder import ImageEncoder
-    from lookalike.evaluation import bytes_embedder, evaluate, load_gallery
-    from lookalike.sources import iter_folder
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.quality.evaluation import bytes_embedder, evaluate, load_gallery
+    from lookalike.indexing.sources import iter_folder
 
     out: dict[str, dict] = {}
     for name, settings in settings_by_name.items():
@@ -118,10 +118,10 @@ def embedded_gallery(folder: Path):
     """The labelled tree embedded once with the configured settings, its bytes -> vectors
     function, and the encoder and settings (for region vectors): what the region and duplicate
     measurements share."""
-    from lookalike.encoder import ImageEncoder
-    from lookalike.evaluation import bytes_embedder, load_gallery
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.quality.evaluation import bytes_embedder, load_gallery
     from lookalike.settings import load_settings
-    from lookalike.sources import iter_folder
+    from lookalike.indexing.sources import iter_folder
 
     settings = load_settings()
     encoder = ImageEncoder(settings.model).load()
@@ -148,10 +148,10 @@ def regions(embedded, args) -> dict[str, dict]:
     import random
     import time
 
-    from lookalike.evaluation import (EDITS, copy_recall, distinct, edited_copies, pick, random_crop,
+    from lookalike.quality.evaluation import (EDITS, copy_recall, distinct, edited_copies, pick, random_crop,
                                       retrieval_metrics)
-    from lookalike.images import prepare_regions
-    from lookalike.regions import boxes
+    from lookalike.embedding.images import prepare_regions
+    from lookalike.embedding.regions import boxes
     from lookalike.settings import RegionSettings
 
     gallery, embed, encoder, settings = embedded
@@ -211,7 +211,7 @@ def regions(embedded, args) -> dict[str, dict]:
 
 def planted_duplicates(embedded, args) -> dict:
     """Near-duplicate groups on the gallery plus planted copies of ``args.copies`` originals (each
-    edit kind, resized, re-encoded), through ``lookalike.duplicates.scan`` with exact neighbours.
+    edit kind, resized, re-encoded), through ``lookalike.quality.duplicates.scan`` with exact neighbours.
     Pairs in one group count as found; pairs of one original's family are the truth, so the
     originals are drawn from the gallery's distinct images (none of its other images at the
     lowest threshold or more: openclipart holds many recoloured variants of one drawing, which
@@ -219,8 +219,8 @@ def planted_duplicates(embedded, args) -> dict:
     copy; the groups of the gallery's own near-duplicates are counted apart."""
     from itertools import combinations
 
-    from lookalike import duplicates
-    from lookalike.evaluation import PLANTED, distinct, edited_copies, pick
+    from lookalike.quality import duplicates
+    from lookalike.quality.evaluation import PLANTED, distinct, edited_copies, pick
     from lookalike.settings import load_settings
 
     settings = load_settings()

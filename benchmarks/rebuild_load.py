@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> Results:
     from ray import serve
 
     from harness.serve import deploy, serve_session
-    from lookalike.local_milvus import local_service
+    from lookalike.milvus.engines import local_service
     from lookalike.settings import load_settings
 
     settings = load_settings()

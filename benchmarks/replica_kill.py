@@ -14,49 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 
 from benchmarks.common import Results
-from harness.load import payloads, run_load
-from harness.processes import cpu_seconds_by_process
-
-
-def replica_pids(app: str, deployment: str) -> list[int]:
-    """The processes of a deployment's replicas, by the title Ray Serve gives them."""
-    pids = sorted(pid for pid, (title, _) in cpu_seconds_by_process().items()
-                  if title.startswith(f"ray::ServeReplica:{app}:{deployment}"))
-    if not pids:
-        raise LookupError(f"no {deployment} replica of {app}")
-    return pids
-
-
-def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, before_s: float = 3.0,
-                    after_s: float = 15.0) -> dict:
-    """SIGKILL one Embedder replica while ``clients`` search; what the clients saw after it."""
-    stop, log = threading.Event(), []
-    load = threading.Thread(target=run_load, args=(f"{url}/api/v1/search", payloads([query]), clients, 3600.0),
-                            kwargs={"stop": stop, "record": log}, daemon=True)
-    load.start()
-    time.sleep(before_s)
-    killed = time.monotonic()
-    os.kill(replica_pids(app, "Embedder")[0], signal.SIGKILL)
-    time.sleep(after_s)
-    stop.set()
-    load.join(timeout=60)
-    after = sorted(e for e in log if e[1] >= killed)
-    done = [end for _, end, status, _, _ in after if status == 200]
-    gaps = [b - a for a, b in zip([killed] + done, done)]
-    before = sorted(end for _, end, status, _, _ in log if status == 200 and end < killed)
-    return {"requests_after_kill": len(after), "ok": len(done),
-            "failed": [(status, retry, backend) for _, _, status, retry, backend in after if status != 200],
-            "stall_s": round(max(gaps, default=after_s), 2),
-            # The same measure before the kill: what this machine's load alone makes clients wait.
-            "gap_before_s": round(max((b - a for a, b in zip(before, before[1:])), default=0.0), 2)}
+from harness.load import kill_under_load
 
 
 EXPLAINED = ("Four clients search without pause; 3 s in, one Embedder replica is SIGKILLed and the load goes "
@@ -86,7 +50,7 @@ def main() -> None:
     from benchmarks.http_load import prepare_gallery
     from harness.serve import serve_options, serve_session
     from deployments.app import build_from_settings
-    from lookalike.lite_server import LiteServer
+    from lookalike.milvus.lite_server import LiteServer
     from lookalike.settings import load_settings
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-kill-"))

@@ -131,7 +131,7 @@ def rss_by_role() -> dict[str, int]:
         name = proc.info["name"] or ""
         if name == "milvus":
             role = "Milvus server"
-        elif "lookalike.milvus_server" in cmdline or "lookalike.supervisor" in cmdline or name == "unshare":
+        elif "lookalike.milvus.server" in cmdline or "lookalike.milvus.supervisor" in cmdline or name == "unshare":
             role = "supervisors + relay"
         else:
             role = process_role(proc.info["pid"], cmdline)
@@ -172,7 +172,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
     from benchmarks.http_load import measure_lookalike
     from harness.serve import deploy
     from benchmarks.rebuild_load import rebuild_under_load
-    from lookalike.local_milvus import engine, local_service
+    from lookalike.milvus.engines import engine, local_service
     from lookalike.settings import load_settings
 
     saved = dict(os.environ)
@@ -205,7 +205,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
 def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
     """The first ``n`` entries of the big gallery, vectors and fields as they are, into a Milvus
     Lite directory (a search costs what it costs whatever embedded the vectors)."""
-    from lookalike.local_milvus import gallery_catalog, local_service
+    from lookalike.milvus.engines import gallery_catalog, local_service
     from lookalike.settings import load_settings
 
     saved = dict(os.environ)
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> Results:
                                                     rebuild=args.rebuild and env is big_env)
                 results.add("galleries", galleries)
     finally:
-        from lookalike.local_milvus import local_service
+        from lookalike.milvus.engines import local_service
         from lookalike.settings import load_settings
 
         for folder in (big, small, lite):

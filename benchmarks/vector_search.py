@@ -47,8 +47,8 @@ ORIGINAL_SEARCH_MS = 15.0  # the original's ~15 ms of search at 210k ImageNet im
 # -- data --------------------------------------------------------------------------------------------
 def real_embeddings(limit: int = 0) -> np.ndarray:
     """EfficientNet-Lite0 vectors of every usable openclipart PNG, cached under data/bench/."""
-    from lookalike.encoder import ImageEncoder
-    from lookalike.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.quality.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
     from lookalike.settings import load_settings
 
     cache = DATA / "openclipart-lite0.npy"
@@ -68,7 +68,8 @@ def real_embeddings(limit: int = 0) -> np.ndarray:
     return vectors
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (float32)."""
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -79,7 +80,7 @@ class Mixtures:
         rng = np.random.default_rng(seed)
         if dim != real.shape[1]:
             lift = rng.standard_normal((real.shape[1], dim)).astype(np.float32)
-            real = _normalise(real @ lift)
+            real = unit_rows(real @ lift)
         self.real = real
         self.dim = dim
         self.seed = seed
@@ -94,7 +95,7 @@ class Mixtures:
         j = self.near[i, rng.integers(self.near.shape[1], size=n)]
         w = rng.uniform(0.5, 1.0, size=(n, 1)).astype(np.float32)
         noise = rng.standard_normal((n, self.dim)).astype(np.float32) * (self.noise / np.sqrt(self.dim))
-        return _normalise(w * self.real[i] + (1 - w) * self.real[j] + noise)
+        return unit_rows(w * self.real[i] + (1 - w) * self.real[j] + noise)
 
     def queries(self, n: int) -> np.ndarray:
         return self.chunk(10**9, n)  # a chunk index no data chunk uses
@@ -179,8 +180,8 @@ def throughput(catalog, queries: np.ndarray, clients: int, seconds: float) -> di
 
 def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarray, args, pid_of) -> dict:
     """Insert ``n`` vectors, then build, sweep and load-test each index type."""
-    from lookalike.catalog import Entry
-    from lookalike.local_milvus import open_catalog
+    from lookalike.milvus.catalog import Entry
+    from lookalike.milvus.engines import open_catalog
 
     collection = f"bench_{n}_{mix.dim}"
     catalog = open_catalog(milvus_settings(uri, collection, "FLAT"), mix.dim, shared=True)
@@ -239,7 +240,7 @@ class MilvusServer:
     """The local Milvus server the service runs at scale (its own namespaces, a Unix socket)."""
 
     def __init__(self, base: Path):
-        from lookalike.milvus_server import MilvusServer as LocalMilvusServer
+        from lookalike.milvus.server import MilvusServer as LocalMilvusServer
 
         self.server = LocalMilvusServer(base)
 
@@ -257,7 +258,7 @@ class LiteDir:
     """A Milvus Lite data directory, served the way the service reaches it (its own local server)."""
 
     def __init__(self, base: Path):
-        from lookalike.lite_server import LiteServer
+        from lookalike.milvus.lite_server import LiteServer
 
         self.server = LiteServer(base / "bench.db")
 

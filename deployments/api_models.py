@@ -10,7 +10,7 @@ from pydantic import (
 )
 
 from lookalike.errors import InvalidParameter
-from lookalike.images import Box
+from lookalike.embedding.images import Box
 from lookalike.limits import LABEL_MAX_BYTES, utf8_len
 
 # -- requests ----------------------------------------------------------------------------------

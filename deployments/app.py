@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from lookalike.local_milvus import share
+from lookalike.milvus.engines import share
 from lookalike.settings import Settings, load_settings
 
 from .embedder import Embedder

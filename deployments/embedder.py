@@ -15,7 +15,7 @@ import ray
 from ray import serve
 from ray.serve import metrics
 
-from lookalike.encoder import ImageEncoder
+from lookalike.embedding.encoder import ImageEncoder
 from lookalike.settings import Settings
 
 

@@ -20,14 +20,14 @@ from fastapi.responses import FileResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from lookalike import url_fetch
+from lookalike.storage import url_fetch
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
-from lookalike.images import Box, PreparedImage, prepare, prepare_regions
-from lookalike.models import get_model
-from lookalike.regions import boxes
+from lookalike.embedding.images import Box, PreparedImage, prepare, prepare_regions
+from lookalike.embedding.models import get_model
+from lookalike.embedding.regions import boxes
 from lookalike.settings import Settings
-from lookalike.store import LocalStore, make_store
-from lookalike.writer import NewImage
+from lookalike.storage.store import LocalStore, make_store
+from lookalike.indexing.writer import NewImage
 
 from . import api_models as m
 from .access import WritePolicy, parse_networks, writer

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from lookalike.errors import BadRequest, EmptyInput, InvalidParameter, TooLarge, UnsupportedMedia
 from lookalike.settings import Settings
-from lookalike.url_fetch import read_capped
+from lookalike.storage.url_fetch import read_capped
 
 FORM_FIELD = "image"
 _MULTIPART_OVERHEAD = 64 * 1024

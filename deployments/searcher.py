@@ -17,13 +17,13 @@ import numpy as np
 import ray
 from ray import serve
 
-from lookalike import duplicates
-from lookalike.catalog import Entry, label_filter
+from lookalike.quality import duplicates
+from lookalike.milvus.catalog import Entry, label_filter
 from lookalike.errors import BackendUnavailable
-from lookalike.local_milvus import gallery_catalog
+from lookalike.milvus.engines import gallery_catalog
 from lookalike.settings import Settings
-from lookalike.store import make_store
-from lookalike.writer import GalleryWriter, NewImage
+from lookalike.storage.store import make_store
+from lookalike.indexing.writer import GalleryWriter, NewImage
 
 log = logging.getLogger("ray.serve")
 

@@ -1,6 +1,7 @@
 """What the tests and the benchmarks share, and neither owns: real servers bound to 127.0.0.1
 (``servers``), a local Ray cluster with Serve and the application deployed as `make run` does
-(``serve``), one bounded load generator that only ever sends to loopback (``load``), and this
+(``serve``), one bounded load generator that only ever sends to loopback (``load``; the mixed
+search, add and delete load in ``mixed_load``, a replica killed under load in ``load``), and this
 machine's processes by psutil (``processes``). Tests and benchmarks import this package; it
 imports neither of them.
 """

@@ -6,7 +6,7 @@ starts at image ``c`` and strides by N, so concurrent requests carry different i
 QPS, latency percentiles, errors by status, and the mean of the server's own timings
 (``timings`` in the answer: decode / embed / search / total, in ms). ``record``: a list that
 gets every answer as (start, end, status, Retry-After, the backend an error names), monotonic
-seconds, for measuring stalls (benchmarks/replica_kill.py).
+seconds, for measuring stalls (``kill_under_load``, below).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import os
+import signal
 import socket
 import threading
 import time
@@ -24,6 +26,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+
+from .processes import replica_pids
 
 
 TIMING_KEYS = ("decode_ms", "embed_ms", "search_ms", "total_ms")
@@ -145,3 +149,27 @@ def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_req
     result.seconds = run_steps(url, lambda c: _search_step(url, bodies, clients, c, result, record), clients, seconds,
                                max_requests=max_requests, timeout=timeout, stop=stop)
     return result.summary()
+
+
+def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, before_s: float = 3.0,
+                    after_s: float = 15.0) -> dict:
+    """SIGKILL one Embedder replica while ``clients`` search; what the clients saw after it."""
+    stop, log = threading.Event(), []
+    load = threading.Thread(target=run_load, args=(f"{url}/api/v1/search", payloads([query]), clients, 3600.0),
+                            kwargs={"stop": stop, "record": log}, daemon=True)
+    load.start()
+    time.sleep(before_s)
+    killed = time.monotonic()
+    os.kill(replica_pids(app, "Embedder")[0], signal.SIGKILL)
+    time.sleep(after_s)
+    stop.set()
+    load.join(timeout=60)
+    after = sorted(e for e in log if e[1] >= killed)
+    done = [end for _, end, status, _, _ in after if status == 200]
+    gaps = [b - a for a, b in zip([killed] + done, done)]
+    before = sorted(end for _, end, status, _, _ in log if status == 200 and end < killed)
+    return {"requests_after_kill": len(after), "ok": len(done),
+            "failed": [(status, retry, backend) for _, _, status, retry, backend in after if status != 200],
+            "stall_s": round(max(gaps, default=after_s), 2),
+            # The same measure before the kill: what this machine's load alone makes clients wait.
+            "gap_before_s": round(max((b - a for a, b in zip(before, before[1:])), default=0.0), 2)}

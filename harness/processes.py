@@ -69,3 +69,12 @@ def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
         if name is not None:
             spent[name] = spent.get(name, 0.0) + seconds - before.get(pid, ("", 0.0))[1]
     return spent
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """The processes of a deployment's replicas, by the title Ray Serve gives them."""
+    pids = sorted(pid for pid, (title, _) in cpu_seconds_by_process().items()
+                  if title.startswith(f"ray::ServeReplica:{app}:{deployment}"))
+    if not pids:
+        raise LookupError(f"no {deployment} replica of {app}")
+    return pids

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from .servers import HOST, free_port, wait_for
+from .servers import HOST, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def serve_options(path: Path = REPO / "config" / "serve.yaml") -> dict[str, dict
 
 
 def wait_healthy(url: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
-    wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, url, proc)
+    wait_until(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, url, proc)
 
 
 @contextmanager

@@ -50,18 +50,23 @@ def _is_free(port: int) -> bool:
             return False
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.25):
+    """Ask ``predicate`` until it answers something true (returned), for ``timeout`` seconds; a
+    TimeoutError names what it answered or raised last, so a broken check is not read as a
+    slow one. ``proc``: fail at once when that process has exited."""
+    deadline, last = time.monotonic() + timeout, "never asked"
+    while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what}: process exited with {proc.returncode}")
         try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{what} not ready after {timeout}s")
+            if value := predicate():
+                return value
+            last = f"it answered {value!r}"
+        except Exception as exc:  # not ready yet, or a broken check: the message says which
+            last = f"its last error: {exc!r}"[:500]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not ready after {timeout}s; {last}")
+        time.sleep(interval)
 
 
 def count_after_kill(catalog, pid: int, within_s: float, what: str) -> int:
@@ -137,7 +142,7 @@ class SeaweedS3:
         log = open(self.base / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        wait_for(self._ready, timeout, "SeaweedFS S3", self.proc)
+        wait_until(self._ready, timeout, "SeaweedFS S3", self.proc)
         return self
 
     def _ready(self) -> bool:
@@ -152,11 +157,11 @@ class SeaweedS3:
 
 
 class LocalServer:
-    """The local Milvus server (``lookalike.milvus_server``), started by hand for a test session:
+    """The local Milvus server (``lookalike.milvus.server``), started by hand for a test session:
     it runs until stopped."""
 
     def __init__(self, data_dir: Path):
-        from lookalike.milvus_server import MilvusServer
+        from lookalike.milvus.server import MilvusServer
 
         self.service = MilvusServer(data_dir)
         self.uri = ""
@@ -182,7 +187,7 @@ class LiteServerProcess:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "LiteServerProcess":
-        cmd = [sys.executable, "-m", "lookalike.lite_server", "--data-dir", str(self.data_dir),
+        cmd = [sys.executable, "-m", "lookalike.milvus.lite_server", "--data-dir", str(self.data_dir),
                "--port", str(self.port)]
         log = open(self.data_dir.with_name(self.data_dir.name + ".log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -192,7 +197,7 @@ class LiteServerProcess:
             with socket.create_connection((HOST, self.port), timeout=0.5):
                 return True
 
-        wait_for(listening, timeout, "milvus-lite server", self.proc)
+        wait_until(listening, timeout, "milvus-lite server", self.proc)
         return self
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
 """The ingest job on Ray Data: list -> read + decode (tasks) -> embed (actor pool) ->
 upload + upsert (actor pool) -> flush and index -> JSON report.
 
-The stages are the indexing core's (``lookalike.stages``), the same code ``lookalike index``
+The stages are the indexing core's (``lookalike.indexing.stages``), the same code ``lookalike index``
 runs in-process; this module only places them on the cluster and folds their rows into the
 core's ``Report``. Idempotent and resumable: ids are content hashes, rows already in Milvus are
 skipped before any decoding or embedding, and every write is an upsert of an object stored
@@ -29,13 +29,13 @@ use_local_ray_env()
 import ray  # noqa: E402
 
 from lookalike.errors import LookalikeError  # noqa: E402
-from lookalike.indexer import Report  # noqa: E402
-from lookalike.local_milvus import choose_for_ingest, gallery_catalog, serving  # noqa: E402
-from lookalike.models import get_model  # noqa: E402
+from lookalike.indexing.indexer import Report  # noqa: E402
+from lookalike.milvus.engines import choose_for_ingest, gallery_catalog, serving  # noqa: E402
+from lookalike.embedding.models import get_model  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
-from lookalike.sources import Source  # noqa: E402
-from lookalike.stages import Embed, ReadPrepare, Write  # noqa: E402
-from lookalike.store import make_store  # noqa: E402
+from lookalike.indexing.sources import Source  # noqa: E402
+from lookalike.indexing.stages import Embed, ReadPrepare, Write  # noqa: E402
+from lookalike.storage.store import make_store  # noqa: E402
 
 log = logging.getLogger("ingest")
 

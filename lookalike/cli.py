@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .settings import CONFIG_ENV, Settings, load_settings
+from lookalike.settings import CONFIG_ENV, Settings, load_settings
 
 log = logging.getLogger("lookalike")
 
 
 def _open_core(settings: Settings):
-    from .local_milvus import gallery_catalog
-    from .encoder import ImageEncoder
-    from .store import make_store
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.storage.store import make_store
 
     encoder = ImageEncoder(settings.model)
     catalog = gallery_catalog(settings, shared=False)
@@ -30,10 +30,10 @@ def _open_core(settings: Settings):
 
 
 def cmd_index(args, settings: Settings) -> int:
-    from .indexer import index_items
-    from .local_milvus import choose_for_ingest
-    from .models import get_model
-    from .sources import Source
+    from lookalike.indexing.indexer import index_items
+    from lookalike.milvus.engines import choose_for_ingest
+    from lookalike.embedding.models import get_model
+    from lookalike.indexing.sources import Source
 
     source = Source.parse(args.source)
     items = list(source.items(settings))
@@ -56,8 +56,8 @@ def cmd_index(args, settings: Settings) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    from .catalog import label_filter
-    from .images import Box, prepare
+    from lookalike.milvus.catalog import label_filter
+    from lookalike.embedding.images import Box, prepare
 
     try:
         box = Box.parse(args.box) if args.box else None
@@ -75,9 +75,9 @@ def cmd_search(args, settings: Settings) -> int:
 def cmd_eval(args, settings: Settings) -> int:
     """Index a labelled folder tree, then measure retrieval quality through the index (the
     service over HTTP with --url, else the configured Milvus in-process) and exactly."""
-    from .evaluation import bytes_embedder, evaluate, load_gallery
-    from .indexer import index_items
-    from .sources import iter_folder
+    from lookalike.quality.evaluation import bytes_embedder, evaluate, load_gallery
+    from lookalike.indexing.indexer import index_items
+    from lookalike.indexing.sources import iter_folder
 
     items = list(iter_folder(args.dir))
     encoder, catalog, store = _open_core(settings)
@@ -164,7 +164,7 @@ def format_eval(result: dict) -> str:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    from .models import get_model
+    from lookalike.embedding.models import get_model
 
     _, catalog, store = _open_core(settings)
     spec = get_model(settings.model.name)
@@ -179,7 +179,7 @@ def cmd_status(args, settings: Settings) -> int:
 
 def cmd_duplicates(args, settings: Settings) -> int:
     """Groups of near-duplicate images, largest first, as JSON; progress on stderr."""
-    from . import duplicates
+    from lookalike.quality import duplicates
 
     _, catalog, store = _open_core(settings)
 
@@ -203,7 +203,7 @@ def cmd_config(args, settings: Settings) -> int:
     secrets left out (they stay in the environment)."""
     import yaml
 
-    from .settings import defaults, without_secrets
+    from lookalike.settings import defaults, without_secrets
 
     shown = defaults() if args.defaults else settings
     print("# secrets (api.api_key, milvus.token, store.s3.access_key / secret_key) are not shown: "
@@ -213,7 +213,7 @@ def cmd_config(args, settings: Settings) -> int:
 
 
 def cmd_gallery(args, settings: Settings) -> int:
-    from .gallery import build_gallery
+    from lookalike.quality.gallery import build_gallery
 
     counts = build_gallery(args.out, source=args.source, per_class=args.per_class)
     print(f"{sum(counts.values())} images in {len(counts)} classes under {args.out}")
@@ -221,7 +221,7 @@ def cmd_gallery(args, settings: Settings) -> int:
 
 
 def cmd_local_milvus(args, settings: Settings) -> int:
-    from .local_milvus import engine, local_service
+    from lookalike.milvus.engines import engine, local_service
 
     service = local_service(settings.milvus)
     if service is None:
@@ -239,7 +239,7 @@ def cmd_local_milvus(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    from .migrate import migrate
+    from lookalike.milvus.migrate import migrate
 
     result = migrate(settings, args.to, sample=args.sample,
                      progress=lambda n: n % 10_000 == 0 and log.info("... %d copied", n))
@@ -295,8 +295,8 @@ def open_writes_refusal(serve_config: str, settings: Settings, host: str | None 
 def cmd_serve(args, settings: Settings) -> int:
     """`serve run` the Serve config, with the shared Milvus Lite server up while it runs (and
     stopped with it, if this command started it)."""
-    from .local_milvus import serving
-    from .ray_env import use_local_ray_env
+    from lookalike.milvus.engines import serving
+    from lookalike.ray_env import use_local_ray_env
 
     refusal = open_writes_refusal(args.serve_config, settings, args.http_host)
     if refusal:
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise (eval sends thousands)
     from pydantic import ValidationError
 
-    from .errors import LookalikeError
+    from lookalike.errors import LookalikeError
 
     try:
         settings = load_settings(args.config)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from .errors import BackendUnavailable
+from lookalike.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -131,7 +131,7 @@ class MilvusSettings(_Section):
 
     @property
     def engine_file(self) -> Path:
-        """Where a local data directory remembers its engine (see ``local_milvus.engine``)."""
+        """Where a local data directory remembers its engine (see ``milvus.engines.engine``)."""
         return Path(self.uri).with_suffix(".engine.json")
 
     @property
@@ -146,7 +146,7 @@ class MilvusSettings(_Section):
 
 class RegionSettings(_Section):
     """Region vectors per gallery image, so that a part of an image (a crop of it, or a box drawn
-    on a query) finds the whole (lookalike/regions.py). Each region is a square-ish part of the
+    on a query) finds the whole (lookalike/embedding/regions.py). Each region is a square-ish part of the
     image: for each fraction of the side in ``sides``, ``steps`` x ``steps`` boxes spread evenly
     over it, each cut out and embedded as a query box is, and stored as a row of its own in the
     ``<collection>_regions`` collection; a search takes the best of an image's rows, one result
@@ -173,7 +173,7 @@ class RegionSettings(_Section):
 class ModelSettings(_Section):
     # efficientnet-lite0 (1280-d, ImageNet weights in a package) | resnet50 (2048-d, the original's)
     name: str = "efficientnet-lite0"
-    # How the last feature map becomes the vector (lookalike/descriptors.py): gem (generalised
+    # How the last feature map becomes the vector (lookalike/embedding/descriptors.py): gem (generalised
     # mean, p = gem_p) or avg (global average, the original's). Measured on openclipart
     # (benchmarks/quality.py, exact search): gem raised P@10 0.557 -> 0.570 and mean copy
     # recall@1 0.873 -> 0.898 at no cost. Changing it changes every vector: a collection records
@@ -262,7 +262,7 @@ class ApiSettings(_Section):
     # credentials, never the write routes.
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # Search by `{"url": ...}`: the server fetches the image (http/https only) from public
-    # addresses only (lookalike/url_fetch.py), within one deadline for the whole fetch.
+    # addresses only (lookalike/storage/url_fetch.py), within one deadline for the whole fetch.
     url_fetch: bool = True
     url_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Hosts and CIDRs that may be fetched although not public (an internal image server), e.g.

@@ -22,7 +22,7 @@ from harness.serve import deploy as harness_deploy, serve_options  # noqa: E402
 from harness.servers import (  # noqa: E402
     HOST, LiteServerProcess, LocalServer, SeaweedS3, free_port, in_isolated_netns,
 )
-from lookalike.encoder import ImageEncoder  # noqa: E402
+from lookalike.embedding.encoder import ImageEncoder  # noqa: E402
 from lookalike.settings import Settings, load_settings  # noqa: E402
 
 from .support.images import make_gallery  # noqa: E402
@@ -142,11 +142,11 @@ def deploy(name: str, route_prefix: str, settings: Settings, options: dict | Non
 def api(serve_url, workdir, gallery, gallery_root, encoder) -> App:
     """The default stack: Milvus Lite through its shared server, local image store, API key on
     writes; the generated gallery indexed beforehand with the in-process indexer."""
-    from lookalike.local_milvus import gallery_catalog
-    from lookalike.indexer import index_items
-    from lookalike.lite_server import LiteServer
-    from lookalike.sources import iter_folder
-    from lookalike.store import make_store
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.indexing.indexer import index_items
+    from lookalike.milvus.lite_server import LiteServer
+    from lookalike.indexing.sources import iter_folder
+    from lookalike.storage.store import make_store
 
     # A low Lite size limit, so that status carries the scale warning (the gallery is larger).
     # The service fetches URLs from itself in tests: 127.0.0.1 is on its allow-list.
@@ -172,10 +172,10 @@ def api_regions(serve_url, api, encoder) -> App:
     the ingest's stages (the in-process indexer), all but the first: left for the API's add."""
     from ray import serve
 
-    from lookalike.indexer import index_items
-    from lookalike.local_milvus import gallery_catalog
-    from lookalike.sources import SourceItem
-    from lookalike.store import make_store
+    from lookalike.indexing.indexer import index_items
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.indexing.sources import SourceItem
+    from lookalike.storage.store import make_store
 
     model = api.settings.model
     settings = api.settings.model_copy(update={

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from harness.servers import wait_for
+from harness.servers import wait_until
 from lookalike import machine
-from lookalike.images import content_id
+from lookalike.embedding.images import content_id
 
 from .support.images import collage, draw, encode, png_with_size, truncated_jpeg
 
@@ -476,7 +476,7 @@ def test_milvus_down_is_503_naming_it_and_the_service_recovers(api_s3, lite_proc
             assert c.get("/healthz").status_code == 200  # the service itself keeps running
         finally:
             lite_process.start()
-        wait_for(lambda: _search(c, data, k=1).status_code == 200, 60, "the Searcher to reconnect on its own")
+        wait_until(lambda: _search(c, data, k=1).status_code == 200, 60, "the Searcher to reconnect on its own")
         r = _search(c, data, k=1)
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["id"] == str(content_id(data))  # nothing was lost

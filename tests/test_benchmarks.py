@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import duplicate_scan, embedding, http_load, mixed_load, quality, summary, vector_search
+from benchmarks import duplicate_scan, embedding, http_load, quality, summary, vector_search
 from benchmarks.common import Results, markdown_table
+from harness import mixed_load
 from harness.load import latency_stats, payloads, require_loopback, run_load
-from lookalike.evaluation import PARTS, PLANTED
+from lookalike.quality.evaluation import PARTS, PLANTED
 from lookalike.settings import ImageLimits
 
 
@@ -105,7 +106,7 @@ def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtur
 
 
 def test_duplicate_scan_benchmark_finds_the_planted_copies(out, mixtures, milvus_server):
-    from lookalike.local_milvus import open_catalog
+    from lookalike.milvus.engines import open_catalog
     from lookalike.settings import MilvusSettings
 
     catalog = open_catalog(MilvusSettings(uri=milvus_server.uri, collection="dupscan"), mixtures.dim)

@@ -7,12 +7,12 @@ import faiss
 import numpy as np
 import pytest
 
-from lookalike.catalog import Catalog, Entry, label_filter
-from lookalike.local_milvus import open_catalog
+from lookalike.milvus.catalog import Catalog, Entry, label_filter
+from lookalike.milvus.engines import open_catalog
 from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
 from lookalike.settings import MilvusSettings
 
-from harness.servers import wait_for
+from harness.servers import wait_until
 
 DIM = 32
 
@@ -197,7 +197,7 @@ def _check_lite_index_files(collection_dir: Path, index_type: str, build: dict):
         assert spec["index_type"] == "FLAT"
         return
     # Milvus Lite writes the index file a moment after it reports the index finished.
-    wait_for(lambda: list(collection_dir.glob("partitions/*/indexes/*.idx")), 30, "the index file")
+    wait_until(lambda: list(collection_dir.glob("partitions/*/indexes/*.idx")), 30, "the index file")
     files = sorted(collection_dir.glob("partitions/*/indexes/*.idx"))
     raw = faiss.read_index(str(files[-1]))  # keep a reference: downcast does not own it
     index = faiss.downcast_index(raw)
@@ -279,7 +279,7 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     """Where the gallery keeps region vectors, a search takes the best of each image's rows: one
     result per image, saying which region matched. Label filters, deletes, copies (migrate) and
     index rebuilds carry them; a gallery with them is another descriptor than one without."""
-    from lookalike.images import Box
+    from lookalike.embedding.images import Box
 
     layout = [Box(0.0, 0.0, 0.5, 0.5, True), Box(0.5, 0.5, 0.5, 0.5, True)]
     rng = np.random.default_rng(11)
@@ -327,7 +327,7 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     margined.close()
     # A near-duplicate scan compares whole images: an image that is one of 1004's parts is not its
     # duplicate (it would be, at score 1, through 1004's region row); a copy of 1002's whole is.
-    from lookalike import duplicates
+    from lookalike.quality import duplicates
     from lookalike.settings import DuplicateSettings
 
     planted = entries(np.stack([parts[4, 0], whole[2]]))

@@ -1,8 +1,8 @@
-"""Near-duplicate grouping (lookalike/duplicates.py): pure functions, no backend."""
+"""Near-duplicate grouping (lookalike/quality/duplicates.py): pure functions, no backend."""
 
 import numpy as np
 
-from lookalike.duplicates import Pair, group, scan
+from lookalike.quality.duplicates import Pair, group, scan
 
 
 def test_pairs_make_star_groups_around_leaders_largest_first():

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from lookalike.encoder import ImageEncoder
+from lookalike.embedding.encoder import ImageEncoder
 from lookalike.errors import ConfigurationError
 from lookalike.settings import ImageLimits
-from lookalike.images import prepare
+from lookalike.embedding.images import prepare
 from lookalike.settings import ModelSettings
 
 from .support.images import CLASSES, draw, encode
@@ -112,7 +112,7 @@ def test_onnx_threads_do_not_spin_unless_asked(encoder):
 
 
 def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
-    from lookalike import onnx_runtime
+    from lookalike.embedding import onnx_runtime
 
     ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()
     files = list(tmp_path.glob("*.onnx"))
@@ -122,7 +122,7 @@ def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
     assert files[0].stat().st_mtime_ns == stamp
     # Other weights, another key: a stale graph is never used for new weights.
     import torch
-    from lookalike.models import get_model
+    from lookalike.embedding.models import get_model
 
     model = get_model("efficientnet-lite0").build("")
     key = onnx_runtime.weights_key(model)
@@ -132,7 +132,7 @@ def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
 
 
 def test_onnx_runtime_without_onnxruntime_is_a_clear_error(monkeypatch):
-    from lookalike import onnx_runtime
+    from lookalike.embedding import onnx_runtime
 
     monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     with pytest.raises(ConfigurationError, match="onnxruntime"):

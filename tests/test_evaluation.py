@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.evaluation import (EDITS, PARTS, copy_recall, distinct, edited_copies, exact_top_k, parts_of, pick,
+from lookalike.quality.evaluation import (EDITS, PARTS, copy_recall, distinct, edited_copies, exact_top_k, parts_of, pick,
                                   retrieval_metrics)
 
 from .support.images import draw, encode

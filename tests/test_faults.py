@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from ingest.pipeline import run_ingest
-from lookalike.catalog import Catalog
+from lookalike.milvus.catalog import Catalog
 from lookalike.errors import BackendUnavailable
-from lookalike.images import content_id
-from lookalike.indexer import index_items
-from lookalike.local_milvus import open_catalog
-from lookalike.lite_server import LiteServer
+from lookalike.embedding.images import content_id
+from lookalike.indexing.indexer import index_items
+from lookalike.milvus.engines import open_catalog
+from lookalike.milvus.lite_server import LiteServer
 from lookalike.retry import Retry
 from lookalike.settings import MilvusSettings
-from lookalike.sources import iter_folder
-from lookalike.store import LocalStore, make_store
-from lookalike.writer import GalleryWriter, NewImage
+from lookalike.indexing.sources import iter_folder
+from lookalike.storage.store import LocalStore, make_store
+from lookalike.indexing.writer import GalleryWriter, NewImage
 
 from .conftest import make_settings
 from .support.images import draw, encode

@@ -18,10 +18,10 @@ from starlette.requests import Request
 
 from deployments.inputs import json_depth, read_payload
 from lookalike.errors import LookalikeError
-from lookalike.images import prepare
+from lookalike.embedding.images import prepare
 from lookalike.settings import ImageLimits
 from lookalike.settings import Settings
-from lookalike.url_fetch import InvalidUrl, parse_url
+from lookalike.storage.url_fetch import InvalidUrl, parse_url
 
 LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000, min_side=8, max_aspect_ratio=50)
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from lookalike import errors
-from lookalike.images import Box, content_id, open_image, prepare
+from lookalike.embedding.images import Box, content_id, open_image, prepare
 from lookalike.settings import ImageLimits
 
 from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
@@ -106,7 +106,7 @@ def test_every_fit_gives_the_model_square(fit):
 
 def test_pad_scales_before_padding_so_memory_follows_the_output(monkeypatch):
     """A 20000x8 strip must never be padded to a 20000x20000 canvas (400 Mpx, 1.2 GB)."""
-    from lookalike import images
+    from lookalike.embedding import images
 
     strip = encode(Image.new("RGB", (20000, 8), (0, 0, 0)))
     made = []

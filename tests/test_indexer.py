@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from lookalike.indexer import index_items
-from lookalike.local_milvus import open_catalog
-from lookalike.sources import iter_folder
-from lookalike.store import make_store
+from lookalike.indexing.indexer import index_items
+from lookalike.milvus.engines import open_catalog
+from lookalike.indexing.sources import iter_folder
+from lookalike.storage.store import make_store
 
 from .conftest import REPO, make_settings
 from .support.images import collage, messy_source
@@ -38,7 +38,7 @@ def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root
 
     # Search finds each indexed image itself first, with its label.
     path = source / "triangles" / "triangles_3.jpg"
-    from lookalike.images import prepare
+    from lookalike.embedding.images import prepare
 
     prepared = prepare(path.read_bytes(), encoder.input_size, settings.images)
     hit = catalog.search(encoder.encode(prepared.pixels[None]), 3)[0][0]

@@ -17,16 +17,16 @@ import httpx
 import pytest
 
 from ingest.pipeline import run_ingest
-from lookalike.images import content_id
-from lookalike.local_milvus import gallery_catalog, open_catalog
-from lookalike.lite_server import LiteServer
+from lookalike.embedding.images import content_id
+from lookalike.milvus.engines import gallery_catalog, open_catalog
+from lookalike.milvus.lite_server import LiteServer
 from lookalike.settings import S3Settings
-from lookalike.store import S3Store, make_store
-from lookalike.writer import GalleryWriter
+from lookalike.storage.store import S3Store, make_store
+from lookalike.indexing.writer import GalleryWriter
 
 from .conftest import REPO, make_settings
 from .support.images import CLASSES, draw, encode, make_gallery, messy_source
-from harness.servers import HOST, free_ports, wait_for
+from harness.servers import HOST, free_ports, wait_until
 
 
 def _count(settings) -> int:
@@ -178,7 +178,7 @@ def test_killed_midway_then_rerun_loses_and_duplicates_nothing(tmp_path):
     proc = subprocess.Popen(_ingest_cmd(source, tmp_path / "first.json"), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: lite.running_uri() is not None and 0 < _count(settings), 240, "first writes", proc)
+        wait_until(lambda: lite.running_uri() is not None and 0 < _count(settings), 240, "first writes", proc)
         count_at_kill = _count(settings)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         proc.wait(timeout=30)
@@ -219,7 +219,7 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
     try:
         # Ray's token auth (lookalike/ray_env.py): the dashboard answers only with the cluster's token.
         token = {"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
-        wait_for(lambda: httpx.get(f"{address}/api/version", headers=token, timeout=2).status_code == 200, 120,
+        wait_until(lambda: httpx.get(f"{address}/api/version", headers=token, timeout=2).status_code == 200, 120,
                  "Ray head", head)
         assert httpx.get(f"{address}/api/version", timeout=5).status_code in (401, 403)
         runtime_env = {"env_vars": {"LOOKALIKE_MILVUS__URI": str(tmp_path / "job" / "m.db"),

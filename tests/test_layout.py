@@ -4,32 +4,75 @@ functions, which only hide one)."""
 from __future__ import annotations
 
 import ast
+import re
 
 from .conftest import REPO
 
 PACKAGES = ("lookalike", "deployments", "ingest")
+# The base modules of the core: they import only each other (lookalike/__init__.py).
+BASE = {f"lookalike.{name}" for name in ("settings", "errors", "limits", "retry", "machine", "ray_env")}
 
 
-def _imports(package: str, source: str) -> set[str]:
+def _module(path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(module: str, is_package: bool, source: str) -> set[str]:
+    """The project's modules that ``module`` imports (a name imported from a package counts as
+    the package, or as its module of that name when there is one)."""
     deps = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package if node.level == 1 else ""
-            deps |= {f"{base}.{node.module}"} if node.module else {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
-            deps.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            elif node.module and node.module.split(".")[0] in PACKAGES:
+                target = node.module
+            else:
+                continue
+            deps |= {f"{target}.{a.name}" for a in node.names} | {target}
         elif isinstance(node, ast.Import):
             deps |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
     return deps
 
 
 def import_graph() -> dict[str, set[str]]:
+    files = {_module(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")}
     graph = {}
-    for package in PACKAGES:
-        for path in (REPO / package).glob("*.py"):
-            name = f"{package}.{path.stem}"
-            graph[name] = _imports(package, path.read_text()) - {name}  # a module run as __main__ may import itself
+    for name, path in files.items():
+        deps = _imports(name, path.name == "__init__.py", path.read_text())
+        # "from pkg import name": the module pkg.name where there is one, else pkg itself
+        deps = {d for d in deps if d in files} - {name}  # a module run as __main__ may import itself
+        graph[name] = deps
     return graph
+
+
+def layer(module: str) -> str:
+    """The unit an import rule is about: a base module, a package of the core, or a top folder."""
+    parts = module.split(".")
+    if parts[0] != "lookalike" or module in BASE or len(parts) == 1:
+        return module if module in BASE or len(parts) == 1 else parts[0]
+    return ".".join(parts[:2])
+
+
+def declared(unit: str) -> set[str]:
+    """What a unit may import, as its package's docstring says ("May import: the base modules,
+    lookalike.embedding and itself."); the base modules follow lookalike/__init__.py's."""
+    if unit == "lookalike.cli":  # the command, over the whole core
+        return {"lookalike", *BASE, "lookalike.embedding", "lookalike.storage", "lookalike.milvus",
+                "lookalike.indexing", "lookalike.quality"}
+    if unit in ("deployments", "ingest"):  # the Ray layers, over the core (never its command line)
+        return {unit, *(declared("lookalike.cli") - {"lookalike.cli"})}
+    init = REPO / ("lookalike/__init__.py" if unit in BASE or unit == "lookalike" else unit.replace(".", "/") + "/__init__.py")
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    assert "May import:" in doc, f"{init.relative_to(REPO)}'s docstring does not say what it may import"
+    rule = " ".join(doc.split("May import:")[1].split())
+    allowed = set(re.findall(r"lookalike\.\w+", rule)) | {unit, "lookalike"}
+    if "the base modules" in rule:
+        allowed |= BASE
+    return allowed
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -58,7 +101,7 @@ def test_find_cycle_finds_one():
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert "lookalike.settings" in graph["lookalike.store"]  # the graph is read, imports and all
+    assert "lookalike.settings" in graph["lookalike.storage.store"]  # the graph is read, imports and all
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -78,9 +121,44 @@ def _top_level_imports(folder: str) -> dict[str, set[str]]:
 
 def test_the_harness_is_shared_one_way():
     """harness/ serves the tests and the benchmarks and imports neither; the benchmarks do not
-    import the tests (the tests may import the benchmarks they test)."""
+    import the tests."""
     harness = _top_level_imports("harness")
     assert "harness/load.py" in harness
     assert {f: n & {"tests", "benchmarks"} for f, n in harness.items() if n & {"tests", "benchmarks"}} == {}
     benchmarks = _top_level_imports("benchmarks")
     assert {f for f, n in benchmarks.items() if "tests" in n} == set()
+
+
+def test_tests_drive_load_through_the_harness_not_the_benchmarks():
+    """What a test and a benchmark share lives in harness/; only tests/test_benchmarks.py, whose
+    job is to smoke-run the benchmarks, imports them."""
+    tests = _top_level_imports("tests")
+    assert "tests/test_load.py" in tests and "harness" in tests["tests/test_load.py"]
+    assert {f for f, n in tests.items() if "benchmarks" in n} == {"tests/test_benchmarks.py"}
+
+
+def test_no_benchmark_imports_another_ones_private_names():
+    private = {f"{path.relative_to(REPO)}: {node.module}.{a.name}"
+               for path in sorted((REPO / "benchmarks").glob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks")
+               for a in node.names if a.name.startswith("_")}
+    assert private == set()
+
+
+def test_each_layer_imports_only_what_its_docstring_declares():
+    """The core's packages show its layers: embedding and storage stand on the base modules,
+    milvus on embedding, indexing and quality on those; deployments/ and ingest/ on the core."""
+    graph = import_graph()
+    assert {layer(m) for m in graph} >= {"lookalike.embedding", "lookalike.milvus", "lookalike.storage",
+                                         "lookalike.indexing", "lookalike.quality", "lookalike.settings"}
+    wrong = {f"{module} -> {dep}" for module, deps in graph.items() for dep in deps
+             if layer(dep) not in declared(layer(module))}
+    assert wrong == set()
+
+
+def test_the_layer_rule_catches_an_import_against_the_direction():
+    assert "lookalike.indexing" not in declared("lookalike.milvus")
+    assert "lookalike.milvus" not in declared("lookalike.embedding")
+    assert "lookalike.embedding" not in declared("lookalike.settings")
+    assert "deployments" not in declared("ingest") and "lookalike.cli" not in declared("deployments")

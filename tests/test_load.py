@@ -8,8 +8,8 @@ import os
 import threading
 import time
 
-from benchmarks import mixed_load
-from benchmarks.replica_kill import kill_under_load
+from harness import mixed_load
+from harness.load import kill_under_load
 from harness.load import payloads, run_load
 
 from .conftest import deploy, suite_options

@@ -14,16 +14,16 @@ import numpy as np
 import psutil
 import pytest
 
-from lookalike.catalog import Entry
+from lookalike.milvus.catalog import Entry
 from lookalike.errors import BackendUnavailable
-from lookalike.local_milvus import choose_for_ingest, engine, gallery_catalog, open_catalog
-from lookalike.migrate import _compare, migrate
-from lookalike.milvus_server import MilvusServer
+from lookalike.milvus.engines import choose_for_ingest, engine, gallery_catalog, open_catalog
+from lookalike.milvus.migrate import _compare, migrate
+from lookalike.milvus.server import MilvusServer
 from lookalike.settings import MilvusSettings
-from lookalike.supervisor import pid_alive
+from lookalike.milvus.supervisor import pid_alive
 
 from .conftest import make_settings
-from harness.servers import count_after_kill, wait_for
+from harness.servers import count_after_kill, wait_until
 
 DIM = 1280  # the configured model's: migrate and the CLI read it from there
 # What the standalone server of the `milvus` package listens on (gRPC, HTTP/metrics, its
@@ -77,11 +77,11 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         # the pid namespace), and the next client starts a fresh one on the same data.
         processes = _tree(server.supervisor_pid)
         os.kill(server.supervisor_pid, signal.SIGKILL)
-        wait_for(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
+        wait_until(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
         catalog.close()
         fresh = open_catalog(settings, DIM, shared=True)
         # Back after a crash it waits for its predecessor's session to expire (503s meanwhile).
-        wait_for(lambda: fresh.count() == 300, 90, "the restarted local server's rows")
+        wait_until(lambda: fresh.count() == 300, 90, "the restarted local server's rows")
         fresh.close()
     finally:
         catalog.close()

@@ -16,13 +16,13 @@ import httpx
 import yaml
 
 from harness.load import payloads, run_load
-from lookalike.images import content_id
-from lookalike.lite_server import LiteServer
+from lookalike.embedding.images import content_id
+from lookalike.milvus.lite_server import LiteServer
 from lookalike.ray_env import LOCAL_RAY_ENV
-from lookalike.supervisor import pid_alive
+from lookalike.milvus.supervisor import pid_alive
 
 from .conftest import REPO
-from harness.servers import free_port, wait_for
+from harness.servers import free_port, wait_until
 
 
 def _start_service(cmd: list[str], env: dict, tmp_path: Path) -> tuple[subprocess.Popen, str]:
@@ -61,7 +61,7 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
         def ready() -> bool:
             return httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok"
 
-        wait_for(ready, 240, "lookalike serve", proc)
+        wait_until(ready, 240, "lookalike serve", proc)
         assert lite.running_uri() is not None  # the command started the shared Lite server
         query = gallery_root / "rings" / "rings_3.jpg"
         started = time.perf_counter()
@@ -115,7 +115,7 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
     proc, url = _start_service([str(Path(sys.executable).with_name("serve")), "run"], env, tmp_path)
     lite = LiteServer(data / "lookalike.db")
     try:
-        wait_for(lambda: httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok",
+        wait_until(lambda: httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok",
                  240, "serve run", proc)
         supervisor, server = lite.supervisor_pid, lite.server_pid
         assert supervisor and server
@@ -126,5 +126,5 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    wait_for(lambda: lite.supervisor_pid is None and not pid_alive(server), 30, "the Lite server to stop")
+    wait_until(lambda: lite.supervisor_pid is None and not pid_alive(server), 30, "the Lite server to stop")
     assert lite.running_uri() is None and not lite.state_file.exists()

@@ -5,7 +5,7 @@ import pytest
 
 from lookalike.errors import BackendUnavailable, InvalidParameter, NotFound
 from lookalike.settings import S3Settings
-from lookalike.store import LocalStore, S3Store, object_key, safe_key
+from lookalike.storage.store import LocalStore, S3Store, object_key, safe_key
 
 from harness.servers import free_port
 

@@ -1,4 +1,4 @@
-"""URL fetching that cannot be turned inwards (lookalike/url_fetch.py).
+"""URL fetching that cannot be turned inwards (lookalike/storage/url_fetch.py).
 
 Refusals are tested where no connection is needed (the address is refused before any is made);
 allowed fetches go to a loopback server put on the allow-list. No traffic leaves the machine.
@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lookalike import url_fetch
+from lookalike.storage import url_fetch
 from lookalike.errors import TooLarge
-from lookalike.url_fetch import FAILED, AllowList, FetchFailed, InvalidUrl, fetch, is_public
+from lookalike.storage.url_fetch import FAILED, AllowList, FetchFailed, InvalidUrl, fetch, is_public
 
 from harness.servers import HOST
 

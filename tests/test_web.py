@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from lookalike.images import content_id
+from lookalike.embedding.images import content_id
 
 from .support.images import collage, draw, encode
 

@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from deployments.app import build_from_settings
 from ingest.pipeline import run_ingest
-from lookalike.lite_server import LiteServer
+from lookalike.milvus.lite_server import LiteServer
 from lookalike.ray_env import use_local_ray_env
 from lookalike.settings import load_settings
 from harness.servers import HOST, free_port

@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .supervisor import LocalService, on_lifeline_closed
+from lookalike.milvus.supervisor import LocalService, on_lifeline_closed
 
 SOCKET_NAME = "milvus.sock"
 MILVUS_PORT = 19530  # inside the namespace only
@@ -56,7 +56,7 @@ class MilvusServer(LocalService):
         return str(self.data_dir / SOCKET_NAME)
 
     def command(self, endpoint: str) -> list[str]:
-        return [*UNSHARE, sys.executable, "-m", "lookalike.milvus_server", "--data-dir", str(self.data_dir),
+        return [*UNSHARE, sys.executable, "-m", "lookalike.milvus.server", "--data-dir", str(self.data_dir),
                 "--socket", endpoint]
 
     def uri(self, endpoint: str) -> str:
@@ -176,7 +176,7 @@ async def _serve(data_dir: Path, socket_path: Path) -> int:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lookalike.milvus_server",
+    parser = argparse.ArgumentParser(prog="python -m lookalike.milvus.server",
                                      description="run inside its own namespaces (see MilvusServer.command)")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--socket", required=True)

@@ -1,9 +1,9 @@
 """One small owner for every local process Lookalike starts: the embedded Milvus Lite server
-and the local Milvus server (``lite_server.py``, ``milvus_server.py``) are both a
+and the local Milvus server (``lite_server.py``, ``server.py``) are both a
 ``LocalService`` and share this mechanism.
 
 - **Started once, shared by all.** Whichever process needs the service first starts a small
-  supervisor (``python -m lookalike.supervisor``), under a file lock (filelock), detached from
+  supervisor (``python -m lookalike.milvus.supervisor``), under a file lock (filelock), detached from
   it; the supervisor runs the service as its child and records its pid and endpoint next to
   the data directory (``<dir>.server.json``). Later processes read that file and join.
 - **Restarted when it dies,** on the same endpoint, so clients reconnect by themselves (a
@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 from filelock import FileLock
 
-from .errors import BackendUnavailable
+from lookalike.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class LocalService:
                 previous = json.loads(self.state_file.read_text())["endpoint"]
             endpoint = self.pick_endpoint(previous)
             kind = f"{type(self).__module__}:{type(self).__name__}"
-            cmd = [sys.executable, "-m", "lookalike.supervisor", "--service", kind, "--data-dir", str(self.data_dir),
+            cmd = [sys.executable, "-m", "lookalike.milvus.supervisor", "--service", kind, "--data-dir", str(self.data_dir),
                    "--endpoint", endpoint, "--idle-stop-s", str(idle_stop_s)]
             # The supervisor detaches (daemon: a new session, then a fork whose parent exits at
             # once, telling its child's pid): it belongs to no process of ours, so a Ray worker that
@@ -313,7 +313,7 @@ def _service(spec: str, data_dir: str) -> LocalService:
 def main() -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lookalike.supervisor")
+    parser = argparse.ArgumentParser(prog="python -m lookalike.milvus.supervisor")
     parser.add_argument("--service", required=True, help="module:LocalServiceClass")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--endpoint", required=True)
@@ -331,6 +331,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from lookalike.supervisor import main as main_of_the_module  # this file runs as __main__: its classes differ
+    from lookalike.milvus.supervisor import main as main_of_the_module  # this file runs as __main__: its classes differ
 
     main_of_the_module()

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .descriptors import pooled
-from .models import ModelSpec, get_model
-from .settings import ModelSettings
+from lookalike.embedding.descriptors import pooled
+from lookalike.embedding.models import ModelSpec, get_model
+from lookalike.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ImageEncoder:
         started = time.perf_counter()
         want = self.settings.device
         if want == "cuda" and not torch.cuda.is_available():
-            from .errors import ConfigurationError
+            from lookalike.errors import ConfigurationError
 
             raise ConfigurationError("model.device is cuda but no CUDA device is visible")
         self.device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
@@ -94,12 +94,12 @@ class ImageEncoder:
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
             model = pooled(self.spec.build(self.settings.weights), self.settings.pooling, self.settings.gem_p)
         if self.runtime == "onnx":
-            from .onnx_runtime import OnnxRuntime
+            from lookalike.embedding.onnx_runtime import OnnxRuntime
 
             self.engine = OnnxRuntime(model, self.spec, device=self.device, threads=threads,
                                       cache_dir=self.settings.cache_dir, spin_wait=self.settings.spin_wait)
         else:
-            from .torch_runtime import TorchRuntime
+            from lookalike.embedding.torch_runtime import TorchRuntime
 
             self.engine = TorchRuntime(model, self.spec, device=self.device, precision=self._torch_precision())
         self.precision = self.engine.precision
@@ -115,11 +115,11 @@ class ImageEncoder:
         return "bf16" if cpu_has_native_bf16() else "fp32"
 
     def _pick_runtime(self) -> str:
-        from . import onnx_runtime
+        from lookalike.embedding import onnx_runtime
 
         want = self.settings.runtime
         if want == "onnx" and not onnx_runtime.available():
-            from .errors import ConfigurationError
+            from lookalike.errors import ConfigurationError
 
             raise ConfigurationError("model.runtime is onnx but onnxruntime is not installed (pip install onnxruntime)")
         if want == "auto":

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
-    from .settings import DuplicateSettings
+    from lookalike.milvus.catalog import Catalog
+    from lookalike.settings import DuplicateSettings
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
-from .errors import BackendUnavailable, InvalidParameter, NotFound
-from .limits import KEY_MAX_BYTES, utf8_len
-from .settings import S3Settings, StoreSettings
+from lookalike.errors import BackendUnavailable, InvalidParameter, NotFound
+from lookalike.limits import KEY_MAX_BYTES, utf8_len
+from lookalike.settings import S3Settings, StoreSettings
 
 LOCAL_URL_PREFIX = "/images/"
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import EmptyInput, InvalidImage, TooLarge, UnsupportedMedia
-from .settings import ImageLimits
+from lookalike.errors import EmptyInput, InvalidImage, TooLarge, UnsupportedMedia
+from lookalike.settings import ImageLimits
 
 # Formats we accept, with the extension used for stored copies.
 EXTENSIONS = {

@@ -28,8 +28,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from .images import content_id
-from .settings import ImageLimits
+from lookalike.embedding.images import content_id
+from lookalike.settings import ImageLimits
 
 K = 10
 
@@ -176,7 +176,7 @@ def parts_of(data: bytes, seed: int) -> dict[str, bytes]:
 # -- running an evaluation ------------------------------------------------------------------------
 def bytes_embedder(encoder, limits: ImageLimits) -> Callable[[Sequence[bytes]], np.ndarray]:
     """Image bytes -> unit vectors through the one preprocessing (``limits``: settings.images)."""
-    from .images import prepare
+    from lookalike.embedding.images import prepare
 
     def embed(datas: Sequence[bytes]) -> np.ndarray:
         return encoder.encode(np.stack([prepare(d, encoder.input_size, limits).pixels for d in datas]))

@@ -1,7 +1,7 @@
 """The embedded Milvus Lite server: one ``milvus-lite`` gRPC server per Lite data directory,
 bound to 127.0.0.1, so that several processes (Serve replicas, the CLI, an ingest job) can
 share a directory that Milvus Lite lets only one process open. Started, shared, restarted and
-stopped by the one mechanism in ``supervisor.py``; reached through ``local_milvus.open_catalog``.
+stopped by the one mechanism in ``supervisor.py``; reached through ``engines.open_catalog``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 
-from .supervisor import LocalService, on_lifeline_closed
+from lookalike.milvus.supervisor import LocalService, on_lifeline_closed
 
 HOST = "127.0.0.1"
 
@@ -38,7 +38,7 @@ class LiteServer(LocalService):
         return str(_free_port(int(previous) if previous else None))
 
     def command(self, endpoint: str) -> list[str]:
-        return [sys.executable, "-m", "lookalike.lite_server", "--data-dir", str(self.data_dir), "--port", endpoint,
+        return [sys.executable, "-m", "lookalike.milvus.lite_server", "--data-dir", str(self.data_dir), "--port", endpoint,
                 "--lifeline"]
 
     def uri(self, endpoint: str) -> str:
@@ -76,7 +76,7 @@ def serve_forever(data_dir: str, port: int, lifeline: bool = False) -> None:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lookalike.lite_server")
+    parser = argparse.ArgumentParser(prog="python -m lookalike.milvus.lite_server")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lifeline", action="store_true", help="stop when stdin closes (run by the supervisor)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urljoin, urlsplit
 
-from .errors import BadRequest, TooLarge
+from lookalike.errors import BadRequest, TooLarge
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECTS = (301, 302, 303, 307, 308)

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .catalog import Catalog, Entry
-from .errors import BackendUnavailable
-from .images import PreparedImage
-from .retry import NO_RETRY, Retry
-from .store import ImageStore, object_key
+from lookalike.milvus.catalog import Catalog, Entry
+from lookalike.errors import BackendUnavailable
+from lookalike.embedding.images import PreparedImage
+from lookalike.retry import NO_RETRY, Retry
+from lookalike.storage.store import ImageStore, object_key
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
   - ``lite``: embedded Milvus Lite, fast up to ~25,000 images; shared between processes
     through its supervised server (``lite_server.py``);
   - ``local_server``: the standalone Milvus server that Lookalike starts and owns, in its own
-    loopback-only namespaces behind a Unix socket (``milvus_server.py``), fast at 200,000;
+    loopback-only namespaces behind a Unix socket (``server.py``), fast at 200,000;
   - ``auto`` (the default): what this data directory remembers (``<uri>.engine.json``), else
     Lite; an ingest of more than ``milvus.lite_fast_max_rows`` images into a fresh gallery picks
     the local server and writes that down, so every later serve, ingest and CLI run uses it.
@@ -24,14 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
-from .catalog import Catalog
-from .lite_server import LiteServer
-from .milvus_server import MilvusServer, namespace_refusal
+from lookalike.milvus.catalog import Catalog
+from lookalike.milvus.lite_server import LiteServer
+from lookalike.milvus.server import MilvusServer, namespace_refusal
 
 if TYPE_CHECKING:
-    from .images import Box
-    from .settings import MilvusSettings, Settings
-    from .supervisor import LocalService
+    from lookalike.embedding.images import Box
+    from lookalike.settings import MilvusSettings, Settings
+    from lookalike.milvus.supervisor import LocalService
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
     """The catalog of the configured gallery, for vectors of the configured model and descriptor
     (recorded with a new collection, checked against an existing one), with its region rows
     where the settings keep them."""
-    from .descriptors import descriptor_name
-    from .models import get_model
-    from .regions import boxes
+    from lookalike.embedding.descriptors import descriptor_name
+    from lookalike.embedding.models import get_model
+    from lookalike.embedding.regions import boxes
 
     return open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=shared,
                         descriptor=descriptor_name(settings.model, settings.images),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
-from .settings import IMAGE_EXTENSIONS, Settings
+from lookalike.settings import IMAGE_EXTENSIONS, Settings
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,6 @@ class Source:
         return self.kind == "s3" and settings.store.backend == "s3" and self.location == s3.bucket
 
     def _s3(self, settings: Settings):
-        from .store import S3Store
+        from lookalike.storage.store import S3Store
 
         return S3Store(settings.store.s3.model_copy(update={"bucket": self.location}), create_bucket=False)

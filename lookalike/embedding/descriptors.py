@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from .settings import ImageLimits, ModelSettings
+    from lookalike.settings import ImageLimits, ModelSettings
 
 
 def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
     """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit), and with
     region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2`` (``regions.layout_name``)."""
-    from .regions import layout_name
+    from lookalike.embedding.regions import layout_name
 
     pooling = f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling
     regions = layout_name(model.regions)

@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BadRequest, LookalikeError
-from .local_milvus import engine, gallery_catalog, remember
-from .settings import MilvusSettings, Settings
+from lookalike.errors import BadRequest, LookalikeError
+from lookalike.milvus.engines import engine, gallery_catalog, remember
+from lookalike.settings import MilvusSettings, Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from . import regions as region_rows
-from .descriptors import taken_as_unrecorded
-from .errors import BackendUnavailable, NotFound, SchemaMismatch
-from .images import Box
-from .limits import KEY_MAX_BYTES, LABEL_MAX_BYTES, SOURCE_MAX_BYTES
-from .settings import MilvusSettings
+from lookalike.embedding import regions as region_rows
+from lookalike.embedding.descriptors import taken_as_unrecorded
+from lookalike.errors import BackendUnavailable, NotFound, SchemaMismatch
+from lookalike.embedding.images import Box
+from lookalike.limits import KEY_MAX_BYTES, LABEL_MAX_BYTES, SOURCE_MAX_BYTES
+from lookalike.settings import MilvusSettings
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Catalog:
                  region_margin: float = 0.0):
         """``uri``: where Milvus is (default ``settings.uri``); ``locate``: asked for it again at
         each reconnection (the embedded Milvus's supervised server, see
-        ``local_milvus.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
+        ``engines.open_catalog``). ``write_lock``: held around writes (Milvus Lite takes
         one writer at a time). ``embedded``: Milvus Lite (which slows down as it grows).
         ``descriptor``: what the vectors are (``descriptors.descriptor_name``), recorded with a
         new collection; an existing one that records another is refused. ``regions``: the parts

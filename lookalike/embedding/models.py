@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .errors import ConfigurationError
+from lookalike.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import torch

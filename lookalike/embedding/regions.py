@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Iterable, TypeVar
 
-from .images import Box
+from lookalike.embedding.images import Box
 
 if TYPE_CHECKING:
-    from .settings import RegionSettings
+    from lookalike.settings import RegionSettings
 
 T = TypeVar("T")
 

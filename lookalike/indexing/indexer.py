@@ -17,12 +17,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .catalog import Catalog
-from .encoder import ImageEncoder
-from .settings import Settings
-from .sources import SourceItem, read_file
-from .stages import ALREADY_PRESENT, INDEXED, NODE_STAGES, STAGES, Embed, ReadPrepare, Write
-from .store import ImageStore
+from lookalike.milvus.catalog import Catalog
+from lookalike.embedding.encoder import ImageEncoder
+from lookalike.settings import Settings
+from lookalike.indexing.sources import SourceItem, read_file
+from lookalike.indexing.stages import ALREADY_PRESENT, INDEXED, NODE_STAGES, STAGES, Embed, ReadPrepare, Write
+from lookalike.storage.store import ImageStore
 
 
 @dataclass

@@ -23,16 +23,16 @@ from typing import Callable
 
 import numpy as np
 
-from .catalog import Catalog
-from .encoder import ImageEncoder
-from .errors import BackendUnavailable, LookalikeError, NotFound
-from .images import content_id, prepare, prepare_regions
-from .models import get_model
-from .regions import boxes
-from .retry import Retry
-from .settings import Settings
-from .store import ImageStore
-from .writer import GalleryWriter, NewImage
+from lookalike.milvus.catalog import Catalog
+from lookalike.embedding.encoder import ImageEncoder
+from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
+from lookalike.embedding.images import content_id, prepare, prepare_regions
+from lookalike.embedding.models import get_model
+from lookalike.embedding.regions import boxes
+from lookalike.retry import Retry
+from lookalike.settings import Settings
+from lookalike.storage.store import ImageStore
+from lookalike.indexing.writer import GalleryWriter, NewImage
 
 OK = "ok"
 INDEXED = "indexed"
