@@ -56,7 +56,7 @@ def measure(catalog, mix: Mixtures, n: int, *, batch: int = 256, every: int = 10
         pairs += planted_pairs
         print(f"  {ids[-1]:,} / {n:,} inserted", flush=True)
     catalog.flush()
-    catalog.wait_for_index(3600)
+    catalog.versions.wait_for_index(3600)
     insert_s = time.perf_counter() - started
     last = [time.perf_counter()]
 

@@ -220,14 +220,14 @@ def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
     # Through its server, which the service then joins.
     target = gallery_catalog(settings.model_copy(update={"milvus": lite_settings}))
     started, copied = time.perf_counter(), 0
-    for batch in source.entries(with_vectors=True):
+    for batch in source.rows.entries(with_vectors=True):
         batch = batch[: n - copied]
         target.upsert(batch)
         copied += len(batch)
         if copied >= n:
             break
     target.flush()
-    index = target.wait_for_index(3600)
+    index = target.versions.wait_for_index(3600)
     count = target.count()
     source.close()
     target.close()

@@ -208,8 +208,8 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
     for index_type in args.index_types:
         catalog.settings = milvus_settings(uri, collection, index_type)
         t = time.perf_counter()
-        catalog.build_index()
-        catalog.wait_for_index(3600)
+        catalog.versions.build_index()
+        catalog.versions.wait_for_index(3600)
         build_s = time.perf_counter() - t
         gc.collect()
         time.sleep(1)
@@ -230,7 +230,7 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
         print(f"  {backend} {index_type} QPS: " + ", ".join(f"{q['clients']}c {q['qps']}" for q in entry["qps"]),
               flush=True)
         out["index"][index_type] = entry
-    catalog.drop()
+    catalog.versions.drop()
     catalog.close()
     return out
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from lookalike.retry import wait_until as lookalike_wait_until
+
 HOST = "127.0.0.1"
 
 
@@ -50,23 +52,21 @@ def _is_free(port: int) -> bool:
             return False
 
 
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.25):
-    """Ask ``predicate`` until it answers something true (returned), for ``timeout`` seconds; a
-    TimeoutError names what it answered or raised last, so a broken check is not read as a
-    slow one. ``proc``: fail at once when that process has exited."""
-    deadline, last = time.monotonic() + timeout, "never asked"
-    while True:
+class ProcessExited(RuntimeError):
+    pass
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.25,
+               give_up_on: tuple[type[BaseException], ...] = ()):
+    """``lookalike.retry.wait_until`` (the one wait: a TimeoutError names what the check answered
+    or raised last), failing at once when ``proc`` has exited or the check raises one of
+    ``give_up_on`` (an AssertionError about what it saw, say)."""
+    def check():
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        try:
-            if value := predicate():
-                return value
-            last = f"it answered {value!r}"
-        except Exception as exc:  # not ready yet, or a broken check: the message says which
-            last = f"its last error: {exc!r}"[:500]
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not ready after {timeout}s; {last}")
-        time.sleep(interval)
+            raise ProcessExited(f"{what}: process exited with {proc.returncode}")
+        return predicate()
+
+    return lookalike_wait_until(check, timeout, what, interval_s=interval, give_up_on=(ProcessExited, *give_up_on))
 
 
 def count_after_kill(catalog, pid: int, within_s: float, what: str) -> int:

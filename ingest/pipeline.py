@@ -146,7 +146,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
             collect(build_dataset(source, items, settings), report)
         finishing = time.perf_counter()
         catalog.flush()
-        index = catalog.wait_for_index(settings.ingest.index_wait_s)
+        index = catalog.versions.wait_for_index(settings.ingest.index_wait_s)
         report.stage_seconds["index"] = time.perf_counter() - finishing
         report.seconds = time.perf_counter() - started
         count = catalog.count()

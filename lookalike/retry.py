@@ -39,3 +39,25 @@ class Retry:
 
 
 NO_RETRY = Retry(0)
+
+
+def wait_until(check: Callable[[], T], timeout_s: float, what: str, *, interval_s: float = 0.25,
+               retry_on: tuple[type[BaseException], ...] = (Exception,),
+               give_up_on: tuple[type[BaseException], ...] = ()) -> T:
+    """Ask ``check`` until it answers something true, and return that; the one wait of the code
+    base (the harness's too). An error of ``retry_on`` counts as "not yet" unless it is one of
+    ``give_up_on``, which ends the wait as any other. Past ``timeout_s`` a TimeoutError names
+    what ``check`` answered or raised last, so a broken check is not read as a slow one."""
+    deadline, last = time.monotonic() + timeout_s, "nothing"
+    while True:
+        try:
+            if value := check():
+                return value
+            last = f"it answered {value!r}"
+        except give_up_on:
+            raise
+        except retry_on as exc:
+            last = f"its last error: {exc!r}"[:500]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not done after {timeout_s:g}s; {last}")
+        time.sleep(interval_s)

@@ -190,7 +190,7 @@ def api_regions(serve_url, api, encoder) -> App:
     yield App(url=serve_url + "/regions", settings=settings, gallery={"indexed": files[1:], "added": files[:1]},
               key=API_KEY)
     serve.delete("regions")
-    catalog.drop()
+    catalog.versions.drop()
     catalog.close()
 
 

@@ -112,7 +112,7 @@ def test_duplicate_scan_benchmark_finds_the_planted_copies(out, mixtures, milvus
     catalog = open_catalog(MilvusSettings(uri=milvus_server.uri, collection="dupscan"), mixtures.dim)
     # 64-d mixtures of 30 images are dense: a threshold above their own likeness, below the copies'.
     row = duplicate_scan.measure(catalog, mixtures, 2000, batch=128, every=50, noise=0.1, threshold=0.99)
-    catalog.drop()
+    catalog.versions.drop()
     catalog.close()
     assert row["n"] == 2000 and row["planted"] == 40
     assert row["planted_found"] >= 0.9  # each copy in its original's group: the scan goes through the index

@@ -158,7 +158,7 @@ def test_a_collection_records_its_descriptor_and_refuses_another(milvus):
     for other in ("m/avg/pad", "m/gem3/crop", "n/gem3/pad"):
         with pytest.raises(SchemaMismatch, match="holds m/gem3/pad vectors but the settings give " + other):
             open_catalog(milvus, DIM, descriptor=other).ensure_ready()
-    made.build_index()  # the next version of the collection records it too
+    made.versions.build_index()  # the next version of the collection records it too
     with pytest.raises(SchemaMismatch):
         open_catalog(milvus, DIM, descriptor="m/avg/pad").ensure_ready()
 
@@ -179,13 +179,13 @@ def test_configured_index_is_the_one_built(milvus, index_type, build):
     vectors = unit(rng, 2000)
     catalog = open_catalog(settings, DIM)
     catalog.upsert(entries(vectors))
-    info = catalog.build_index()
+    info = catalog.versions.build_index()
     assert info["type"] == index_type and info["metric"] == "L2"
     assert info["params"] == build
     # Still finds each vector itself.
     assert catalog.search(vectors[11], 1)[0][0].id == 1011
     if settings.is_lite:
-        _check_lite_index_files(Path(settings.uri) / "collections" / catalog.physical(), index_type, build)
+        _check_lite_index_files(Path(settings.uri) / "collections" / catalog.versions.physical(), index_type, build)
 
 
 def _check_lite_index_files(collection_dir: Path, index_type: str, build: dict):
@@ -239,7 +239,7 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(vectors))
     catalog.flush()
-    before = catalog.physical()
+    before = catalog.versions.physical()
     reader, stop, answers, failures = open_catalog(milvus, DIM), threading.Event(), [], []
 
     def search() -> None:
@@ -260,14 +260,14 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     threads = [threading.Thread(target=search) for _ in range(2)]
     for t in threads:
         t.start()
-    info = catalog.build_index(progress=write_after_the_copy)
+    info = catalog.versions.build_index(progress=write_after_the_copy)
     stop.set()
     for t in threads:
         t.join()
     assert not failures, failures[:3]
     assert len(answers) > 10 and all(answers)
     assert info["type"] == milvus.index.type
-    after = catalog.physical()
+    after = catalog.versions.physical()
     assert after != before and not catalog.client.has_collection(before)  # the old version is gone
     assert catalog.count() == 2000 + 30 - 10
     assert catalog.existing_ids([1000, 1011, 5029]) == {1011, 5029}
@@ -306,13 +306,13 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     # Its region rows went too (read at Strong: a 2.3 server's Session read lags a delete).
     assert not catalog.client.query(catalog.regions_name, filter="image in [1007]", output_fields=["rid"],
                                     consistency_level="Strong")
-    copied = {e.id: e for batch in catalog.entries(with_vectors=True, with_regions=True) for e in batch}
+    copied = {e.id: e for batch in catalog.rows.entries(with_vectors=True, with_regions=True) for e in batch}
     assert len(copied) == 49 and np.allclose(copied[1003].regions, parts[3], atol=1e-5)
 
-    catalog.build_index()
+    catalog.versions.build_index()
     hits = catalog.search(parts[9, 0], 1)[0]
     assert (hits[0].id, hits[0].region) == (1009, "0,0,0.5,0.5")
-    assert catalog.physical(catalog.regions_name).endswith("_regions__2")
+    assert catalog.versions.physical(catalog.regions_name).endswith("_regions__2")
     # A part's score counts region_margin below a whole image's: a query nearer a part of 1006
     # than to the whole of 1005 finds 1006 first without a margin, 1005 with one past the gap.
     query = 0.6 * whole[5] + 0.8 * parts[6, 0]
@@ -347,6 +347,6 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     assert groups == [[1002, 1101]]
     with pytest.raises(SchemaMismatch):
         open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
-    catalog.drop()
+    catalog.versions.drop()
     assert not catalog.client.has_collection(catalog.regions_name) and not catalog.exists()
     catalog.close()

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -228,12 +227,11 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
         cmd = [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={REPO}",
                f"--runtime-env-json={json.dumps(runtime_env)}", "--", "python", "-m", "ingest", str(gallery_root),
                "--report", str(report)]
-        deadline = time.monotonic() + 120
-        while True:  # the dashboard answers before the node's job agent has registered
-            submit = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in submit.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        def submitted():  # the dashboard answers before the node's job agent has registered
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            return None if "No available agent" in done.stderr else done
+
+        submit = wait_until(submitted, 120, "ray job submit", interval=2, give_up_on=(subprocess.TimeoutExpired,))
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout and "ingest: 30 indexed" in submit.stdout
         data = json.loads(report.read_text())

@@ -160,6 +160,6 @@ def test_server_that_cannot_start_is_a_clear_error(tmp_path):
     holder = open_catalog(MilvusSettings(uri=str(tmp_path / "held.db"), lite_server=False), 8)
     holder.ensure_ready()  # this process holds the directory's lock
     with pytest.raises(BackendUnavailable) as info:
-        LiteServer(tmp_path / "held.db").start(timeout_s=30)
+        LiteServer(tmp_path / "held.db").start(timeout_s=30, idle_stop_s=0)
     assert "did not start" in info.value.message
     holder.close()

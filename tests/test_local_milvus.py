@@ -97,7 +97,7 @@ def test_without_user_namespaces_it_refuses_and_says_what_remains(tmp_path, monk
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     settings = MilvusSettings(uri=str(tmp_path / "lookalike.db"), engine="local_server", lite_fast_max_rows=5)
     with pytest.raises(BackendUnavailable) as info:
-        MilvusServer(settings.local_server_path).start(timeout_s=30)
+        MilvusServer(settings.local_server_path).start(timeout_s=30, idle_stop_s=0)
     message = info.value.message
     assert "does not allow" in message and "Operation not permitted" in message
     assert "milvus.engine: lite" in message and "docker compose" in message

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import httpx
 import pytest
 
+from harness.servers import wait_until
 from lookalike.embedding.images import content_id
 
 from .support.images import collage, draw, encode
@@ -223,10 +223,8 @@ def test_backend_down_is_reported(browser, api_s3, lite_process):
     finally:
         lite_process.start()
         context.close()
-    deadline = time.monotonic() + 60
-    while httpx.get(api_s3.url + "/api/v1/status").json()["milvus"]["healthy"] is not True:
-        assert time.monotonic() < deadline
-        time.sleep(1)
+    wait_until(lambda: httpx.get(api_s3.url + "/api/v1/status").json()["milvus"]["healthy"] is True, 60,
+               "the s3 app's Milvus to be back", interval=1)
 
 
 def test_status_panel_matches_the_api(page, api):

@@ -45,14 +45,22 @@ def migrate(settings: Settings, target: str, *, sample: int = 200,
     source, dest = gallery_catalog(settings), gallery_catalog(settings.model_copy(update={"milvus": to}))
     try:
         copied, ids = 0, []
-        for batch in source.entries(with_vectors=True, with_regions=True):
-            dest.upsert(batch)
-            ids.extend(e.id for e in batch)
-            copied += len(batch)
+
+        def write_entries(rows: list[dict]) -> None:
+            nonlocal copied
+            dest.rows.write(dest.name, rows)
+            ids.extend(int(r["id"]) for r in rows)
+            copied += len(rows)
             if progress:
                 progress(copied)
+
+        source.ensure_ready(), dest.ensure_ready()
+        source.rows.copy(source.name, source.rows.gallery, write_entries)  # the one copy, as a rebuild's
+        if source.regions:  # after the entries, as every write: never a region without its entry
+            source.rows.copy(source.regions_name, source.rows.parts,
+                             lambda rows: dest.rows.write(dest.regions_name, rows))
         dest.flush()
-        index = dest.wait_for_index(settings.milvus.index.build_timeout_s)
+        index = dest.versions.wait_for_index(settings.milvus.index.build_timeout_s)
         counts = {"source": source.count(), "target": dest.count()}
         checked = random.Random(0).sample(ids, min(sample, len(ids)))
         mismatches = _compare(source, dest, checked)

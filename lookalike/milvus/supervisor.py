@@ -35,8 +35,11 @@ import psutil
 from filelock import FileLock
 
 from lookalike.errors import BackendUnavailable
+from lookalike.retry import wait_until
 
 log = logging.getLogger(__name__)
+# How long a clean shutdown may take (the Milvus server flushes its segments) before SIGKILL.
+SHUTDOWN_S = 60.0
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -145,8 +148,9 @@ class LocalService:
             return leaves[0].pid if leaves else None
         return None
 
-    def start(self, timeout_s: float = 60.0, idle_stop_s: float = 10.0) -> tuple[str, bool]:
-        """Start the supervised service unless it runs; returns (uri, started_by_this_call)."""
+    def start(self, timeout_s: float, idle_stop_s: float) -> tuple[str, bool]:
+        """Start the supervised service unless it runs; returns (uri, started_by_this_call).
+        ``timeout_s``, ``idle_stop_s``: ``milvus.local_start_timeout_s``, ``local_idle_stop_s``."""
         refusal = self.refusal()
         if refusal:
             raise BackendUnavailable("milvus", refusal)
@@ -172,17 +176,24 @@ class LocalService:
                 launcher.wait()
             if not told.isdigit():
                 raise BackendUnavailable("milvus", f"{self.what} did not start", detail=self._log_tail())
-            pid, deadline = int(told), time.monotonic() + timeout_s
-            while not self.answers(endpoint):
-                if not pid_alive(pid) or time.monotonic() > deadline:
-                    stop_process(pid, 10.0)
-                    raise BackendUnavailable("milvus", f"{self.what} did not start", detail=self._log_tail())
-                time.sleep(0.1)
+            pid = int(told)
+
+            def up() -> bool:
+                if not pid_alive(pid):
+                    raise ChildProcessError(f"the supervisor {pid} exited")
+                return self.answers(endpoint)
+
+            try:
+                wait_until(up, timeout_s, f"{self.what} to answer", interval_s=0.1, retry_on=())
+            except (ChildProcessError, TimeoutError) as exc:
+                stop_process(pid, 10.0)
+                raise BackendUnavailable("milvus", f"{self.what} did not start",
+                                         detail=f"{exc}; {self._log_tail()}") from None
             self.state_file.write_text(json.dumps({"pid": pid, "endpoint": endpoint}))
             log.info("%s for %s: %s (supervisor pid %d)", self.what, self.data_dir, self.uri(endpoint), pid)
             return self.uri(endpoint), True
 
-    def ensure(self, timeout_s: float = 60.0, idle_stop_s: float = 10.0) -> str:
+    def ensure(self, timeout_s: float, idle_stop_s: float) -> str:
         """The running service's URI, starting it if needed; this process holds a lease on it."""
         self.lease()
         return self.running_uri() or self.start(timeout_s, idle_stop_s)[0]
@@ -211,7 +222,7 @@ class LocalService:
                 path.unlink()
         return alive
 
-    def stop(self, timeout_s: float = 60.0) -> bool:
+    def stop(self, timeout_s: float = SHUTDOWN_S) -> bool:
         """Stop the supervisor and its service; True if one was running."""
         with self._lock():
             state = self._state()
@@ -271,12 +282,12 @@ class LocalService:
         self._halt(child)
 
     def _halt(self, child: subprocess.Popen) -> None:
-        """Close the lifeline (the child shuts down cleanly), SIGKILL it if it has not in 60 s;
+        """Close the lifeline (the child shuts down cleanly), SIGKILL it if it has not in SHUTDOWN_S;
         forget the state file if it is still ours."""
         with contextlib.suppress(OSError):
             child.stdin.close()
         try:
-            child.wait(timeout=60)
+            child.wait(timeout=SHUTDOWN_S)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
@@ -317,7 +328,7 @@ def main() -> None:
     parser.add_argument("--service", required=True, help="module:LocalServiceClass")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--idle-stop-s", type=float, default=10.0)
+    parser.add_argument("--idle-stop-s", type=float, required=True, help="milvus.local_idle_stop_s")
     parser.add_argument("--daemon", action="store_true", help="fork, print the child's pid, exit (the child "
                                                               "supervises, its output to stderr)")
     cli = parser.parse_args()

@@ -140,7 +140,7 @@ def find(catalog: "Catalog", settings: "DuplicateSettings", *, threshold: float 
     """Scan the catalog's every image against its index (``threshold``: the settings' unless given)."""
     total = catalog.count()
     batches = (([e.id for e in entries], np.stack([e.embedding for e in entries]))
-               for entries in catalog.entries(with_vectors=True, batch_size=settings.batch_size))
+               for entries in catalog.rows.entries(with_vectors=True, batch_size=settings.batch_size))
 
     def search(vectors, k):
         # Whole images only: a picture that holds another as a part is not its duplicate (and the
