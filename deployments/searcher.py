@@ -57,22 +57,17 @@ class Searcher:
     async def _run(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def search(self, vector: np.ndarray, k: int, label: str | None = None, min_score: float | None = None,
-                     exclude_id: int | None = None) -> list[dict]:
-        limit = k + (1 if exclude_id is not None else 0)
+    async def search(self, vector: np.ndarray, limit: int, label: str | None = None) -> list[dict]:
+        """The top ``limit`` images, best first (the query path filters them: ``lookalike.query``)."""
         started = time.perf_counter()
         hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label)))[0]
         self.searches += 1
         self.search_seconds += time.perf_counter() - started
-        out = [h.to_dict() for h in hits if h.id != exclude_id]
-        if min_score is not None:
-            out = [h for h in out if h["score"] >= min_score]
-        return out[:k]
+        return [h.to_dict() for h in hits]
 
-    async def similar(self, image_id: int, k: int, label: str | None = None,
-                      min_score: float | None = None) -> list[dict]:
-        entry = await self._run(self.catalog.get_one, image_id, with_vectors=True)
-        return await self.search(entry.embedding, k, label, min_score, exclude_id=image_id)
+    async def vector(self, image_id: int) -> np.ndarray:
+        """A stored image's vector: what "more like this" searches with."""
+        return (await self._run(self.catalog.get_one, image_id, with_vectors=True)).embedding
 
     async def get(self, image_id: int) -> dict:
         return _entry_dict(await self._run(self.catalog.get_one, image_id))
@@ -104,13 +99,13 @@ class Searcher:
     async def build_index(self, wait_s: float) -> dict:
         """Start an index rebuild (or join the one running) and wait up to ``wait_s`` for it:
         ``{"state": "done" | "building", "index": ...}``. Searches and writes go on meanwhile
-        (``Catalog.build_index``); at 200,000 images a rebuild takes minutes."""
+        (``Versions.build_index``); at 200,000 images a rebuild takes minutes."""
         if self._rebuild is None or self._rebuild.done():
-            self._rebuild = asyncio.create_task(self._run(self.catalog.build_index))
+            self._rebuild = asyncio.create_task(self._run(self.catalog.versions.build_index))
         done, _ = await asyncio.wait({self._rebuild}, timeout=wait_s)
         if done:
             return {"state": "done", "index": self._rebuild.result()}
-        return {"state": "building", "index": await self._run(self.catalog.index_info)}
+        return {"state": "building", "index": await self._run(self.catalog.versions.index_info)}
 
     async def duplicates(self, threshold: float | None, offset: int, limit: int, wait_s: float,
                          refresh: bool = False, may_scan: bool = True) -> dict:

@@ -10,6 +10,7 @@
 - ``milvus``: the catalog and the local Milvus engines.
 - ``indexing``: files into the gallery (sources, stages, the one write path).
 - ``quality``: evaluation, near-duplicates, the sample gallery.
+- ``query``: the one query path (prepare, encode, search, filter, URLs), over any of the above.
 - ``cli``: the ``lookalike`` command, over all of them.
 
 May import: the base modules.

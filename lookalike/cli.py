@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,8 @@ def cmd_index(args, settings: Settings) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    from lookalike.milvus.catalog import label_filter
-    from lookalike.embedding.images import Box, prepare
+    from lookalike import query
+    from lookalike.embedding.images import Box
 
     try:
         box = Box.parse(args.box) if args.box else None
@@ -65,17 +64,17 @@ def cmd_search(args, settings: Settings) -> int:
         print(f"--box: {exc}", file=sys.stderr)
         return 2
     encoder, catalog, store = _open_core(settings)
-    prepared = prepare(Path(args.image).read_bytes(), encoder.input_size, settings.images, box)
-    hits = catalog.search(encoder.encode(prepared.pixels[None]), args.k, expr=label_filter(args.filter))[0]
+    path = query.local(encoder, catalog, store, settings.images)
+    answer = query.run(path.by_image(Path(args.image).read_bytes(), query.Query(args.k, args.filter, box=box)))
     catalog.close()
-    print(json.dumps([{**h.to_dict(), "id": str(h.id), "url": store.url(h.key)} for h in hits], indent=2))
+    print(json.dumps([{**h, "id": str(h["id"])} for h in answer.hits], indent=2))
     return 0
 
 
 def cmd_eval(args, settings: Settings) -> int:
     """Index a labelled folder tree, then measure retrieval quality through the index (the
     service over HTTP with --url, else the configured Milvus in-process) and exactly."""
-    from lookalike.quality.evaluation import bytes_embedder, evaluate, load_gallery
+    from lookalike.quality.evaluation import bytes_embedder, evaluate, http_search, load_gallery, report_text
     from lookalike.indexing.indexer import index_items
     from lookalike.indexing.sources import iter_folder
 
@@ -93,8 +92,8 @@ def cmd_eval(args, settings: Settings) -> int:
     gallery.vectors = np.stack([found[i] for i in gallery.ids])
     embed = bytes_embedder(encoder, settings.images)
     seconds: list[float] = []  # the index's own time per search
-    search = (_http_searcher(args.url, args.timeout, seconds) if args.url
-              else _index_searcher(catalog, embed, seconds))
+    search = (http_search(args.url, args.timeout, seconds) if args.url
+              else _index_searcher(catalog, encoder, store, settings, seconds))
     result = evaluate(gallery, search=search, embed=embed, queries=args.queries, copies=args.copies, k=args.k,
                       distinct_at=settings.duplicates.threshold)
     result["through"] = args.url or f"in-process: {catalog.uri}"
@@ -105,62 +104,22 @@ def cmd_eval(args, settings: Settings) -> int:
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(result, indent=2))
-    print(format_eval(result))
+    print(report_text(result))
     return 0
 
 
-def _index_searcher(catalog, embed, seconds: list[float]):
-    """Search in-process; ``seconds`` gets the catalog's time per search."""
-    def search(data: bytes, k: int):
-        vector = embed([data])
-        started = time.perf_counter()
-        hits = catalog.search(vector, k)[0]
-        seconds.append(time.perf_counter() - started)
-        return [(h.id, h.label) for h in hits]
+def _index_searcher(catalog, encoder, store, settings: Settings, seconds: list[float]):
+    """Search in-process, by the query path; ``seconds`` gets the catalog's time per search."""
+    from lookalike import query
 
-    return search
-
-
-def _http_searcher(url: str, timeout: float, seconds: list[float]):
-    """Search through the service; ``seconds`` gets its own search time (``timings.search_ms``)."""
-    import httpx
-
-    client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+    path = query.local(encoder, catalog, store, settings.images)
 
     def search(data: bytes, k: int):
-        response = client.post("/api/v1/search", params={"k": k}, files={"image": ("query", data)})
-        if response.status_code != 200:
-            raise SystemExit(f"lookalike eval: {url} answered {response.status_code}: {response.text[:300]}")
-        answer = response.json()
-        seconds.append(answer["timings"]["search_ms"] / 1000)
-        return [(int(h["id"]), h["label"]) for h in answer["results"]]
+        answer = query.run(path.by_image(data, query.Query(k)))
+        seconds.append(answer.timings["search_ms"] / 1000)
+        return [(h["id"], h["label"]) for h in answer.hits]
 
     return search
-
-
-def format_eval(result: dict) -> str:
-    k = result["k"]
-    lines = [f"{result['gallery']} images, {result['classes']} classes, k={k}, through {result['through']}",
-             f"{'':10}{'P@1':>8}{f'P@{k}':>8}{f'mAP@{k}':>9}"]
-    for name in ("index", "exact"):
-        if name in result:
-            m = result[name]
-            lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
-    if result.get("search_ms", {}).get("searches"):
-        t = result["search_ms"]
-        lines.append(f"index search: p50 {t['p50']} ms, p99 {t['p99']} ms over {t['searches']} searches")
-    tables = [("copy detection", result)]
-    if "distinct" in result:
-        d = result["distinct"]
-        tables.append((f"originals held once ({d['images']} with no other image at {d['threshold']} or more)", d))
-    for title, r in tables if "copies" in result else ():
-        lines.append(f"\n{title}\n{'':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
-        for kind, c in {**r["copies"], **r.get("parts", {})}.items():
-            idx = c.get("index", {})
-            lines.append(f"{kind:18}{idx.get('recall_at_1', float('nan')):10.3f}"
-                         f"{idx.get('recall_at_5', float('nan')):10.3f}"
-                         f"{c['exact']['recall_at_1']:10.3f}{c['exact']['recall_at_5']:10.3f}")
-    return "\n".join(lines)
 
 
 def cmd_status(args, settings: Settings) -> int:

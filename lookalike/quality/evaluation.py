@@ -304,3 +304,46 @@ def copy_detection(gallery: Gallery, *, search: IndexSearch | None, embed, n: in
 
 def _rank(target: int, row: list[int]) -> int | None:
     return row.index(target) + 1 if target in row else None
+
+
+def http_search(url: str, timeout: float, seconds: list[float]):
+    """Search through the service; ``seconds`` gets its own search time (``timings.search_ms``)."""
+    import httpx
+
+    client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def search(data: bytes, k: int):
+        response = client.post("/api/v1/search", params={"k": k}, files={"image": ("query", data)})
+        if response.status_code != 200:
+            raise SystemExit(f"lookalike eval: {url} answered {response.status_code}: {response.text[:300]}")
+        answer = response.json()
+        seconds.append(answer["timings"]["search_ms"] / 1000)
+        return [(int(h["id"]), h["label"]) for h in answer["results"]]
+
+    return search
+
+
+def report_text(result: dict) -> str:
+    """What ``lookalike eval`` prints: the metrics as tables."""
+    k = result["k"]
+    lines = [f"{result['gallery']} images, {result['classes']} classes, k={k}, through {result['through']}",
+             f"{'':10}{'P@1':>8}{f'P@{k}':>8}{f'mAP@{k}':>9}"]
+    for name in ("index", "exact"):
+        if name in result:
+            m = result[name]
+            lines.append(f"{name:10}{m['p_at_1']:8.3f}{m[f'p_at_{k}']:8.3f}{m[f'map_at_{k}']:9.3f}")
+    if result.get("search_ms", {}).get("searches"):
+        t = result["search_ms"]
+        lines.append(f"index search: p50 {t['p50']} ms, p99 {t['p99']} ms over {t['searches']} searches")
+    tables = [("copy detection", result)]
+    if "distinct" in result:
+        d = result["distinct"]
+        tables.append((f"originals held once ({d['images']} with no other image at {d['threshold']} or more)", d))
+    for title, r in tables if "copies" in result else ():
+        lines.append(f"\n{title}\n{'':18}{'R@1 index':>10}{'R@5 index':>10}{'R@1 exact':>10}{'R@5 exact':>10}")
+        for kind, c in {**r["copies"], **r.get("parts", {})}.items():
+            idx = c.get("index", {})
+            lines.append(f"{kind:18}{idx.get('recall_at_1', float('nan')):10.3f}"
+                         f"{idx.get('recall_at_5', float('nan')):10.3f}"
+                         f"{c['exact']['recall_at_1']:10.3f}{c['exact']['recall_at_5']:10.3f}")
+    return "\n".join(lines)
