@@ -17,6 +17,9 @@ unknown: a proxy on this machine would otherwise make every client look local.
 
 Reads are open; ``ReadCors`` lets the configured origins' pages call them (never with
 credentials). A preflight for any other route gets no CORS headers, so browsers refuse it.
+Which routes are reads is read off the routes themselves: a write route declares the API key
+(``BEARER``, ``API_KEY_HEADER``: ``writer``, the original routes' key checks), so /openapi.json
+and /docs show it as one; every other route of the schema is a read.
 """
 
 from __future__ import annotations
@@ -27,24 +30,13 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from fastapi import Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from lookalike.errors import Forbidden, LookalikeError, Unauthorized
-
-# (method, path pattern) of the routes other origins' pages may call.
-READ_ROUTES = [
-    ("POST", re.compile(r"/api/v1/search")),
-    ("GET", re.compile(r"/api/v1/status")),
-    ("GET", re.compile(r"/api/v1/images")),
-    ("GET", re.compile(r"/api/v1/images/[^/]+(/similar)?")),
-    ("GET", re.compile(r"/images/.+")),
-    ("HEAD", re.compile(r"/images/.+")),
-    ("POST", re.compile(r"/search/")),
-    ("GET", re.compile(r"/status/")),
-    ("GET", re.compile(r"/healthz")),
-]
-
 
 def presented_key(request: Request, body_key: str | None = None) -> str:
     auth = request.headers.get("authorization", "")
@@ -175,14 +167,36 @@ class WritePolicy:
         return True
 
 
-async def writer(request: Request) -> None:
+# The API key as the schema shows it (/docs' "Authorize"): a route that declares them is a write.
+BEARER = HTTPBearer(auto_error=False, description="the API key, when the server has one")
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, as a header")
+
+
+async def writer(request: Request, _bearer=Security(BEARER), _header=Security(API_KEY_HEADER)) -> None:
     """The dependency of the write routes: refused before the body is read. The policy is the
     application's (``app.state.write_policy``, set from the settings when the ingress starts)."""
     request.app.state.write_policy.check(request)
 
 
-def _read_route(method: str, path: str) -> bool:
-    return any(m == method and pattern.fullmatch(path) for m, pattern in READ_ROUTES)
+def read_routes(app) -> list[tuple[str, re.Pattern]]:
+    """(method, path pattern) of the routes other origins' pages may call, read off the app's own
+    schema: every operation that asks for no credentials (HEAD with GET). The pages and their
+    files are not in the schema, so not among them."""
+    cached = getattr(app.state, "read_routes", None)
+    if cached is None:
+        cached = []
+        for path, item in app.openapi()["paths"].items():
+            # The schema shows {key:path} as {key}: a last parameter may hold slashes (a store's key).
+            pattern = compile_path(re.sub(r"\{(\w+)\}$", r"{\1:path}", path))[0]
+            for method, operation in item.items():
+                if "security" not in operation:
+                    cached += [(m, pattern) for m in ((method.upper(), "HEAD") if method == "get" else (method.upper(),))]
+        app.state.read_routes = cached
+    return cached
+
+
+def _read_route(app, method: str, path: str) -> bool:
+    return any(m == method and pattern.match(path) for m, pattern in read_routes(app))
 
 
 class ReadCors:
@@ -212,7 +226,7 @@ class ReadCors:
         origin, method = headers.get("origin"), scope["method"]
         if origin and method == "OPTIONS" and "access-control-request-method" in headers:
             wanted = headers["access-control-request-method"].upper()
-            allowed = self._allow(scope, origin) if _read_route(wanted, path) else None
+            allowed = self._allow(scope, origin) if _read_route(scope.get("app", self.app), wanted, path) else None
             response = Response(status_code=204 if allowed else 403)
             if allowed:
                 response.headers.update({
@@ -221,7 +235,7 @@ class ReadCors:
                 if allowed != "*":
                     response.headers["Vary"] = "Origin"
             return await response(scope, receive, send)
-        allowed = self._allow(scope, origin) if origin and _read_route(method, path) else None
+        allowed = self._allow(scope, origin) if origin and _read_route(scope.get("app", self.app), method, path) else None
         if allowed is None:
             return await self.app(scope, receive, send)
         extra = [(b"access-control-allow-origin", allowed.encode()),

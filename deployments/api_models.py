@@ -1,17 +1,31 @@
 """The HTTP API's request and response models (pydantic): what /openapi.json and /docs show, and
 what the routes are checked to return."""
 
-from __future__ import annotations
-
-from typing import Annotated, Any, Literal
+import base64
+import binascii
+from typing import Annotated, Any, Awaitable, Callable, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
+    field_validator, model_validator,
 )
+from starlette.requests import Request
 
-from lookalike.errors import InvalidParameter
 from lookalike.embedding.images import Box
+from lookalike.errors import BadRequest, EmptyInput, InvalidParameter
 from lookalike.limits import LABEL_MAX_BYTES, utf8_len
+
+from .inputs import read_fields
+
+M = TypeVar("M", bound=BaseModel)
+# The settings' bounds on parameters (api.top_k_max, api.page_size_max): set by the Ingress as it
+# starts (``configure``), so that every check of a parameter, the framework's own included, has them.
+LIMITS: dict[str, int] = {}
+
+
+def configure(api) -> None:
+    LIMITS.update(top_k_max=api.top_k_max, page_size_max=api.page_size_max)
+
 
 # -- requests ----------------------------------------------------------------------------------
 def _no_bool(value: Any) -> Any:
@@ -33,10 +47,7 @@ def _label(value: str) -> str:
 
 
 def _top_k_max(value: int | None, info: ValidationInfo) -> int | None:
-    top_k_max = (info.context or {}).get("top_k_max")
-    if value is not None and top_k_max is not None and value > top_k_max:
-        raise ValueError(f"must be at most {top_k_max} (api.top_k_max)")
-    return value
+    return value if value is None else _at_most(value, info, "top_k_max")
 
 
 Number = BeforeValidator(_no_bool)
@@ -103,18 +114,46 @@ class DuplicateParams(BaseModel):
 
 
 def _at_most(value: int, info: ValidationInfo, setting: str) -> int:
-    bound = (info.context or {}).get(setting)
+    bound = (info.context or LIMITS).get(setting)
     if bound is not None and value > bound:
         raise ValueError(f"must be at most {bound} (api.{setting})")
     return value
 
 
-class ImageSource(BaseModel):
-    """A JSON body's image: base64 (or a data: URL), or a URL the server fetches."""
+def _image(value: Any) -> Any:
+    """An image field: bytes as sent (a file part, a raw body), or base64 text (a data: URL as
+    browsers' FileReader makes, too)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    text = value.partition(",")[2] if value.startswith("data:") else value
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("'image' is not valid base64") from None
 
-    image: str | None = Field(None, description="base64 bytes, or a data: URL", examples=["iVBORw0KGgo..."])
+
+class ImageSource(BaseModel):
+    """A request's image: its bytes (a file part, a raw body, or base64 in JSON or a form field),
+    or a URL the server fetches."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: Annotated[bytes | None, BeforeValidator(_image), WithJsonSchema(
+        {"type": "string", "description": "base64 bytes, or a data: URL", "examples": ["iVBORw0KGgo..."]})] = None
     url: str | None = Field(None, description="an http(s) URL on a public address", examples=[
         "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
+    name: str = Field("", description="where it came from (a file part's name; kept as `source`)")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "ImageSource":
+        if self.image is None and self.url is None:
+            raise InvalidParameter("no image in the request: send a multipart file field 'image', JSON "
+                                   "{\"image\": base64} or {\"url\": \"http...\"}, or a raw image/* body")
+        if self.image is not None and not self.image:
+            raise EmptyInput("the image is empty (0 bytes)")
+        return self
 
 
 class AddParams(BaseModel):
@@ -125,22 +164,47 @@ class AddParams(BaseModel):
 
 
 class ImageJson(ImageSearchParams, ImageSource):
-    """A search's JSON body: the image and the search's parameters."""
+    """A search's request: the image and the search's parameters."""
 
 
 class AddJson(ImageSource, AddParams):
-    name: str | None = Field(None, description="where it came from (kept as `source`)")
+    """An add's request: the image and its label."""
 
 
-def parse(model: type[BaseModel], fields: dict, api=None):
-    """``fields`` (query string, JSON or form fields) validated by ``model``; the bounds that
-    come from the settings (``api``: ApiSettings) checked too. InvalidParameter (422) says what
-    is wrong with the first bad field."""
-    context = {"top_k_max": api.top_k_max, "page_size_max": api.page_size_max} if api else None
+class OriginalSearchJson(ImageSource):
+    """The original front end's body for /search/ and /insert/."""
+
+    key: str | None = Field(None, description="the API key, when the server has one")
+    topk: Annotated[int | None, Number, Blank, AfterValidator(_top_k_max)] = Field(
+        None, ge=1, description="how many results (5 when not given)")
+    label: Annotated[Label | None, Blank] = Field(None, description="/insert/: the image's label")
+
+
+class OriginalKey(BaseModel):
+    """The original's /indexing/ body."""
+
+    model_config = ConfigDict(extra="ignore")
+    key: str | None = Field(None, description="the API key, when the server has one")
+
+
+def parse(model: type[M], fields: dict) -> M:
+    """``fields`` (query string, JSON or form fields) validated by ``model``, with the settings'
+    bounds (``LIMITS``). InvalidParameter (422) says what is wrong with the first bad field."""
     try:
-        return model.model_validate(fields, context=context)
+        return model.model_validate(fields)
     except ValidationError as exc:
         raise invalid_parameter(exc.errors()) from None
+
+
+def body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """A route's dependency: what the request sent (its query string and its body, in any of the
+    image's forms: ``inputs.read_fields``), checked once by ``model``."""
+    async def checked(request: Request) -> M:
+        fields = await read_fields(request, request.app.state.settings, image=issubclass(model, ImageSource))
+        return parse(model, fields)
+
+    checked.__name__ = f"{model.__name__}_body"
+    return checked
 
 
 def invalid_parameter(errors: list[dict]) -> InvalidParameter:
@@ -150,25 +214,20 @@ def invalid_parameter(errors: list[dict]) -> InvalidParameter:
     return InvalidParameter(f"'{where}': {first.get('msg', 'invalid').removeprefix('Value error, ')}")
 
 
-def image_body(model: type[BaseModel]) -> dict:
+def image_body(model: type[BaseModel], *, query: bool = True) -> dict:
     """openapi_extra for a route that takes an image in any of the four forms: the JSON body is
-    ``model``; a multipart form has the same fields, with the image as a file."""
+    ``model``; a multipart form has the same fields, with the image as a file; ``query``: its
+    parameters may come in the query string too."""
     schema = model.model_json_schema()
-    fields = {name: prop for name, prop in schema["properties"].items() if name not in ("image", "url")}
-    return {"requestBody": {"required": True, "content": {
+    fields = {name: prop for name, prop in schema["properties"].items() if name not in ("image", "url", "name")}
+    parameters = [{"name": name, "in": "query", "required": False, "schema": prop,
+                   "description": prop.get("description", "")} for name, prop in fields.items()] if query else []
+    return {"parameters": parameters, "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"}, **fields}}},
         "application/json": {"schema": schema},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     }}}
-
-
-class OriginalSearchJson(BaseModel):
-    """The original front end's body."""
-
-    key: str | None = Field(None, description="the API key, when the server has one")
-    image: str = Field(description="a data: URL or base64")
-    topk: int | None = Field(None, ge=1)
 
 
 # -- responses -----------------------------------------------------------------------------------

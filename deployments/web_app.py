@@ -1,7 +1,7 @@
 """The HTTP application: the FastAPI app that ``@serve.ingress`` serves, with its middleware
 (request ids, security headers, CORS for the read routes), static files, the one error shape,
 and the routes that need no backend (the page, the docs, liveness). The API's routes are in
-``ingress.py``, the original server's in ``original_routes.py``.
+``ingress.py``, the original server's in ``original_routes.py`` (an APIRouter, included here).
 """
 
 import logging
@@ -16,14 +16,13 @@ from starlette.exceptions import HTTPException
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
 
 from . import api_models as m
+from . import original_routes
 from .access import ReadCors
 from .middleware import RequestContext, request_id
 
 log = logging.getLogger("ray.serve")
 WEB_DIR = FilePath(__file__).parent / "web"
 VERSION = "v1"
-# The original server's routes (deployments/original_routes.py): their errors keep its shape.
-ORIGINAL_ROUTES = ("/search/", "/insert/", "/indexing/", "/status/")
 
 app = FastAPI(
     title="Lookalike", version=VERSION, docs_url=None, redoc_url=None,
@@ -52,8 +51,12 @@ if _docs_assets():
     app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
 
 
+app.include_router(original_routes.router)
+ORIGINAL_PATHS = {route.path for route in original_routes.router.routes}  # their errors keep its shape
+
+
 def is_original_route(request: Request) -> bool:
-    return request.url.path.removeprefix(request.scope.get("root_path", "")) in ORIGINAL_ROUTES
+    return request.url.path.removeprefix(request.scope.get("root_path", "")) in ORIGINAL_PATHS
 
 
 # -- errors: one JSON shape, a request id, nothing internal ---------------------------------------

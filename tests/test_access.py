@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from deployments.access import (
@@ -69,12 +67,12 @@ def test_a_base_url_comes_from_the_host_header_only_when_it_names_this_machine(h
 def test_the_original_routes_absolute_urls_start_with_the_public_url():
     from types import SimpleNamespace
 
-    from deployments.original_routes import OriginalRoutes
+    from deployments.original_routes import _absolute
     from lookalike.settings import ApiSettings
 
     def absolute(public_url: str, host: str) -> str:
-        routes = SimpleNamespace(settings=SimpleNamespace(api=ApiSettings(public_url=public_url)))
-        return OriginalRoutes._absolute(routes, request(host=host), "/images/a.png")
+        service = SimpleNamespace(settings=SimpleNamespace(api=ApiSettings(public_url=public_url)))
+        return _absolute(service, request(host=host), "/images/a.png")
 
     assert absolute("https://search.example.com/", "evil.example") == "https://search.example.com/images/a.png"
     assert absolute("", "127.0.0.1:8000") == "http://127.0.0.1:8000/images/a.png"
@@ -125,13 +123,26 @@ def test_with_a_key_only_the_key_counts():
 
 
 def _app(origins):
-    async def ok(request):
+    """Routes as the service declares them: a write declares the API key (its write check); the
+    page is not in the schema."""
+    from fastapi import Depends, FastAPI
+
+    from deployments.access import WritePolicy, writer
+
+    app = FastAPI()
+    app.state.write_policy = WritePolicy()  # no key: the test client is no local peer, writes are refused
+
+    async def ok():
         return PlainTextResponse("ok")
 
-    routes = [Route("/api/v1/search", ok, methods=["POST"]), Route("/api/v1/images", ok, methods=["GET", "POST"]),
-              Route("/api/v1/index", ok, methods=["POST"]), Route("/status/", ok, methods=["GET"]),
-              Route("/healthz", ok, methods=["GET"])]
-    return TestClient(ReadCors(Starlette(routes=routes), origins))
+    app.post("/api/v1/search", tags=["search"])(ok)
+    app.get("/api/v1/images", tags=["library"])(ok)
+    app.post("/api/v1/images", tags=["library"], dependencies=[Depends(writer)])(ok)
+    app.post("/api/v1/index", tags=["library"], dependencies=[Depends(writer)])(ok)
+    app.get("/status/", tags=["the original's routes"])(ok)
+    app.get("/healthz", tags=["service"])(ok)
+    app.get("/", include_in_schema=False)(ok)
+    return TestClient(ReadCors(app, origins), raise_server_exceptions=False)
 
 
 def test_cors_on_read_routes_only_and_never_with_credentials():
@@ -150,6 +161,8 @@ def test_cors_on_read_routes_only_and_never_with_credentials():
         assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers, (method, path)
     write = client.post("/api/v1/images", headers={"Origin": "http://front.example"})
     assert "access-control-allow-origin" not in write.headers
+    assert "access-control-allow-origin" in client.get("/api/v1/images", headers={"Origin": "http://x"}).headers
+    assert "access-control-allow-origin" not in client.get("/", headers={"Origin": "http://x"}).headers
 
 
 def test_cors_for_listed_origins():

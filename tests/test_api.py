@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -60,6 +61,26 @@ def test_search_returns_the_query_image_first_with_a_working_url(api, anon, labe
     assert set(body["timings"]) >= {"decode_ms", "embed_ms", "search_ms", "total_ms"}
     timing = r.headers["server-timing"]
     assert "decode;dur=" in timing and "embed;dur=" in timing and "search;dur=" in timing
+
+
+def test_the_service_and_the_in_process_query_path_answer_alike(api, anon, encoder):
+    """One query path (lookalike/query.py): over the deployments' handles, and in this process
+    over the encoder and the catalog (as lookalike search and eval run it), the same answer."""
+    from lookalike import query
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.storage.store import make_store
+
+    data = _file(api, "rings", 2).read_bytes()
+    catalog = gallery_catalog(api.settings)
+    try:
+        path = query.local(encoder, catalog, make_store(api.settings.store), api.settings.images)
+        local = query.run(path.by_image(data, query.Query(6, min_score=0.3))).hits
+    finally:
+        catalog.close()
+    served = _search(anon, data, k=6, min_score=0.3).json()["results"]
+    assert [str(h["id"]) for h in local] == [h["id"] for h in served] and len(served) >= 3
+    assert [h["url"] for h in local] == [h["url"] for h in served]
+    assert np.allclose([h["score"] for h in local], [h["score"] for h in served], atol=1e-4)
 
 
 def test_search_by_json_base64_data_url_raw_body_and_url(api, anon):

@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of what a client controls: the image bytes
-(images.prepare), the request body (inputs.read_payload), JSON and URLs. Whatever comes in, the
+(images.prepare), the request body (inputs.read_fields, then the route's model), JSON and URLs. Whatever comes in, the
 answer is a prepared image or a LookalikeError with a 4xx status: never a crash, never a 5xx.
 Memory stays bounded by the guards these inputs meet (pixel and aspect-ratio limits from the
 header, resizing before padding), each with its own test in test_images.py."""
@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.requests import Request
 
-from deployments.inputs import json_depth, read_payload
+from deployments.api_models import ImageJson, parse
+from deployments.inputs import json_depth, read_fields
 from lookalike.errors import LookalikeError
 from lookalike.embedding.images import prepare
 from lookalike.settings import ImageLimits
@@ -89,9 +90,14 @@ def _request(body: bytes, content_type: str | None) -> Request:
                     "query_string": b""}, receive)
 
 
+def _read(body: bytes, content_type: str | None) -> ImageJson:
+    """What a search route does with a body: its fields, checked by the route's model."""
+    return parse(ImageJson, asyncio.run(read_fields(_request(body, content_type), SETTINGS, image=True)))
+
+
 def _parses_or_4xx(body: bytes, content_type: str | None) -> None:
     try:
-        asyncio.run(read_payload(_request(body, content_type), SETTINGS))
+        _read(body, content_type)
     except LookalikeError as exc:
         assert 400 <= exc.status < 500, exc
 
@@ -146,7 +152,7 @@ def test_random_urls_parse_or_are_refused_as_400(text):
 @FAST
 @given(st.text(max_size=100))
 def test_labels_are_any_printable_text_within_the_byte_bound(text):
-    from deployments.api_models import SearchParams, parse
+    from deployments.api_models import SearchParams
     from lookalike.errors import InvalidParameter
     from lookalike.limits import LABEL_MAX_BYTES
 
@@ -165,7 +171,7 @@ def test_json_nested_too_deep_is_a_400_not_a_crash():
 
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"image": "aGk=", "k": ' + b"[" * 9 + b"]" * 9 + b"}"):
         try:
-            asyncio.run(read_payload(_request(body, "application/json"), SETTINGS))
+            _read(body, "application/json")
         except BadRequest as exc:
             assert "nested" in exc.message
         else:

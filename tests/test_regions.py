@@ -7,7 +7,7 @@ from PIL import Image
 
 from lookalike.embedding import regions
 from lookalike.embedding.descriptors import descriptor_name, taken_as_unrecorded
-from lookalike.embedding.images import Box, prepare, prepare_regions
+from lookalike.embedding.images import prepare, prepare_regions
 from lookalike.settings import ImageLimits, ModelSettings, RegionSettings
 
 from .support.images import draw, encode, jpeg_with_orientation
