@@ -13,10 +13,11 @@ from collections import Counter
 import numpy as np
 import ray
 from ray import serve
-from ray.serve import metrics
 
 from lookalike.embedding.encoder import ImageEncoder
 from lookalike.settings import Settings
+
+from . import metrics
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=64)
@@ -26,11 +27,9 @@ class Embedder:
         self.embed_batch.set_max_batch_size(settings.serve.batch_max_size)
         self.embed_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()  # for the status route and the benchmarks
-        # The same, as a Prometheus histogram on Ray's metrics endpoint (tagged with the replica).
-        self.batch_histogram = metrics.Histogram(
-            "lookalike_embedder_batch_size", description="Images per forward pass of the Embedder (@serve.batch)",
-            boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
         self.forward_seconds = 0.0  # time in the model, for the status route's breakdown
+        # The same for Prometheus, on Ray's metrics endpoint (tagged with the replica): metrics.py.
+        self.batch_histogram, self.forward_histogram = metrics.batch_size(), metrics.forward_seconds()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -39,7 +38,9 @@ class Embedder:
         # The forward pass runs off the event loop so the replica keeps queueing requests.
         started = time.perf_counter()
         vectors = await asyncio.to_thread(self.encoder.encode, np.stack(images))
-        self.forward_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.forward_seconds += elapsed
+        self.forward_histogram.observe(elapsed)
         return list(vectors)
 
     async def embed(self, image: np.ndarray) -> np.ndarray:

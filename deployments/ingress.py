@@ -33,6 +33,7 @@ from lookalike.storage import url_fetch
 from lookalike.storage.store import LocalStore, make_store
 
 from . import api_models as m
+from . import metrics
 from .access import WritePolicy, parse_networks, writer
 from .disclosure import public_source, public_status
 from .web_app import VERSION, app, log
@@ -57,6 +58,7 @@ class Ingress:
         self.writes = WritePolicy(settings.api.api_key.get_secret_value(), parse_networks(settings.api.trusted_proxies))
         self.path = QueryPath(prepare=lambda data, box: asyncio.to_thread(self._prepare, data, box),
                               encode=self._embed, search=self._search, url=self.store.url)
+        self.stage_histogram = metrics.stage_seconds()  # each search's steps, for Prometheus
         m.configure(settings.api)  # the settings' bounds on parameters
         # For the dependencies and the original routes: the settings, the write rule, the service.
         app.state.settings, app.state.write_policy, app.state.service = settings, self.writes, self
@@ -129,6 +131,8 @@ class Ingress:
         timings: dict = {}
         data = await self._image_bytes(source, timings)
         answer = await self.path.by_image(data, query, timings)
+        for name, ms in answer.timings.items():
+            self.stage_histogram.observe(ms / 1000, tags={"stage": name.removesuffix("_ms")})
         return [self.public(h, operator) for h in answer.hits], answer.timings
 
     async def store_image(self, source: m.ImageSource, label: str | None) -> tuple[dict, bool]:

@@ -25,6 +25,8 @@ from lookalike.settings import Settings
 from lookalike.storage.store import make_store
 from lookalike.indexing.writer import GalleryWriter, NewImage
 
+from . import metrics
+
 log = logging.getLogger("ray.serve")
 
 
@@ -46,6 +48,7 @@ class Searcher:
         self._scanning: asyncio.Task | None = None
         self._scan_progress = {"threshold": None, "done": 0, "total": 0}
         self.searches, self.search_seconds = 0, 0.0  # time in Milvus, for the status route's breakdown
+        self.milvus_histogram = metrics.milvus_search_seconds()  # the same for Prometheus
         try:
             self.catalog.ensure_ready()
             warning = self.catalog.scale_warning(self.catalog.count())
@@ -61,8 +64,10 @@ class Searcher:
         """The top ``limit`` images, best first (the query path filters them: ``lookalike.query``)."""
         started = time.perf_counter()
         hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label)))[0]
+        elapsed = time.perf_counter() - started
         self.searches += 1
-        self.search_seconds += time.perf_counter() - started
+        self.search_seconds += elapsed
+        self.milvus_histogram.observe(elapsed)
         return [h.to_dict() for h in hits]
 
     async def vector(self, image_id: int) -> np.ndarray:

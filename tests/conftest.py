@@ -82,13 +82,25 @@ def milvus_server(tmp_path_factory) -> LocalServer:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
+    """The suite's Ray cluster; its Prometheus endpoint (Ray's metrics port) is ``metrics_url``."""
     import ray
 
     ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+             _metrics_export_port=metrics_port)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_url(ray_cluster, metrics_port) -> str:
+    return f"http://{HOST}:{metrics_port}/metrics"
 
 
 @pytest.fixture(scope="session")

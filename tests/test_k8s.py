@@ -27,11 +27,12 @@ serve_config = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(serve_config)
 
 
-def render(overlay: str) -> list[dict]:
+def render(overlay: str, folder: str = "k8s/overlays") -> list[dict]:
+    """A kustomization (an overlay by default) as kustomize renders it."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is needed to render the kustomize overlays")
-    out = subprocess.run([kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay)], capture_output=True,
+    out = subprocess.run([kubectl, "kustomize", str(REPO / folder / overlay)], capture_output=True,
                          text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
