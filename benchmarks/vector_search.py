@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks.common import DATA, Results, Stopwatch, embed_files, markdown_table
 from harness.load import latency_stats
-from harness.processes import rss_bytes
+from harness.processes import rss_bytes, server_pid, supervisor_pid
 
 K = 10
 CHUNK = 20_000
@@ -251,7 +251,7 @@ class MilvusServer:
         self.server.stop()
 
     def pid(self) -> int:
-        return self.server.server_pid or 0
+        return server_pid(self.server) or 0
 
 
 class LiteDir:
@@ -269,7 +269,7 @@ class LiteDir:
         self.server.stop()
 
     def pid(self) -> int:
-        return self.server.supervisor_pid or 0
+        return supervisor_pid(self.server) or 0
 
 
 # -- report ----------------------------------------------------------------------------------------------

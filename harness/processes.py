@@ -1,12 +1,17 @@
 """This machine and its processes, by psutil: what the numbers were measured on, resident memory,
-and CPU seconds by process (for where a benchmark's CPU went)."""
+CPU seconds by process (for where a benchmark's CPU went), and the processes of a supervised
+local service (to kill one on purpose)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 
 import psutil
+
+from lookalike.milvus.supervisor import pid_alive
 
 
 def machine() -> dict:
@@ -78,3 +83,21 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     if not pids:
         raise LookupError(f"no {deployment} replica of {app}")
     return pids
+
+
+def supervisor_pid(service) -> int | None:
+    """The supervisor of a local service (``LiteServer``, ``MilvusServer``) while it runs."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pid = json.loads(service.state_file.read_text())["pid"]
+        return pid if pid_alive(pid) else None
+    return None
+
+
+def server_pid(service) -> int | None:
+    """The server process itself: the innermost of its supervisor's descendants (a Lite server;
+    the Milvus binary inside its namespace)."""
+    supervisor = supervisor_pid(service)
+    with contextlib.suppress(psutil.Error):
+        leaves = [p for p in psutil.Process(supervisor).children(recursive=True) if not p.children()] if supervisor else []
+        return leaves[0].pid if leaves else None
+    return None

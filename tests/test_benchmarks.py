@@ -14,6 +14,7 @@ from benchmarks import duplicate_scan, embedding, http_load, quality, summary, v
 from benchmarks.common import Results, markdown_table
 from harness import mixed_load
 from harness.load import latency_stats, payloads, require_loopback, run_load
+from harness.processes import server_pid
 from lookalike.quality.evaluation import PARTS, PLANTED
 from lookalike.settings import ImageLimits
 
@@ -85,7 +86,7 @@ def _tiny(index_types):
 def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtures, milvus_server):
     queries = mixtures.queries(12)
     runs = [vector_search.run_backend("milvus-server", milvus_server.uri, mixtures, 3000, queries,
-                                      _tiny(["FLAT", "HNSW"]), lambda: milvus_server.service.server_pid or 0)]
+                                      _tiny(["FLAT", "HNSW"]), lambda: server_pid(milvus_server.service) or 0)]
     lite = vector_search.LiteDir(tmp_path)
     with lite as uri:
         runs.append(vector_search.run_backend("milvus-lite", uri, mixtures, 3000, queries, _tiny(["HNSW"]), lite.pid))

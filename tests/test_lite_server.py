@@ -18,6 +18,7 @@ from lookalike.milvus.lite_server import LiteServer
 from lookalike.milvus.supervisor import pid_alive
 from lookalike.settings import MilvusSettings
 
+from harness.processes import server_pid, supervisor_pid
 from harness.servers import count_after_kill, wait_until
 
 WRITER = textwrap.dedent("""
@@ -85,10 +86,10 @@ def test_killed_server_is_restarted_and_clients_reconnect(tmp_path):
         # Bounded by what this machine took to start it (and write) in this run, not by an
         # absolute time that a busy machine breaks: the restart is the same start again.
         first_start_s = time.monotonic() - started
-        victim, uri = server.server_pid, catalog.uri
+        victim, uri = server_pid(server), catalog.uri
         count = count_after_kill(catalog, victim, max(10.0, 3 * first_start_s), "the Lite server")
         assert count == 300 and catalog.uri == uri
-        assert server.server_pid not in (None, victim)
+        assert server_pid(server) not in (None, victim)
     finally:
         catalog.close()
         server.stop()
@@ -100,12 +101,12 @@ def test_supervisor_killed_takes_the_server_with_it_and_the_next_client_starts_o
     catalog = open_catalog(settings, 8, shared=True)
     try:
         catalog.upsert(_entries(range(50)))
-        supervisor, child, uri = server.supervisor_pid, server.server_pid, catalog.uri
+        supervisor, child, uri = supervisor_pid(server), server_pid(server), catalog.uri
         os.kill(supervisor, signal.SIGKILL)
         wait_until(lambda: not pid_alive(child), 10, "the orphaned Lite server to stop")
         catalog.close()  # as after a failed call: the next one locates the server again
         assert catalog.count() == 50
-        assert server.supervisor_pid not in (None, supervisor) and catalog.uri == uri  # same port back
+        assert supervisor_pid(server) not in (None, supervisor) and catalog.uri == uri  # same port back
     finally:
         catalog.close()
         server.stop()
@@ -131,7 +132,7 @@ def test_server_stops_once_no_process_uses_it(tmp_path):
     long = subprocess.Popen([sys.executable, "-c", LEASEHOLDER, uri, "6"], stdout=subprocess.PIPE, text=True)
     try:
         assert short.stdout.readline().strip() == "ready" and long.stdout.readline().strip() == "ready"
-        supervisor, child = server.supervisor_pid, server.server_pid
+        supervisor, child = supervisor_pid(server), server_pid(server)
         assert supervisor and child
         short.wait(timeout=30)
         time.sleep(2)  # past the idle time: the other holder keeps it up

@@ -23,6 +23,7 @@ from lookalike.settings import MilvusSettings
 from lookalike.milvus.supervisor import pid_alive
 
 from .conftest import make_settings
+from harness.processes import server_pid, supervisor_pid
 from harness.servers import count_after_kill, wait_until
 
 DIM = 1280  # the configured model's: migrate and the CLI read it from there
@@ -60,7 +61,7 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         catalog.upsert(_entries(300))
         assert catalog.uri == f"unix:{settings.local_server_path / 'milvus.sock'}"
         assert stat.S_IMODE(os.stat(settings.local_server_path / "milvus.sock").st_mode) == 0o600
-        processes = _tree(server.supervisor_pid)
+        processes = _tree(supervisor_pid(server))
         assert len(processes) >= 4  # supervisor, unshare, relay, the Milvus binary
         # Nothing of it listens in this machine's network: Milvus binds ~10 ports on every interface,
         # in its own namespace (what else opened meanwhile, Ray's workers say, is not its).
@@ -69,14 +70,14 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         assert not {s for s in opened if s[1] in MILVUS_PORTS}, opened
 
         # SIGKILL of the Milvus binary: 503s (BackendUnavailable) for a while, then the same rows.
-        victim = server.server_pid
+        victim = server_pid(server)
         count = count_after_kill(catalog, victim, 90, "the local Milvus server")
-        assert count == 300 and server.server_pid not in (None, victim)
+        assert count == 300 and server_pid(server) not in (None, victim)
 
         # SIGKILL of the supervisor: every process of the server ends with it (the lifeline and
         # the pid namespace), and the next client starts a fresh one on the same data.
-        processes = _tree(server.supervisor_pid)
-        os.kill(server.supervisor_pid, signal.SIGKILL)
+        processes = _tree(supervisor_pid(server))
+        os.kill(supervisor_pid(server), signal.SIGKILL)
         wait_until(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
         catalog.close()
         fresh = open_catalog(settings, DIM, shared=True)

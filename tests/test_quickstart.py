@@ -22,6 +22,7 @@ from lookalike.ray_env import LOCAL_RAY_ENV
 from lookalike.milvus.supervisor import pid_alive
 
 from .conftest import REPO
+from harness.processes import server_pid, supervisor_pid
 from harness.servers import free_port, wait_until
 
 
@@ -76,7 +77,7 @@ def test_ingest_then_serve_then_search_then_stop(tmp_path, gallery_root):
 
         # The embedded Milvus dies: searches answer 503 + Retry-After naming it, briefly, then
         # work again on the same data, with nothing restarted by hand.
-        os.kill(lite.server_pid, signal.SIGKILL)
+        os.kill(server_pid(lite), signal.SIGKILL)
         killed, answers = time.monotonic(), []
 
         def searched() -> bool:
@@ -124,7 +125,7 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
     try:
         wait_until(lambda: httpx.get(f"{url}/api/v1/status", timeout=5).json()["status"] == "ok",
                  240, "serve run", proc)
-        supervisor, server = lite.supervisor_pid, lite.server_pid
+        supervisor, server = supervisor_pid(lite), server_pid(lite)
         assert supervisor and server
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -133,5 +134,5 @@ def test_plain_serve_run_leaves_nothing_running(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    wait_until(lambda: lite.supervisor_pid is None and not pid_alive(server), 30, "the Lite server to stop")
+    wait_until(lambda: supervisor_pid(lite) is None and not pid_alive(server), 30, "the Lite server to stop")
     assert lite.running_uri() is None and not lite.state_file.exists()

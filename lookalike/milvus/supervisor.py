@@ -131,23 +131,6 @@ class LocalService:
         state = self._state()
         return self.uri(state["endpoint"]) if state else None
 
-    @property
-    def supervisor_pid(self) -> int | None:
-        state = self._state()
-        return state["pid"] if state else None
-
-    @property
-    def server_pid(self) -> int | None:
-        """The pid of the server process itself: the innermost of the supervisor's
-        descendants (a Lite server; the Milvus binary inside its namespace)."""
-        proc = _process(self.supervisor_pid or 0)
-        if proc is None:
-            return None
-        with contextlib.suppress(psutil.Error):
-            leaves = [p for p in proc.children(recursive=True) if not p.children()]
-            return leaves[0].pid if leaves else None
-        return None
-
     def start(self, timeout_s: float, idle_stop_s: float) -> tuple[str, bool]:
         """Start the supervised service unless it runs; returns (uri, started_by_this_call).
         ``timeout_s``, ``idle_stop_s``: ``milvus.local_start_timeout_s``, ``local_idle_stop_s``."""
