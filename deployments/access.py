@@ -223,10 +223,10 @@ class ReadCors:
         path, root = scope["path"], scope.get("root_path", "")
         if root and path.startswith(root):  # an application under a route prefix (/s3/...)
             path = path[len(root):] or "/"
-        origin, method = headers.get("origin"), scope["method"]
+        origin, method, app = headers.get("origin"), scope["method"], scope.get("app", self.app)
         if origin and method == "OPTIONS" and "access-control-request-method" in headers:
             wanted = headers["access-control-request-method"].upper()
-            allowed = self._allow(scope, origin) if _read_route(scope.get("app", self.app), wanted, path) else None
+            allowed = self._allow(scope, origin) if _read_route(app, wanted, path) else None
             response = Response(status_code=204 if allowed else 403)
             if allowed:
                 response.headers.update({
@@ -235,7 +235,7 @@ class ReadCors:
                 if allowed != "*":
                     response.headers["Vary"] = "Origin"
             return await response(scope, receive, send)
-        allowed = self._allow(scope, origin) if origin and _read_route(scope.get("app", self.app), method, path) else None
+        allowed = self._allow(scope, origin) if origin and _read_route(app, method, path) else None
         if allowed is None:
             return await self.app(scope, receive, send)
         extra = [(b"access-control-allow-origin", allowed.encode()),

@@ -214,14 +214,14 @@ def invalid_parameter(errors: list[dict]) -> InvalidParameter:
     return InvalidParameter(f"'{where}': {first.get('msg', 'invalid').removeprefix('Value error, ')}")
 
 
-def image_body(model: type[BaseModel], *, query: bool = True) -> dict:
+def image_body(model: type[BaseModel]) -> dict:
     """openapi_extra for a route that takes an image in any of the four forms: the JSON body is
-    ``model``; a multipart form has the same fields, with the image as a file; ``query``: its
-    parameters may come in the query string too."""
+    ``model``; a multipart form has the same fields, with the image as a file; the parameters may
+    come in the query string too."""
     schema = model.model_json_schema()
     fields = {name: prop for name, prop in schema["properties"].items() if name not in ("image", "url", "name")}
     parameters = [{"name": name, "in": "query", "required": False, "schema": prop,
-                   "description": prop.get("description", "")} for name, prop in fields.items()] if query else []
+                   "description": prop.get("description", "")} for name, prop in fields.items()]
     return {"parameters": parameters, "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"}, **fields}}},

@@ -54,7 +54,8 @@ def migrate(settings: Settings, target: str, *, sample: int = 200,
             if progress:
                 progress(copied)
 
-        source.ensure_ready(), dest.ensure_ready()
+        source.ensure_ready()
+        dest.ensure_ready()
         source.rows.copy(source.name, source.rows.gallery, write_entries)  # the one copy, as a rebuild's
         if source.regions:  # after the entries, as every write: never a region without its entry
             source.rows.copy(source.regions_name, source.rows.parts,

@@ -169,10 +169,13 @@ class Versions:
 
     def wait_for_index(self, timeout_s: float, collection: str | None = None) -> dict:
         """Wait until the index covers every flushed row (or the timeout); returns index_info."""
+        info: dict = {}
+
         def built() -> bool:
+            nonlocal info
             info = self.index_info(collection)
             return not info or (info["pending_index_rows"] == 0 and info["state"] in ("Finished", None))
 
         with contextlib.suppress(TimeoutError):  # past it: as far as it got, for the caller to report
             wait_until(built, timeout_s, "the index", interval_s=0.5, retry_on=())
-        return self.index_info(collection)
+        return info
