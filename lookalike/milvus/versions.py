@@ -66,6 +66,9 @@ class Versions:
         except MilvusException as exc:  # another process (a second replica starting) created it first
             if "exist" not in str(exc.message):
                 raise
+            # The other process makes the collection first and its alias just after: wait for both.
+            wait_until(lambda: self._call("has_collection", table.alias), self.settings.timeout_s,
+                       f"{table.alias}, being made by another process", interval_s=0.1, retry_on=())
             schema.check(self.connection, table, self.dim, self.descriptor, self.rows.gallery.alias)
             return
         log.info("created collection %s as %s (dim %d)", table.alias, first, self.dim)
