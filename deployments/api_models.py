@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from lookalike.embedding.images import Box
 from lookalike.errors import BadRequest, EmptyInput, InvalidParameter
-from lookalike.limits import LABEL_MAX_BYTES, utf8_len
+from lookalike.limits import LABEL_MAX_BYTES, TEXT_MAX_CHARS, utf8_len
 
 from .inputs import read_fields
 
@@ -146,11 +146,18 @@ class ImageSource(BaseModel):
         "https://upload.wikimedia.org/wikipedia/commons/a/a3/Eq_it-na_pizza-margherita_sep2005_sml.jpg"])
     name: str = Field("", description="where it came from (a file part's name; kept as `source`)")
 
+    def _asks_without_image(self) -> bool:
+        """Whether the request asks something that needs no image (a search by words)."""
+        return False
+
     @model_validator(mode="after")
     def _one_image(self) -> "ImageSource":
+        if self._asks_without_image():
+            return self
         if self.image is None and self.url is None:
             raise InvalidParameter("no image in the request: send a multipart file field 'image', JSON "
-                                   "{\"image\": base64} or {\"url\": \"http...\"}, or a raw image/* body")
+                                   "{\"image\": base64} or {\"url\": \"http...\"}, or a raw image/* body"
+                                   + (", or 'text' to search by words" if "text" in type(self).model_fields else ""))
         if self.image is not None and not self.image:
             raise EmptyInput("the image is empty (0 bytes)")
         return self
@@ -163,8 +170,29 @@ class AddParams(BaseModel):
         None, description=f"the image's label (its class; {LABEL_MAX_BYTES} bytes of UTF-8 at most)")
 
 
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return " ".join(value.split()) or None
+
+
 class ImageJson(ImageSearchParams, ImageSource):
-    """A search's request: the image and the search's parameters."""
+    """A search's request: the image (or words) and the search's parameters."""
+
+    text: Annotated[str | None, Blank, AfterValidator(_text)] = Field(
+        None, max_length=TEXT_MAX_CHARS, description="search by words instead of an image (a model with a text "
+                                                     "tower: an immich-clip export)", examples=["a red bicycle"])
+
+    def _asks_without_image(self) -> bool:
+        if self.text is None:
+            return False
+        if self.image is not None or self.url is not None:
+            raise InvalidParameter("send an image or 'text', not both")
+        if self.box is not None:
+            raise InvalidParameter("'box' is a part of an image; a search by 'text' has none")
+        return True
 
 
 class AddJson(ImageSource, AddParams):
@@ -200,7 +228,8 @@ def body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     """A route's dependency: what the request sent (its query string and its body, in any of the
     image's forms: ``inputs.read_fields``), checked once by ``model``."""
     async def checked(request: Request) -> M:
-        fields = await read_fields(request, request.app.state.settings, image=issubclass(model, ImageSource))
+        words = "text" in model.model_fields and bool(request.query_params.get("text"))  # no body needed
+        fields = await read_fields(request, request.app.state.settings, image=issubclass(model, ImageSource) and not words)
         return parse(model, fields)
 
     checked.__name__ = f"{model.__name__}_body"
@@ -222,8 +251,9 @@ def image_body(model: type[BaseModel]) -> dict:
     fields = {name: prop for name, prop in schema["properties"].items() if name not in ("image", "url", "name")}
     parameters = [{"name": name, "in": "query", "required": False, "schema": prop,
                    "description": prop.get("description", "")} for name, prop in fields.items()]
-    return {"parameters": parameters, "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+    image_required = "text" not in fields  # a search may send words instead
+    return {"parameters": parameters, "requestBody": {"required": image_required, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"] if image_required else [], "properties": {
             "image": {"type": "string", "format": "binary"}, **fields}}},
         "application/json": {"schema": schema},
         "image/*": {"schema": {"type": "string", "format": "binary"}},

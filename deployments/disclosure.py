@@ -18,7 +18,7 @@ PUBLIC_STATUS_FIELDS = {
     "milvus": {"healthy", "error", "warning", "collection", "metric", "dim", "descriptor", "count", "searches",
                "search_seconds", "engine"},
     "model": {"healthy", "error", "name", "pooling", "dim", "input_size", "device", "gpu", "runtime", "precision",
-              "loaded", "batch_sizes", "forward_seconds"},
+              "loaded", "batch_sizes", "forward_seconds", "text"},
     "store": {"healthy", "error", "backend", "endpoint", "bucket"},
 }
 

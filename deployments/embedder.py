@@ -1,4 +1,6 @@
-"""Embedder: the ImageEncoder behind @serve.batch, on the GPU when the replica has one.
+"""Embedder: the ImageEncoder behind @serve.batch, on the GPU when the replica has one; its text
+tower (a model that has one) behind a batch of its own, in the same replica: one model, one
+load, one place its version lives.
 
 Requests carry prepared uint8 arrays (the ingress decoded and validated them), so a bad
 upload can never spoil a batch. Batch size and wait come from the settings.
@@ -26,6 +28,8 @@ class Embedder:
         self.encoder = ImageEncoder(settings.model).load()
         self.embed_batch.set_max_batch_size(settings.serve.batch_max_size)
         self.embed_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
+        self.embed_text_batch.set_max_batch_size(settings.serve.batch_max_size)
+        self.embed_text_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()  # for the status route and the benchmarks
         self.forward_seconds = 0.0  # time in the model, for the status route's breakdown
         # The same for Prometheus, on Ray's metrics endpoint (tagged with the replica): metrics.py.
@@ -45,6 +49,15 @@ class Embedder:
 
     async def embed(self, image: np.ndarray) -> np.ndarray:
         return await self.embed_batch(image)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
+    async def embed_text_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """The model's text tower, batched as images are (a model without one: the 422 of
+        TextSearchUnavailable, which the Ingress checks before it asks)."""
+        return list(await asyncio.to_thread(self.encoder.encode_text, texts))
+
+    async def embed_text(self, text: str) -> np.ndarray:
+        return await self.embed_text_batch(text)
 
     def info(self) -> dict:
         return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items())),

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from lookalike.embedding.images import Box, PreparedImage, prepare, prepare_regions
 from lookalike.embedding.models import get_model
 from lookalike.embedding.regions import boxes
-from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
+from lookalike.errors import BackendUnavailable, LookalikeError, NotFound, TextSearchUnavailable
 from lookalike.indexing.writer import NewImage
 from lookalike.query import Query as SearchQuery
 from lookalike.query import QueryPath, ms_since
@@ -52,12 +52,13 @@ class Ingress:
         self.embedder = embedder
         self.searcher = searcher
         self.store = make_store(settings.store)
-        self.model = get_model(settings.model.name)
+        self.model = get_model(settings.model)
         self.region_boxes = boxes(settings.model.regions)
         self.fetch_allow = url_fetch.AllowList.parse(settings.api.url_fetch_allow)
         self.writes = WritePolicy(settings.api.api_key.get_secret_value(), parse_networks(settings.api.trusted_proxies))
         self.path = QueryPath(prepare=lambda data, box: asyncio.to_thread(self._prepare, data, box),
-                              encode=self._embed, search=self._search, url=self.store.url)
+                              encode=self._embed, search=self._search, url=self.store.url,
+                              encode_text=self._embed_text)
         self.stage_histogram = metrics.stage_seconds()  # each search's steps, for Prometheus
         m.configure(settings.api)  # the settings' bounds on parameters
         # For the dependencies and the original routes: the settings, the write rule, the service.
@@ -86,6 +87,11 @@ class Ingress:
 
     async def _embed(self, pixels: np.ndarray) -> np.ndarray:
         return await self._remote("embedder", self.embedder.embed.remote(pixels))
+
+    async def _embed_text(self, text: str) -> np.ndarray:
+        if not self.model.has_text:  # answered here: the Embedder is not asked what the spec says
+            raise TextSearchUnavailable(self.model.name)
+        return await self._remote("embedder", self.embedder.embed_text.remote(text))
 
     async def _embed_regions(self, data: bytes) -> np.ndarray | None:
         """The new image's region vectors, where the gallery keeps them (each part through the
@@ -127,10 +133,14 @@ class Ingress:
               box: Box | None = None) -> SearchQuery:
         return SearchQuery(k=k or self.settings.api.top_k_default, label=label, min_score=min_score, box=box)
 
-    async def run_search(self, source: m.ImageSource, query: SearchQuery, operator: bool) -> tuple[list[dict], dict]:
+    async def run_search(self, source: m.ImageSource, query: SearchQuery, operator: bool,
+                         text: str | None = None) -> tuple[list[dict], dict]:
+        """By the image of ``source``, or by ``text`` (words) where given."""
         timings: dict = {}
-        data = await self._image_bytes(source, timings)
-        answer = await self.path.by_image(data, query, timings)
+        if text is not None:
+            answer = await self.path.by_text(text, query, timings)
+        else:
+            answer = await self.path.by_image(await self._image_bytes(source, timings), query, timings)
         for name, ms in answer.timings.items():
             self.stage_histogram.observe(ms / 1000, tags={"stage": name.removesuffix("_ms")})
         return [self.public(h, operator) for h in answer.hits], answer.timings
@@ -174,17 +184,18 @@ class Ingress:
         return status if operator else public_status(status)
 
     # -- search --------------------------------------------------------------------------------
-    @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image",
+    @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image or words",
               description="The image as a multipart file field `image`, JSON `{\"image\": base64}` or "
-                          "`{\"url\": ...}`, or a raw `image/*` body; `k`, `filter`, `min_score`, `box` as query or "
-                          "body fields (`box`: search by that part of the image). Timings also come as a "
-                          "`Server-Timing` header.",
+                          "`{\"url\": ...}`, or a raw `image/*` body; or words as `text` (a query, form or JSON "
+                          "field), where the model has a text tower (else 422 `text_search_unavailable`); `k`, "
+                          "`filter`, `min_score`, `box` as query or body fields (`box`: search by that part of the "
+                          "image). Timings also come as a `Server-Timing` header.",
               openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
     async def search(self, request: Request, response: Response,
                      body: Annotated[m.ImageJson, Depends(SEARCH_BODY)]) -> dict:
         started = time.perf_counter()
         query = self.query(body.k, body.filter, body.min_score, body.region)
-        results, timings = await self.run_search(body, query, self.is_operator(request))
+        results, timings = await self.run_search(body, query, self.is_operator(request), text=body.text)
         timings["total_ms"] = ms_since(started)
         response.headers["Server-Timing"] = ", ".join(f"{name.removesuffix('_ms')};dur={value}"
                                                       for name, value in timings.items())

@@ -33,7 +33,7 @@ async def read_fields(request: Request, settings: Settings, *, image: bool) -> d
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, settings)
     fields: dict[str, Any] = dict(request.query_params)
-    if content_type == "multipart/form-data":
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         fields.update(await _form(request, body))
     elif content_type in ("application/json", "text/json") or (not content_type and body[:1] in (b"{", b"[")):
         fields.update(_json_object(body))
@@ -41,8 +41,8 @@ async def read_fields(request: Request, settings: Settings, *, image: bool) -> d
         fields["image"] = body
     elif body:
         raise UnsupportedMedia(f"Content-Type {content_type or '(none)'} is not accepted; send multipart/form-data "
-                               "with an 'image' file, application/json with 'image' (base64) or 'url', or a raw "
-                               "image/* body")
+                               "with an 'image' file, application/json with 'image' (base64) or 'url', a raw "
+                               "image/* body, or a form's fields")
     elif image:
         raise EmptyInput("the request has no body; send an image")
     return fields

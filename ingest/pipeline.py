@@ -135,7 +135,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
     if limit:
         items = items[:limit]
     report.stage_seconds["list"] = time.perf_counter() - listed
-    dim = get_model(settings.model.name).dim
+    dim = get_model(settings.model).dim
     report.run["engine"] = choose_for_ingest(settings.milvus, len(items), dim)  # a large new gallery: local server
     with serving(settings.milvus):
         catalog = gallery_catalog(settings)

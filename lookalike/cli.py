@@ -36,7 +36,7 @@ def cmd_index(args, settings: Settings) -> int:
 
     source = Source.parse(args.source)
     items = list(source.items(settings))
-    choose_for_ingest(settings.milvus, len(items), get_model(settings.model.name).dim)
+    choose_for_ingest(settings.milvus, len(items), get_model(settings.model).dim)
     encoder, catalog, store = _open_core(settings)
     encoder.load()
     log.info("indexing %s with %s (%s, %s) into %s", source, encoder.spec.name, encoder.device, encoder.precision,
@@ -57,16 +57,27 @@ def cmd_index(args, settings: Settings) -> int:
 def cmd_search(args, settings: Settings) -> int:
     from lookalike import query
     from lookalike.embedding.images import Box
+    from lookalike.errors import TextSearchUnavailable
 
     try:
         box = Box.parse(args.box) if args.box else None
     except ValueError as exc:
         print(f"--box: {exc}", file=sys.stderr)
         return 2
+    if (args.image is None) == (args.text is None) or (args.text is not None and box):
+        print("give an image file or --text (and --box only with an image)", file=sys.stderr)
+        return 2
     encoder, catalog, store = _open_core(settings)
     path = query.local(encoder, catalog, store, settings.images)
-    answer = query.run(path.by_image(Path(args.image).read_bytes(), query.Query(args.k, args.filter, box=box)))
-    catalog.close()
+    asked = query.Query(args.k, args.filter, box=box)
+    try:
+        answer = query.run(path.by_text(args.text, asked) if args.text is not None
+                           else path.by_image(Path(args.image).read_bytes(), asked))
+    except TextSearchUnavailable as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    finally:
+        catalog.close()
     print(json.dumps([{**h, "id": str(h["id"])} for h in answer.hits], indent=2))
     return 0
 
@@ -126,7 +137,7 @@ def cmd_status(args, settings: Settings) -> int:
     from lookalike.embedding.models import get_model
 
     _, catalog, store = _open_core(settings)
-    spec = get_model(settings.model.name)
+    spec = get_model(settings.model)
     status = {"milvus": catalog.describe(), "store": store.describe(),
               "model": {"name": spec.name, "dim": spec.dim, "weights": settings.model.weights or spec.weights_source}}
     catalog.close()
@@ -305,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the JSON report here")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="search the gallery for an image file")
-    p.add_argument("image")
+    p = sub.add_parser("search", help="search the gallery for an image file, or by words (--text)")
+    p.add_argument("image", nargs="?")
+    p.add_argument("--text", help="search by these words instead (a model with a text tower)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help="only this label")
     p.add_argument("--box", help="search by this part of the image only: x,y,w,h in pixels, or fractions "

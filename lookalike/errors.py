@@ -72,6 +72,17 @@ class InvalidParameter(LookalikeError):
     status, code = 422, "invalid_parameter"
 
 
+class TextSearchUnavailable(InvalidParameter):
+    """A text query to a gallery whose model has no text tower."""
+
+    code = "text_search_unavailable"
+
+    def __init__(self, model: str):
+        super().__init__(f"the gallery's model {model} has no text tower, so it cannot search by words; a model "
+                         "with one gives text search: model.name immich-clip with model.weights set to a CLIP "
+                         "export folder that has textual/ (see the README, 'Models')")
+
+
 class BackendUnavailable(LookalikeError):
     """A backend the request needs is down; names it. ``reason`` is shown to clients, so it
     never holds an address, a path or an exception's name; ``detail`` (those) goes to the log."""

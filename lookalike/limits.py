@@ -7,6 +7,7 @@ from __future__ import annotations
 KEY_MAX_BYTES = 1024  # an object-store key (S3's own limit)
 LABEL_MAX_BYTES = 256
 SOURCE_MAX_BYTES = 2048  # where an image came from: a path, a bucket key, a URL
+TEXT_MAX_CHARS = 1000  # a search by words (the text tower keeps its context length's tokens of it)
 
 
 def utf8_len(text: str) -> int:

@@ -3,8 +3,8 @@
 Each step is a callable, so the path does not know where it runs: the Ingress runs it over the
 Embedder's and the Searcher's handles (``deployments/ingress.py``), ``lookalike search`` and
 ``lookalike eval`` in one process over the encoder and the catalog (``local``). A query by a
-stored image (more like this) enters at search with that image's vector; a text query will
-enter at encode.
+stored image (more like this) enters at search with that image's vector; a text query enters
+at encode, through the model's text tower.
 
 May import: the base modules, lookalike.embedding, lookalike.milvus, lookalike.storage and itself.
 """
@@ -55,11 +55,13 @@ class QueryPath:
     def __init__(self, *, prepare: Callable[[bytes, Box | None], Awaitable[PreparedImage]],
                  encode: Callable[[np.ndarray], Awaitable[np.ndarray]],
                  search: Callable[[np.ndarray, int, str | None], Awaitable[list[dict]]],
-                 url: Callable[[str], str]):
+                 url: Callable[[str], str], encode_text: Callable[[str], Awaitable[np.ndarray]]):
         """``prepare``: bytes and box -> the model's input; ``encode``: its pixels -> a unit
         vector; ``search``: (vector, limit, label) -> hits as dicts, best first; ``url``: a
-        stored image's key -> its URL."""
+        stored image's key -> its URL; ``encode_text``: words -> a unit vector in the images'
+        space (raising TextSearchUnavailable for a model without a text tower)."""
         self.prepare, self.encode, self.search, self.url = prepare, encode, search, url
+        self.encode_text = encode_text
 
     async def by_image(self, data: bytes, query: Query, timings: dict | None = None) -> Answer:
         timings = {} if timings is None else timings
@@ -68,6 +70,13 @@ class QueryPath:
         timings["decode_ms"] = ms_since(started)
         started = time.perf_counter()
         vector = await self.encode(prepared.pixels)
+        timings["embed_ms"] = ms_since(started)
+        return await self.by_vector(vector, query, timings)
+
+    async def by_text(self, text: str, query: Query, timings: dict | None = None) -> Answer:
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        vector = await self.encode_text(text)
         timings["embed_ms"] = ms_since(started)
         return await self.by_vector(vector, query, timings)
 
@@ -90,10 +99,13 @@ def local(encoder, catalog, store, limits: ImageLimits) -> QueryPath:
     async def encode(pixels: np.ndarray) -> np.ndarray:
         return encoder.encode(pixels[None])[0]
 
+    async def encode_text(text: str) -> np.ndarray:
+        return encoder.encode_text([text])[0]
+
     async def search(vector: np.ndarray, limit: int, label: str | None) -> list[dict]:
         return [h.to_dict() for h in catalog.search(vector, limit, expr=label_filter(label))[0]]
 
-    return QueryPath(prepare=prepare_image, encode=encode, search=search, url=store.url)
+    return QueryPath(prepare=prepare_image, encode=encode, search=search, url=store.url, encode_text=encode_text)
 
 
 def run(answer: Awaitable[Answer]) -> Answer:

@@ -172,6 +172,8 @@ class RegionSettings(_Section):
 
 class ModelSettings(_Section):
     # efficientnet-lite0 (1280-d, ImageNet weights in a package) | resnet50 (2048-d, the original's)
+    # | immich-clip (a CLIP / SigLIP export in immich's folder layout, at `weights`: its image tower,
+    # and its text tower for search by words; lookalike/embedding/clip_folder.py)
     name: str = "efficientnet-lite0"
     # How the last feature map becomes the vector (lookalike/embedding/descriptors.py): gem (generalised
     # mean, p = gem_p) or avg (global average, the original's). Measured on openclipart
@@ -181,7 +183,8 @@ class ModelSettings(_Section):
     pooling: Literal["gem", "avg"] = "gem"
     gem_p: float = Field(default=3.0, ge=1.0, le=16.0)
     # A local weights file (.pth / .pt state dict). Empty: the model's own source
-    # (the package's bundled file, or torchvision's weights enum / hub cache).
+    # (the package's bundled file, or torchvision's weights enum / hub cache). immich-clip: the
+    # export's folder (its name is recorded with the collection's descriptor).
     weights: LocalPath = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # onnx: onnxruntime on the network exported from the torch model and its weights (cached

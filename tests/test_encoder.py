@@ -124,7 +124,7 @@ def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
     import torch
     from lookalike.embedding.models import get_model
 
-    model = get_model("efficientnet-lite0").build("")
+    model = get_model(ModelSettings()).build("")
     key = onnx_runtime.weights_key(model)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)

@@ -36,7 +36,12 @@ def test_the_path_runs_prepare_encode_search_filter_urls_in_order():
         calls.append(("search", limit, label))
         return _hits(1.0, 0.5, 0.4)
 
-    path = query.QueryPath(prepare=prepare, encode=encode, search=search, url=lambda key: f"/images/{key}")
+    async def encode_text(text):
+        calls.append(("encode_text", text))
+        return np.ones(3, np.float32)
+
+    path = query.QueryPath(prepare=prepare, encode=encode, search=search, url=lambda key: f"/images/{key}",
+                           encode_text=encode_text)
     box = Box.parse("0,0,2,2")
     answer = query.run(path.by_image(b"bytes", query.Query(2, "cats", 0.45, box)))
     assert calls == [("prepare", b"bytes", box), ("encode", (4, 4, 3)), ("search", 2, "cats")]
@@ -45,3 +50,7 @@ def test_the_path_runs_prepare_encode_search_filter_urls_in_order():
     calls.clear()  # more like this: from the search on, one more asked for the image itself
     answer = query.run(path.by_vector(np.ones(3), query.Query(2), exclude=0))
     assert calls == [("search", 3, None)] and [h["id"] for h in answer.hits] == [1, 2]
+    calls.clear()  # by words: the text tower, then the same search and filter
+    answer = query.run(path.by_text("a red bicycle", query.Query(1, "bikes")))
+    assert calls == [("encode_text", "a red bicycle"), ("search", 1, "bikes")] and [h["id"] for h in answer.hits] == [0]
+    assert set(answer.timings) == {"embed_ms", "search_ms"}

@@ -44,6 +44,7 @@ async function run(query) {
     } else {
       const form = new FormData();
       if (query.kind === "file") form.append("image", query.blob, query.name);
+      else if (query.kind === "text") form.append("text", query.text);
       else form.append("url", query.url);
       body = await call(api(`api/v1/search?${params(query)}`), { method: "POST", body: form });
     }
@@ -259,6 +260,7 @@ async function refreshStatus() {
     const m = s.model || {};
     $("status-model").textContent = m.name
       ? `${m.name} · ${s.dimension}-d · ${m.device || "?"}/${m.runtime || "?"}/${m.precision || "?"}` : "unavailable";
+    $("text-form").hidden = !m.text;  // words only where the model has a text tower
     const ix = s.index || {};
     const ixParams = Object.entries(ix.params || {}).map(([k, v]) => `${k}=${v}`).join(", ");
     $("status-index").textContent = ix.type ? `${ix.type} (${ix.metric}${ixParams ? ", " + ixParams : ""})` : "—";
@@ -280,7 +282,7 @@ async function refreshStatus() {
   }
 }
 
-// -- input: click, keyboard, drag and drop, paste, URL -----------------------------------
+// -- input: click, keyboard, drag and drop, paste, URL, words -----------------------------------
 function init() {
   const drop = $("drop");
   const file = $("file");
@@ -314,6 +316,13 @@ function init() {
     $("region").hidden = true;
     const url = $("url").value.trim();
     if (url) run({ kind: "url", url, title: url.split("/").pop() || url });
+  });
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    lastUpload = null;
+    $("region").hidden = true;
+    const text = $("text").value.trim();
+    if (text) run({ kind: "text", text, title: `“${text}”` });
   });
   const rerun = () => { if (lastQuery) run(lastQuery); };
   $("k").addEventListener("change", rerun);

@@ -19,6 +19,7 @@ is refused (``catalog.Catalog``) instead of comparing incompatible vectors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,13 +29,19 @@ if TYPE_CHECKING:
 
 
 def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
-    """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit), and with
+    """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit;
+    ``immich-clip:ViT-B-32__openai/embedding/crop`` for an export), and with
     region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2`` (``regions.layout_name``)."""
     from lookalike.embedding.regions import layout_name
 
-    pooling = f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling
+    from lookalike.embedding.clip_folder import SOURCE
+
+    if model.name == SOURCE:  # an export's own embedding, named by its folder (immich's model name)
+        head = f"{SOURCE}:{Path(model.weights).name}/embedding"
+    else:
+        head = f"{model.name}/" + (f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling)
     regions = layout_name(model.regions)
-    return f"{model.name}/{pooling}/{images.fit}" + (f"/{regions}" if regions else "")
+    return f"{head}/{images.fit}" + (f"/{regions}" if regions else "")
 
 
 def taken_as_unrecorded(descriptor: str) -> bool:

@@ -5,6 +5,9 @@ PyTorch (``torch_runtime.py``) and onnxruntime over the same network exported fr
 (``onnx_runtime.py``). Each is a callable, uint8 NHWC batch -> unit vectors, with ``name``,
 ``precision`` and ``providers``; their vectors are interchangeable.
 
+A model exported with its own towers (``clip_folder.py``) runs on onnxruntime as it is, and
+its text tower (``text.py``) gives ``encode_text``.
+
 One callable class, loaded once per process and used by every face: the Serve Embedder,
 the Ray Data ingest actors and the in-process CLI indexer.
 """
@@ -51,8 +54,9 @@ class ImageEncoder:
 
     def __init__(self, settings: ModelSettings):
         self.settings = settings
-        self.spec: ModelSpec = get_model(settings.name)
+        self.spec: ModelSpec = get_model(settings)
         self.engine = None
+        self.text_engine = None  # a model with a text tower: words -> vectors in the same space
         self._lock = threading.Lock()
         self.device = "cpu"
         self.runtime = "torch"
@@ -91,21 +95,34 @@ class ImageEncoder:
         threads = self.settings.num_threads or available_cpus()
         if self.device == "cpu":
             torch.set_num_threads(threads)
-        with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
-            model = pooled(self.spec.build(self.settings.weights), self.settings.pooling, self.settings.gem_p)
-        if self.runtime == "onnx":
+        if self.spec.folder is not None:  # an export: its ONNX towers as they are
             from lookalike.embedding.onnx_runtime import OnnxRuntime
 
-            self.engine = OnnxRuntime(model, self.spec, device=self.device, threads=threads,
-                                      cache_dir=self.settings.cache_dir, spin_wait=self.settings.spin_wait)
+            options = dict(device=self.device, threads=threads, spin_wait=self.settings.spin_wait)
+            self.engine = OnnxRuntime(self.spec.folder.visual, self.spec, **options)
+            if self.spec.has_text:
+                from lookalike.embedding.text import TextTower
+
+                self.text_engine = TextTower(self.spec.folder, **options)
+        elif self.runtime == "onnx":
+            from lookalike.embedding.onnx_runtime import OnnxRuntime, exported
+
+            path = exported(self._network(), self.spec.name, self.spec.input_size, self.settings.cache_dir)
+            self.engine = OnnxRuntime(path, self.spec, device=self.device, threads=threads,
+                                      spin_wait=self.settings.spin_wait)
         else:
             from lookalike.embedding.torch_runtime import TorchRuntime
 
-            self.engine = TorchRuntime(model, self.spec, device=self.device, precision=self._torch_precision())
+            self.engine = TorchRuntime(self._network(), self.spec, device=self.device,
+                                       precision=self._torch_precision())
         self.precision = self.engine.precision
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s (%s, %s) in %.1fs", self.spec.name, self.runtime, ", ".join(self.engine.providers),
                  self.precision, self.load_seconds)
+
+    def _network(self):
+        with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
+            return pooled(self.spec.build(self.settings.weights), self.settings.pooling, self.settings.gem_p)
 
     def _torch_precision(self) -> str:
         if self.settings.precision != "auto":
@@ -118,6 +135,12 @@ class ImageEncoder:
         from lookalike.embedding import onnx_runtime
 
         want = self.settings.runtime
+        if self.spec.folder is not None:
+            if want == "torch":
+                from lookalike.errors import ConfigurationError
+
+                raise ConfigurationError(f"{self.spec.name} is an ONNX export: model.runtime must be onnx or auto")
+            want = "onnx"
         if want == "onnx" and not onnx_runtime.available():
             from lookalike.errors import ConfigurationError
 
@@ -143,6 +166,22 @@ class ImageEncoder:
         step = self.settings.batch_size
         return np.concatenate([self.engine(batch[i : i + step]) for i in range(0, len(batch), step)])
 
+    @property
+    def has_text(self) -> bool:
+        return self.spec.has_text
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) texts -> (N, dim) float32, unit length, in the images' space."""
+        if not self.has_text:
+            from lookalike.errors import TextSearchUnavailable
+
+            raise TextSearchUnavailable(self.spec.name)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        step = self.settings.batch_size
+        return np.concatenate([self.text_engine(texts[i : i + step]) for i in range(0, len(texts), step)])
+
     def _gpu_name(self) -> str | None:
         if self.device != "cuda":
             return None
@@ -161,5 +200,6 @@ class ImageEncoder:
             "runtime": self.runtime,
             "precision": self.precision,
             "loaded": self.loaded,
+            "text": self.has_text,
             "weights": self.settings.weights or self.spec.weights_source,
         }

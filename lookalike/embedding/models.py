@@ -1,7 +1,11 @@
-"""Model registry: name -> how to build a feature extractor, its dimension and preprocessing.
+"""Model registry: ``model.name`` -> the network, its dimension and its input.
 
-Builders import torch lazily, so the registry can be read (dimension, input size) by
-processes that never load a model, such as the HTTP ingress.
+Two kinds of source: torch networks built here (``efficientnet-lite0``, ``resnet50``: the last
+feature map, pooled by ``descriptors.pooled``, run by torch or exported to ONNX), and a CLIP-like
+model exported in immich's folder layout (``immich-clip``, ``clip_folder.py``: ONNX towers for
+images and, optionally, text). Builders import torch lazily, so the registry can be read
+(dimension, input size, whether text search is possible) by processes that never load a model,
+such as the HTTP ingress.
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from lookalike.embedding import clip_folder
+from lookalike.embedding.clip_folder import ClipFolder
 from lookalike.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import torch
+
+    from lookalike.settings import ModelSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,8 +36,13 @@ class ModelSpec:
     std: tuple[float, float, float]
     # weights path ("" for the model's own source) -> module mapping (N,3,H,W) float to the last
     # feature map (N, dim, h, w); descriptors.pooled makes it a vector
-    build: Callable[[str], "torch.nn.Module"]
+    build: Callable[[str], "torch.nn.Module"] | None  # None: an exported model (``folder``)
     weights_source: str  # where weights come from when no path is configured
+    folder: ClipFolder | None = None  # an immich CLIP export: its ONNX towers
+
+    @property
+    def has_text(self) -> bool:
+        return self.folder is not None and self.folder.textual is not None
 
 
 def _load_state_dict(path: str) -> dict:
@@ -118,8 +131,15 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def get_model(name: str) -> ModelSpec:
+def get_model(settings: "ModelSettings") -> ModelSpec:
+    """The configured model: a registered network, or the export folder ``model.weights`` names
+    (its files checked: a broken folder is refused with the file named)."""
+    if settings.name == clip_folder.SOURCE:
+        folder = clip_folder.read(settings.weights)
+        return ModelSpec(name=folder.name, dim=folder.dim, input_size=folder.input_size, mean=folder.mean,
+                         std=folder.std, build=None, weights_source=str(folder.path), folder=folder)
     try:
-        return MODELS[name]
+        return MODELS[settings.name]
     except KeyError:
-        raise ConfigurationError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+        raise ConfigurationError(f"unknown model {settings.name!r}; choose one of "
+                                 f"{sorted([*MODELS, clip_folder.SOURCE])}") from None

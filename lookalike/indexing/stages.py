@@ -64,7 +64,7 @@ class ReadPrepare:
         self.settings = settings
         self.read = read
         self.catalog = catalog
-        self.size = get_model(settings.model.name).input_size
+        self.size = get_model(settings.model).input_size
         self.boxes = boxes(settings.model.regions)
         self.retry = Retry.of(settings.ingest)
 

@@ -142,7 +142,7 @@ def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
     from lookalike.embedding.models import get_model
     from lookalike.embedding.regions import boxes
 
-    return open_catalog(settings.milvus, get_model(settings.model.name).dim, shared=shared,
+    return open_catalog(settings.milvus, get_model(settings.model).dim, shared=shared,
                         descriptor=descriptor_name(settings.model, settings.images),
                         regions=boxes(settings.model.regions), region_margin=settings.model.regions.margin)
 

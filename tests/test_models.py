@@ -1,0 +1,131 @@
+"""Model sources: a CLIP exported in immich's folder layout (tests/support/clip_export.py writes
+one to its conventions, with random weights: plumbing, not quality) loads, and gives the vectors
+open_clip itself gives for the same weights, images and words; a broken folder is refused with
+the file named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.embedding import onnx_runtime
+from lookalike.embedding.descriptors import descriptor_name
+from lookalike.embedding.encoder import ImageEncoder
+from lookalike.embedding.images import prepare
+from lookalike.embedding.models import get_model
+from lookalike.errors import ConfigurationError, TextSearchUnavailable
+from lookalike.settings import ImageLimits, ModelSettings
+
+from .support.clip_export import SIZE, write_immich_clip
+from .support.images import CLASSES, draw, encode
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_immich_clip(tmp_path_factory.mktemp("models") / "Tiny-ViT__random")
+
+
+def _settings(folder: Path, **more) -> ModelSettings:
+    return ModelSettings(name="immich-clip", weights=str(folder), **more)
+
+
+def _copy(clip, tmp_path: Path) -> Path:
+    folder = tmp_path / clip.folder.name
+    shutil.copytree(clip.folder, folder)
+    return folder
+
+
+def test_an_immich_export_gives_open_clips_own_vectors(clip):
+    encoder = ImageEncoder(_settings(clip.folder)).load()
+    assert (encoder.dim, encoder.input_size, encoder.runtime, encoder.has_text) == (32, SIZE, "onnx", True)
+    # Real images through the one preprocessing; five at once through a graph fixed at batch 1.
+    pixels = np.stack([prepare(encode(draw(*c, seed=3)), SIZE, ImageLimits()).pixels for c in list(CLASSES.values())[:5]])
+    ours, theirs = encoder.encode(pixels), clip.reference_image(pixels)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    assert (ours * theirs).sum(axis=1).min() >= 0.999
+    texts = ["a photo of a red circle", "Blue  STRIPES", "a bicycle on the house with a zebra"]  # zebra: unknown
+    ours, theirs = encoder.encode_text(texts), clip.reference_text(texts)
+    assert (ours * theirs).sum(axis=1).min() >= 0.999
+    assert (ours[0] @ ours[1]) < 0.999  # different words, different vectors
+    assert encoder.describe()["text"] is True
+
+
+def test_the_collection_records_which_export(clip):
+    assert descriptor_name(_settings(clip.folder), ImageLimits(fit="crop")) == "immich-clip:Tiny-ViT__random/embedding/crop"
+    assert get_model(_settings(clip.folder)).name == "immich-clip:Tiny-ViT__random"
+
+
+def test_an_export_without_a_text_tower_searches_by_image_only(clip, tmp_path):
+    folder = _copy(clip, tmp_path)
+    shutil.rmtree(folder / "textual")
+    encoder = ImageEncoder(_settings(folder)).load()
+    assert not encoder.has_text and not get_model(_settings(folder)).has_text
+    assert encoder.encode(np.zeros((1, SIZE, SIZE, 3), np.uint8)).shape == (1, 32)
+    with pytest.raises(TextSearchUnavailable, match="Tiny-ViT__random has no text tower"):
+        encoder.encode_text(["a cat"])
+    with pytest.raises(TextSearchUnavailable, match="efficientnet-lite0 has no text tower"):
+        ImageEncoder(ModelSettings()).encode_text(["a cat"])
+
+
+@pytest.mark.parametrize("breakage, named", [
+    (lambda f: (f / "visual" / "model.onnx").unlink(), "visual/model.onnx"),
+    (lambda f: (f / "config.json").write_text("{not json"), "config.json"),
+    (lambda f: (f / "config.json").write_text(json.dumps({"vision_cfg": {}})), "config.json has no embed_dim"),
+    (lambda f: (f / "visual" / "preprocess_cfg.json").write_text(json.dumps({"size": 64})), "has no mean, std"),
+    (lambda f: (f / "textual" / "tokenizer_config.json").unlink(), "textual/tokenizer_config.json"),
+    (lambda f: (f / "textual" / "tokenizer.json").write_text(""), "textual/tokenizer.json is empty"),
+])
+def test_a_broken_folder_is_refused_naming_the_file(clip, tmp_path, breakage, named):
+    folder = _copy(clip, tmp_path)
+    breakage(folder)
+    with pytest.raises(ConfigurationError, match=named.replace("/", r"[/\\]")):
+        get_model(_settings(folder))
+
+
+@pytest.mark.parametrize("file, named", [("visual/model.onnx", "onnxruntime cannot load .*visual/model.onnx"),
+                                         ("textual/model.onnx", "onnxruntime cannot load .*textual/model.onnx"),
+                                         ("textual/tokenizer.json", "cannot read .*textual/tokenizer.json")])
+def test_a_file_that_does_not_load_is_refused_at_load_naming_it(clip, tmp_path, file, named):
+    folder = _copy(clip, tmp_path)
+    (folder / file).write_bytes(b"\x08\x01garbage, not what it should be")
+    with pytest.raises(ConfigurationError, match=named):
+        ImageEncoder(_settings(folder)).load()
+
+
+def test_a_folder_model_needs_the_folder_and_onnx():
+    with pytest.raises(ConfigurationError, match="needs model.weights set to the export's folder"):
+        get_model(ModelSettings(name="immich-clip"))
+    with pytest.raises(ConfigurationError, match="choose one of .*immich-clip"):
+        get_model(ModelSettings(name="clip"))
+
+
+def test_export_folder_refuses_the_torch_runtime(clip):
+    with pytest.raises(ConfigurationError, match="an ONNX export: model.runtime must be onnx or auto"):
+        ImageEncoder(_settings(clip.folder, runtime="torch")).load()
+
+
+class _FixedGraph:
+    """A graph whose batch dimension is fixed (as immich's exports are): it refuses any other."""
+
+    def __init__(self, batch: int | str):
+        self.batch, self.calls = batch, []
+
+    def get_inputs(self):
+        return [type("Input", (), {"shape": [self.batch, 3]})()]
+
+    def run(self, _, inputs):
+        x = inputs["x"]
+        assert isinstance(self.batch, str) or len(x) == self.batch
+        self.calls.append(len(x))
+        return [x * 2]
+
+
+@pytest.mark.parametrize("batch, calls", [(1, [1] * 5), (2, [2, 2, 2]), ("batch", [5])])
+def test_a_fixed_batch_graph_runs_in_chunks_of_its_size(batch, calls):
+    graph, rows = _FixedGraph(batch), np.arange(15, dtype=np.float32).reshape(5, 3)
+    assert np.array_equal(onnx_runtime.run_in_batches(graph, {"x": rows}), rows * 2)
+    assert graph.calls == calls
