@@ -1,4 +1,4 @@
-"""``lookalike``: serve, index, search, eval, status, gallery, local-milvus, migrate."""
+"""``lookalike``: serve, index, search, eval, models, status, gallery, local-milvus, migrate."""
 
 from __future__ import annotations
 
@@ -299,6 +299,41 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
 
 
+def cmd_models(args, settings: Settings) -> int:
+    """``export``: an open_clip model in immich's folder layout; ``check``: load the configured
+    model and time one batch of each tower."""
+    import time
+
+    if args.action == "export":
+        from lookalike.embedding.clip_export import export_open_clip
+
+        if not args.name or not args.out:
+            print("lookalike models export NAME --pretrained TAG_OR_FILE --out DIR", file=sys.stderr)
+            return 2
+        folder = export_open_clip(args.name, args.pretrained, args.out)
+        print(f"wrote {folder}; serve it with model.name immich-clip, model.weights {folder}")
+        return 0
+    from lookalike.embedding.encoder import ImageEncoder
+
+    encoder = ImageEncoder(settings.model).load()
+    batch = max(1, min(settings.model.batch_size, 16))
+    images = np.random.default_rng(0).integers(0, 256, (batch, encoder.input_size, encoder.input_size, 3), np.uint8)
+    encoder.encode(images)  # the first run initialises the graph; time the second
+    started = time.perf_counter()
+    encoder.encode(images)
+    info = {**encoder.describe(), "towers": ["image", "text"] if encoder.has_text else ["image"],
+            "load_seconds": round(encoder.load_seconds, 2),
+            "image_batch": {"size": batch, "ms": round((time.perf_counter() - started) * 1000, 1)}}
+    if encoder.has_text:
+        texts = ["a photo of a red bicycle"] * batch
+        encoder.encode_text(texts)
+        started = time.perf_counter()
+        encoder.encode_text(texts)
+        info["text_batch"] = {"size": batch, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="Reverse image search: index, serve, search.")
     parser.add_argument("--config", help=f"settings YAML (default ${CONFIG_ENV} or config/lookalike.yaml)")
@@ -343,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--report", help="write the JSON report here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="check: load the configured model and time one batch of each tower; "
+                                      "export: write an open_clip model in immich's folder layout")
+    p.add_argument("action", choices=["check", "export"])
+    p.add_argument("name", nargs="?", help="export: the open_clip model (ViT-B-32, ViT-B-16-SigLIP, ...)")
+    p.add_argument("--pretrained", default="", help="export: an open_clip weights tag (openai, laion2b_s34b_b79k, "
+                                                    "...) or a local checkpoint file")
+    p.add_argument("--out", help="export: the new folder")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("status", help="backend health, entity count, index, model")
     p.set_defaults(func=cmd_status)

@@ -173,7 +173,9 @@ class RegionSettings(_Section):
 class ModelSettings(_Section):
     # efficientnet-lite0 (1280-d, ImageNet weights in a package) | resnet50 (2048-d, the original's)
     # | immich-clip (a CLIP / SigLIP export in immich's folder layout, at `weights`: its image tower,
-    # and its text tower for search by words; lookalike/embedding/clip_folder.py)
+    # and its text tower for search by words; lookalike/embedding/clip_folder.py) | open-clip:<arch>
+    # (an open_clip architecture, `weights` its pretrained tag or checkpoint file; exported to that
+    # layout under cache_dir at the first load: lookalike/embedding/open_clip_source.py)
     name: str = "efficientnet-lite0"
     # How the last feature map becomes the vector (lookalike/embedding/descriptors.py): gem (generalised
     # mean, p = gem_p) or avg (global average, the original's). Measured on openclipart
@@ -184,7 +186,8 @@ class ModelSettings(_Section):
     gem_p: float = Field(default=3.0, ge=1.0, le=16.0)
     # A local weights file (.pth / .pt state dict). Empty: the model's own source
     # (the package's bundled file, or torchvision's weights enum / hub cache). immich-clip: the
-    # export's folder (its name is recorded with the collection's descriptor).
+    # export's folder; open-clip: a pretrained tag or a checkpoint file (recorded with the
+    # collection's descriptor, by the folder's or the file's name).
     weights: LocalPath = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # onnx: onnxruntime on the network exported from the torch model and its weights (cached

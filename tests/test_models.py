@@ -129,3 +129,86 @@ def test_a_fixed_batch_graph_runs_in_chunks_of_its_size(batch, calls):
     graph, rows = _FixedGraph(batch), np.arange(15, dtype=np.float32).reshape(5, 3)
     assert np.array_equal(onnx_runtime.run_in_batches(graph, {"x": rows}), rows * 2)
     assert graph.calls == calls
+
+
+# -- open_clip by name, and the exporter ------------------------------------------------------
+TINY_ARCH = "Tiny-CLIP-test"  # registered with open_clip for these tests: CLIP's real 49,408-token vocabulary
+
+
+@pytest.fixture(scope="module")
+def open_clip_checkpoint(tmp_path_factory):
+    """A tiny open_clip architecture registered by name, and a checkpoint file of random weights."""
+    import open_clip
+    import torch
+
+    from .support.clip_export import VISION_CFG
+
+    root = tmp_path_factory.mktemp("open_clip")
+    config = {"embed_dim": 32, "vision_cfg": VISION_CFG,
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    (root / f"{TINY_ARCH}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(root / f"{TINY_ARCH}.json")
+    torch.manual_seed(1)
+    model = open_clip.create_model(TINY_ARCH).eval()
+    torch.save(model.state_dict(), root / "tiny.pt")
+    return model, root / "tiny.pt"
+
+
+def test_the_exported_tokenizer_splits_text_as_open_clip_does():
+    """CLIP's BPE (its vocabulary ships inside open_clip) written as a tokenizers file gives
+    open_clip's own ids: case, punctuation, contractions, digits, accents, other scripts."""
+    import open_clip
+
+    from lookalike.embedding.clip_export import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    texts = ["a photo of a Red  bicycle!", "It's 3 o'clock, isn't it?", "naïve café — résumé", "東京の猫",
+             "dogs & cats; 42 apples", "   leading\tand\ntrailing  ", "emoji 🚲 bike", "UPPER lower MiXeD"]
+    for text, theirs in zip(texts, open_clip.tokenize(texts).numpy()):
+        assert tokenizer.encode(text).ids == [int(i) for i in theirs if i], text
+
+
+def test_open_clip_by_name_is_exported_once_and_gives_its_own_vectors(open_clip_checkpoint, tmp_path):
+    import open_clip
+    import torch
+
+    model, checkpoint = open_clip_checkpoint
+    settings = ModelSettings(name=f"open-clip:{TINY_ARCH}", weights=str(checkpoint), cache_dir=str(tmp_path))
+    spec = get_model(settings)  # read without loading: what the ingress knows
+    assert (spec.name, spec.dim, spec.input_size, spec.has_text) == (f"open-clip:{TINY_ARCH}:tiny.pt", 32, SIZE, True)
+    assert descriptor_name(settings, ImageLimits()) == f"open-clip:{TINY_ARCH}:tiny.pt/embedding/pad"
+    encoder = ImageEncoder(settings).load()
+    pixels = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), np.uint8)
+    x = (pixels / 255 - np.array(open_clip.OPENAI_DATASET_MEAN)) / np.array(open_clip.OPENAI_DATASET_STD)
+    texts = ["a red bicycle", "Two dogs, playing!", "a photo of a cat"]
+    with torch.no_grad():
+        theirs = model.encode_image(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32), normalize=True)
+        their_text = model.encode_text(open_clip.tokenize(texts), normalize=True)
+    assert (encoder.encode(pixels) * theirs.numpy()).sum(axis=1).min() >= 0.999
+    assert (encoder.encode_text(texts) * their_text.numpy()).sum(axis=1).min() >= 0.999
+    exports = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(exports) == 1 and encoder.spec.folder.path == exports[0]
+    assert isinstance(encoder.engine.session.get_inputs()[0].shape[0], str)  # ours batch: a dynamic axis
+    written = (exports[0] / "visual" / "model.onnx").stat().st_mtime_ns
+    ImageEncoder(settings).load()  # the same weights: the cached export, not another
+    assert (exports[0] / "visual" / "model.onnx").stat().st_mtime_ns == written
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == exports
+
+
+def test_models_export_then_check_from_the_command_line(open_clip_checkpoint, tmp_path, monkeypatch, capsys):
+    from lookalike.cli import main
+
+    _, checkpoint = open_clip_checkpoint
+    out = tmp_path / "Tiny-CLIP__mine"
+    assert main(["models", "export", TINY_ARCH, "--pretrained", str(checkpoint), "--out", str(out)]) == 0
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
+        "config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx",
+        "textual/tokenizer.json", "textual/tokenizer_config.json"}
+    assert main(["models", "export", TINY_ARCH, "--pretrained", str(checkpoint), "--out", str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    monkeypatch.setenv("LOOKALIKE_MODEL__NAME", "immich-clip")
+    monkeypatch.setenv("LOOKALIKE_MODEL__WEIGHTS", str(out))
+    assert main(["models", "check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["towers"] == ["image", "text"] and report["dim"] == 32 and report["runtime"] == "onnx"
+    assert report["image_batch"]["ms"] > 0 and report["text_batch"]["ms"] > 0

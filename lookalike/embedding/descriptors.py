@@ -35,9 +35,12 @@ def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
     from lookalike.embedding.regions import layout_name
 
     from lookalike.embedding.clip_folder import SOURCE
+    from lookalike.embedding.open_clip_source import PREFIX, weights_label
 
     if model.name == SOURCE:  # an export's own embedding, named by its folder (immich's model name)
         head = f"{SOURCE}:{Path(model.weights).name}/embedding"
+    elif model.name.startswith(PREFIX):  # the architecture and its weights' tag or file
+        head = f"{model.name}:{weights_label(model.weights)}/embedding"
     else:
         head = f"{model.name}/" + (f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling)
     regions = layout_name(model.regions)

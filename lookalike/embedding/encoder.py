@@ -95,7 +95,15 @@ class ImageEncoder:
         threads = self.settings.num_threads or available_cpus()
         if self.device == "cpu":
             torch.set_num_threads(threads)
-        if self.spec.folder is not None:  # an export: its ONNX towers as they are
+        if self.spec.exported and self.spec.folder is None:  # open-clip: exported once, into the cache
+            from dataclasses import replace
+
+            from lookalike.embedding import open_clip_source
+            from lookalike.embedding.models import of_folder
+
+            folder = open_clip_source.exported(self.settings.name, self.settings.weights, self.settings.cache_dir)
+            self.spec = replace(of_folder(folder), name=self.spec.name)
+        if self.spec.exported:  # an export: its ONNX towers as they are
             from lookalike.embedding.onnx_runtime import OnnxRuntime
 
             options = dict(device=self.device, threads=threads, spin_wait=self.settings.spin_wait)
@@ -135,7 +143,7 @@ class ImageEncoder:
         from lookalike.embedding import onnx_runtime
 
         want = self.settings.runtime
-        if self.spec.folder is not None:
+        if self.spec.exported:
             if want == "torch":
                 from lookalike.errors import ConfigurationError
 

@@ -1,9 +1,10 @@
 """Model registry: ``model.name`` -> the network, its dimension and its input.
 
 Two kinds of source: torch networks built here (``efficientnet-lite0``, ``resnet50``: the last
-feature map, pooled by ``descriptors.pooled``, run by torch or exported to ONNX), and a CLIP-like
-model exported in immich's folder layout (``immich-clip``, ``clip_folder.py``: ONNX towers for
-images and, optionally, text). Builders import torch lazily, so the registry can be read
+feature map, pooled by ``descriptors.pooled``, run by torch or exported to ONNX), and CLIP-like
+models run as exports in immich's folder layout (``clip_folder.py``: ONNX towers for images and,
+optionally, text): a folder as downloaded (``immich-clip``), or an open_clip architecture with
+its weights, exported at the first load (``open-clip:<architecture>``, ``open_clip_source.py``). Builders import torch lazily, so the registry can be read
 (dimension, input size, whether text search is possible) by processes that never load a model,
 such as the HTTP ingress.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from lookalike.embedding import clip_folder
+from lookalike.embedding import clip_folder, open_clip_source
 from lookalike.embedding.clip_folder import ClipFolder
 from lookalike.errors import ConfigurationError
 
@@ -38,11 +39,17 @@ class ModelSpec:
     # feature map (N, dim, h, w); descriptors.pooled makes it a vector
     build: Callable[[str], "torch.nn.Module"] | None  # None: an exported model (``folder``)
     weights_source: str  # where weights come from when no path is configured
-    folder: ClipFolder | None = None  # an immich CLIP export: its ONNX towers
+    folder: ClipFolder | None = None  # an export's ONNX towers (open-clip: once exported, at load)
+    text: bool = False  # a text tower: search by words
 
     @property
     def has_text(self) -> bool:
-        return self.folder is not None and self.folder.textual is not None
+        return self.text
+
+    @property
+    def exported(self) -> bool:
+        """Run as an export's own ONNX graphs (no torch network of ours to pool)."""
+        return self.build is None
 
 
 def _load_state_dict(path: str) -> dict:
@@ -131,15 +138,27 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def of_folder(folder: ClipFolder) -> ModelSpec:
+    return ModelSpec(name=folder.name, dim=folder.dim, input_size=folder.input_size, mean=folder.mean,
+                     std=folder.std, build=None, weights_source=str(folder.path), folder=folder,
+                     text=folder.textual is not None)
+
+
 def get_model(settings: "ModelSettings") -> ModelSpec:
     """The configured model: a registered network, or the export folder ``model.weights`` names
     (its files checked: a broken folder is refused with the file named)."""
     if settings.name == clip_folder.SOURCE:
         folder = clip_folder.read(settings.weights)
-        return ModelSpec(name=folder.name, dim=folder.dim, input_size=folder.input_size, mean=folder.mean,
-                         std=folder.std, build=None, weights_source=str(folder.path), folder=folder)
+        return of_folder(folder)
+    if settings.name.startswith(open_clip_source.PREFIX):
+        config = open_clip_source.model_config(settings.name)
+        size = config["vision_cfg"]["image_size"]
+        return ModelSpec(name=f"{settings.name}:{open_clip_source.weights_label(settings.weights)}",
+                         dim=config["embed_dim"], input_size=size[0] if isinstance(size, list) else size,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD,  # the export's own, once it is loaded (of_folder)
+                         build=None, weights_source=settings.weights or "(none)", text="text_cfg" in config)
     try:
         return MODELS[settings.name]
     except KeyError:
         raise ConfigurationError(f"unknown model {settings.name!r}; choose one of "
-                                 f"{sorted([*MODELS, clip_folder.SOURCE])}") from None
+                                 f"{sorted([*MODELS, clip_folder.SOURCE])} or open-clip:<architecture>") from None
