@@ -176,6 +176,8 @@ class ModelSettings(_Section):
     # and its text tower for search by words; lookalike/embedding/clip_folder.py) | open-clip:<arch>
     # (an open_clip architecture, `weights` its pretrained tag or checkpoint file; exported to that
     # layout under cache_dir at the first load: lookalike/embedding/open_clip_source.py)
+    # | timm:<arch> (image only, `weights` a local weights file) | onnx-file (image only, `weights`
+    # an .onnx encoder with a .json beside it: embed_dim, size, mean, std)
     name: str = "efficientnet-lite0"
     # How the last feature map becomes the vector (lookalike/embedding/descriptors.py): gem (generalised
     # mean, p = gem_p) or avg (global average, the original's). Measured on openclipart

@@ -212,3 +212,68 @@ def test_models_export_then_check_from_the_command_line(open_clip_checkpoint, tm
     report = json.loads(capsys.readouterr().out)
     assert report["towers"] == ["image", "text"] and report["dim"] == 32 and report["runtime"] == "onnx"
     assert report["image_batch"]["ms"] > 0 and report["text_batch"]["ms"] > 0
+
+
+# -- image-only sources: timm by name, any ONNX file --------------------------------------------
+TIMM_ARCH = "mobilenetv3_small_050"  # small and quick; DINOv2 / ConvNeXt load the same way
+
+
+@pytest.fixture(scope="module")
+def timm_checkpoint(tmp_path_factory):
+    """A checkpoint as users have them: the whole classifier (head included), random weights."""
+    import timm
+    import torch
+
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("timm") / "mnv3.pth"
+    torch.save(timm.create_model(TIMM_ARCH, pretrained=False).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_a_timm_model_by_name_gives_timms_own_vectors(timm_checkpoint, tmp_path, runtime):
+    import timm
+    import torch
+
+    settings = ModelSettings(name=f"timm:{TIMM_ARCH}", weights=str(timm_checkpoint), runtime=runtime,
+                             precision="fp32", cache_dir=str(tmp_path))
+    spec = get_model(settings)
+    assert (spec.dim, spec.input_size, spec.has_text) == (1024, 224, False)
+    assert descriptor_name(settings, ImageLimits()) == f"timm:{TIMM_ARCH}:mnv3.pth/embedding/pad"
+    theirs = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=0).eval()
+    theirs.load_state_dict(torch.load(timm_checkpoint), strict=False)  # its head left out, as ours
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    x = (pixels / 255 - np.array(spec.mean)) / np.array(spec.std)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(theirs(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32)))
+    encoder = ImageEncoder(settings).load()
+    assert encoder.runtime == runtime
+    assert (encoder.encode(pixels) * want.numpy()).sum(axis=1).min() >= 0.999
+
+
+def test_a_timm_checkpoint_of_another_model_is_refused(tmp_path):
+    import torch
+
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ConfigurationError, match="other.pth lacks .* a checkpoint of another model"):
+        ImageEncoder(ModelSettings(name=f"timm:{TIMM_ARCH}", weights=str(other), cache_dir=str(tmp_path))).load()
+    with pytest.raises(ConfigurationError, match="timm has no model 'no_such_net'"):
+        get_model(ModelSettings(name="timm:no_such_net", weights=str(other)))
+
+
+def test_any_onnx_image_encoder_file_with_its_json(clip, tmp_path):
+    from .support.clip_export import OPENAI_MEAN, OPENAI_STD
+
+    file = tmp_path / "encoder.onnx"
+    shutil.copy(clip.folder / "visual" / "model.onnx", file)
+    settings = ModelSettings(name="onnx-file", weights=str(file))
+    with pytest.raises(ConfigurationError, match=r"lacks .*encoder\.json"):
+        get_model(settings)
+    (tmp_path / "encoder.json").write_text(json.dumps({"embed_dim": 32, "size": SIZE, "mean": OPENAI_MEAN,
+                                                      "std": OPENAI_STD}))
+    encoder = ImageEncoder(settings).load()
+    assert (encoder.dim, encoder.has_text, encoder.spec.name) == (32, False, "onnx-file:encoder.onnx")
+    assert descriptor_name(settings, ImageLimits()) == "onnx-file:encoder.onnx/embedding/pad"
+    pixels = np.random.default_rng(2).integers(0, 256, (2, SIZE, SIZE, 3), np.uint8)
+    assert (encoder.encode(pixels) * clip.reference_image(pixels)).sum(axis=1).min() >= 0.999

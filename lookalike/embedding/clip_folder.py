@@ -1,4 +1,4 @@
-"""A CLIP-like model exported in immich's layout: the folder its users already download
+"""Exported models, run as their own ONNX graphs. A CLIP-like model exported in immich's layout: the folder its users already download
 (``huggingface-cli download immich-app/ViT-B-32__openai``) and its exporter writes::
 
     config.json                  the open_clip model config: embed_dim, vision_cfg, text_cfg
@@ -16,6 +16,8 @@ Its graphs may have a fixed batch dimension of 1 (immich's exporter leaves the a
 ``onnx_runtime.OnnxRuntime`` runs such a graph image by image. The ``textual`` folder is
 optional: without it the model searches by image only.
 
+An image encoder may also be one ONNX file with a JSON beside it (``read_onnx_file``).
+
 Reading the folder checks every file it names (present, parseable, the keys it needs) and a
 problem is a ConfigurationError naming the file, so a broken folder is refused at start.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from lookalike.errors import ConfigurationError
 
 SOURCE = "immich-clip"
+ONNX_FILE = "onnx-file"  # any ONNX image encoder: a file, and a JSON beside it (read_onnx_file)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ClipFolder:
 
     @property
     def name(self) -> str:
-        return f"{SOURCE}:{self.path.name}"
+        return f"{SOURCE if self.path.is_dir() else ONNX_FILE}:{self.path.name}"
 
 
 def _json(path: Path, keys: tuple[str, ...]) -> dict:
@@ -111,3 +114,24 @@ def read(folder: str | Path) -> ClipFolder:
         context_length=int(text_cfg.get("context_length", 77)),
         canonicalize=(text_cfg.get("tokenizer_kwargs") or {}).get("clean") == "canonicalize",
     )
+
+
+def read_onnx_file(file: str | Path) -> ClipFolder:
+    """Any ONNX image encoder (image only): ``model.onnx`` taking float32 NCHW images, normalised,
+    and giving one vector per image; beside it ``model.json`` (the file's name, ``.json``) with
+    ``embed_dim`` and the preprocessing's ``size``, ``mean`` and ``std`` (RGB, in [0, 1] units,
+    as preprocess_cfg.json has them)."""
+    path = Path(file)
+    if not str(file) or not path.is_file():
+        raise ConfigurationError(f"model.name {ONNX_FILE} needs model.weights set to an .onnx file; "
+                                 f"{str(file) or '(empty)'} is not a file")
+    described = path.with_suffix(".json")
+    config = _json(described, ("embed_dim", "size", "mean", "std"))
+    size = config["size"]
+    size = size[0] if isinstance(size, list) and size else size
+    if not isinstance(size, int) or size < 8 or not isinstance(config["embed_dim"], int) or config["embed_dim"] < 1:
+        raise ConfigurationError(f"{described}: size and embed_dim must be positive whole numbers")
+    return ClipFolder(path=path, dim=config["embed_dim"], input_size=size,
+                      mean=_triple(config["mean"], described, "mean"), std=_triple(config["std"], described, "std"),
+                      visual=_file(path), textual=None, tokenizer=None, pad_token="", context_length=0,
+                      canonicalize=False)

@@ -34,12 +34,13 @@ def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
     region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2`` (``regions.layout_name``)."""
     from lookalike.embedding.regions import layout_name
 
-    from lookalike.embedding.clip_folder import SOURCE
+    from lookalike.embedding.clip_folder import ONNX_FILE, SOURCE
+    from lookalike.embedding.models import TIMM
     from lookalike.embedding.open_clip_source import PREFIX, weights_label
 
-    if model.name == SOURCE:  # an export's own embedding, named by its folder (immich's model name)
-        head = f"{SOURCE}:{Path(model.weights).name}/embedding"
-    elif model.name.startswith(PREFIX):  # the architecture and its weights' tag or file
+    if model.name in (SOURCE, ONNX_FILE):  # an export's own vector, named by its folder or file
+        head = f"{model.name}:{Path(model.weights).name}/embedding"
+    elif model.name.startswith((PREFIX, TIMM)):  # the architecture and its weights' tag or file
         head = f"{model.name}:{weights_label(model.weights)}/embedding"
     else:
         head = f"{model.name}/" + (f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling)

@@ -130,7 +130,8 @@ class ImageEncoder:
 
     def _network(self):
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
-            return pooled(self.spec.build(self.settings.weights), self.settings.pooling, self.settings.gem_p)
+            net = self.spec.build(self.settings.weights)
+        return pooled(net, self.settings.pooling, self.settings.gem_p) if self.spec.pooled else net
 
     def _torch_precision(self) -> str:
         if self.settings.precision != "auto":

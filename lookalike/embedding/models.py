@@ -4,7 +4,10 @@ Two kinds of source: torch networks built here (``efficientnet-lite0``, ``resnet
 feature map, pooled by ``descriptors.pooled``, run by torch or exported to ONNX), and CLIP-like
 models run as exports in immich's folder layout (``clip_folder.py``: ONNX towers for images and,
 optionally, text): a folder as downloaded (``immich-clip``), or an open_clip architecture with
-its weights, exported at the first load (``open-clip:<architecture>``, ``open_clip_source.py``). Builders import torch lazily, so the registry can be read
+its weights, exported at the first load (``open-clip:<architecture>``, ``open_clip_source.py``);
+and image-only encoders: a timm model by name with a local weights file (``timm:<architecture>``,
+its own pooled vector, run by torch or exported to ONNX as ours are), or any ONNX image encoder
+file with a small JSON beside it (``onnx-file``, ``clip_folder.read_onnx_file``). Builders import torch lazily, so the registry can be read
 (dimension, input size, whether text search is possible) by processes that never load a model,
 such as the HTTP ingress.
 """
@@ -41,6 +44,7 @@ class ModelSpec:
     weights_source: str  # where weights come from when no path is configured
     folder: ClipFolder | None = None  # an export's ONNX towers (open-clip: once exported, at load)
     text: bool = False  # a text tower: search by words
+    pooled: bool = True  # build gives a feature map to pool (False: the network's own vector, timm's)
 
     @property
     def has_text(self) -> bool:
@@ -138,6 +142,54 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+TIMM = "timm:"
+
+
+def _timm_model(arch: str):
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=0)  # no classifier: its pooled features
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ConfigurationError(f"timm has no model {arch!r} (timm.list_models() lists them): {exc}") from None
+
+
+def _build_timm(arch: str) -> Callable[[str], "torch.nn.Module"]:
+    def build(weights: str) -> "torch.nn.Module":
+        if not weights:
+            raise ConfigurationError(f"model timm:{arch} needs model.weights: a local weights file (.pth, "
+                                     ".safetensors is not read; a state dict saved with torch.save)")
+        net = _timm_model(arch)
+        state = {k: v for k, v in _load_state_dict(weights).items() if k in net.state_dict()}  # its head left out
+        missing = sorted(set(net.state_dict()) - set(state))
+        if missing:
+            raise ConfigurationError(f"{weights} lacks {len(missing)} of timm:{arch}'s weights "
+                                     f"({', '.join(missing[:3])}, ...): a checkpoint of another model?")
+        net.load_state_dict(state)
+        return net
+
+    return build
+
+
+def _timm_spec(name: str, weights: str) -> ModelSpec:
+    """A timm image model by name, its shape read from a model built on torch's meta device (no
+    memory, no weights); its weights from a local file at load."""
+    import timm
+    import torch
+
+    arch = name.removeprefix(TIMM)
+    with torch.device("meta"):
+        net = _timm_model(arch)
+    config = timm.data.resolve_data_config({}, model=net)
+    _, height, width = config["input_size"]
+    if height != width:
+        raise ConfigurationError(f"timm:{arch} takes {width}x{height} images; Lookalike feeds square ones")
+    label = Path(weights).name if weights else "(none)"
+    return ModelSpec(name=f"{name}:{label}", dim=getattr(net, "head_hidden_size", None) or net.num_features,
+                     input_size=height, mean=tuple(config["mean"]), std=tuple(config["std"]), build=_build_timm(arch),
+                     weights_source=weights or "(none)", pooled=False)
+
+
 def of_folder(folder: ClipFolder) -> ModelSpec:
     return ModelSpec(name=folder.name, dim=folder.dim, input_size=folder.input_size, mean=folder.mean,
                      std=folder.std, build=None, weights_source=str(folder.path), folder=folder,
@@ -150,6 +202,10 @@ def get_model(settings: "ModelSettings") -> ModelSpec:
     if settings.name == clip_folder.SOURCE:
         folder = clip_folder.read(settings.weights)
         return of_folder(folder)
+    if settings.name == clip_folder.ONNX_FILE:
+        return of_folder(clip_folder.read_onnx_file(settings.weights))
+    if settings.name.startswith(TIMM):
+        return _timm_spec(settings.name, settings.weights)
     if settings.name.startswith(open_clip_source.PREFIX):
         config = open_clip_source.model_config(settings.name)
         size = config["vision_cfg"]["image_size"]
@@ -161,4 +217,5 @@ def get_model(settings: "ModelSettings") -> ModelSpec:
         return MODELS[settings.name]
     except KeyError:
         raise ConfigurationError(f"unknown model {settings.name!r}; choose one of "
-                                 f"{sorted([*MODELS, clip_folder.SOURCE])} or open-clip:<architecture>") from None
+                                 f"{sorted([*MODELS, clip_folder.SOURCE, clip_folder.ONNX_FILE])}, open-clip:<architecture> "
+                                 "or timm:<architecture>") from None
