@@ -80,6 +80,8 @@ test: install test-deps
 BENCH_OUT ?= docs/benchmarks
 bench: install bench-data
 	$(BIN)/python -m benchmarks.embedding --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.clip_towers --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.words --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.vector_search --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.http_load --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.replica_kill --out $(BENCH_OUT)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "vector-search", "http-load", "replica-kill", "quality", "duplicate-scan", "scale",
-         "rebuild-load"]
-COMMANDS = {"embedding": "python -m benchmarks.embedding", "vector-search": "python -m benchmarks.vector_search",
+ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "replica-kill", "quality", "duplicate-scan",
+         "scale", "rebuild-load"]
+COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
+            "words": "python -m benchmarks.words",
+            "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
             "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
             "duplicate-scan": "python -m benchmarks.duplicate_scan",

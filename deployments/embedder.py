@@ -57,6 +57,7 @@ class Embedder:
         return list(await asyncio.to_thread(self.encoder.encode_text, texts))
 
     async def embed_text(self, text: str) -> np.ndarray:
+        self.encoder.check_text(text)  # a text it cannot search by is refused alone, not with its batch
         return await self.embed_text_batch(text)
 
     def info(self) -> dict:

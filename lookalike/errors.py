@@ -79,8 +79,8 @@ class TextSearchUnavailable(InvalidParameter):
 
     def __init__(self, model: str):
         super().__init__(f"the gallery's model {model} has no text tower, so it cannot search by words; a model "
-                         "with one gives text search: model.name immich-clip with model.weights set to a CLIP "
-                         "export folder that has textual/ (see the README, 'Models')")
+                         "with one gives text search: a CLIP export (model.name immich-clip or open-clip:<architecture>), "
+                         "or efficientnet-lite0 with model.class_words on (see the README, 'Models')")
 
 
 class BackendUnavailable(LookalikeError):

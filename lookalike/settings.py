@@ -207,6 +207,10 @@ class ModelSettings(_Section):
     # when the process has its CPUs to itself.
     spin_wait: bool = False
     batch_size: int = Field(default=32, ge=1)  # images per forward pass in batch jobs (index, ingest)
+    # efficientnet-lite0 only: search by words through its ImageNet classifier's rows for the
+    # classes a word names (lookalike/embedding/class_words.py). On: it met its target, mean P@10
+    # >= 0.65 over words with ImageNet counterparts on openclipart (benchmarks/words.py).
+    class_words: bool = True
     regions: RegionSettings = Field(default_factory=RegionSettings)
 
 

@@ -54,6 +54,37 @@ def test_embedding_benchmark(out, gallery_root):
     assert "| efficientnet-lite0 |" in (out / "embedding.md").read_text()
 
 
+def test_clip_towers_benchmark(out, gallery_root, tmp_path):
+    """On a tiny architecture registered with open_clip here (the long run: ViT-B-32)."""
+    import open_clip
+
+    from benchmarks import clip_towers
+
+    config = tmp_path / "Bench-Tiny-CLIP.json"
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                                  "head_width": 16, "patch_size": 16},
+                                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1,
+                                               "layers": 1}}))
+    open_clip.add_model_config(config)
+    results = clip_towers.main(["--arch", "Bench-Tiny-CLIP", "--batches", "1,2", "--seconds", "0.1", "--images", "4",
+                                "--gallery", str(gallery_root), "--out", str(out)])
+    rows = results.data["rows"]
+    assert {(r["tower"], r["batch"]) for r in rows} >= {("image", 1), ("image", 2), ("text", 1), ("text", 2)}
+    assert all(r["per_s"] > 0 for r in rows) and rows[-1]["model"] == "efficientnet-lite0"
+    assert "| Bench-Tiny-CLIP | text |" in (out / "clip-towers.md").read_text()
+
+
+def test_words_benchmark(out, gallery_root):
+    from benchmarks import words
+
+    results = words.main(["--words", "bird,car", "--gallery", str(gallery_root), "--out", str(out)])
+    rows = {r["word"]: r for r in results.data["rows"]}
+    assert rows["bird"]["classes"] == 59 and set(rows) == {"bird", "car", "**mean**"}
+    assert all(0 <= r["p_at_10"] <= 1 for r in rows.values())
+    assert all(r["refused"] for r in results.data["refused"])  # stars, flags, arrows: no ImageNet class
+    assert "| bird | birds | 59 |" in (out / "words.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def mixtures(encoder, gallery_root):
     from benchmarks.common import embed_files

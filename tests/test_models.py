@@ -17,7 +17,7 @@ from lookalike.embedding.descriptors import descriptor_name
 from lookalike.embedding.encoder import ImageEncoder
 from lookalike.embedding.images import prepare
 from lookalike.embedding.models import get_model
-from lookalike.errors import ConfigurationError, TextSearchUnavailable
+from lookalike.errors import ConfigurationError, InvalidParameter, TextSearchUnavailable
 from lookalike.settings import ImageLimits, ModelSettings
 
 from .support.clip_export import SIZE, write_immich_clip
@@ -68,7 +68,7 @@ def test_an_export_without_a_text_tower_searches_by_image_only(clip, tmp_path):
     with pytest.raises(TextSearchUnavailable, match="Tiny-ViT__random has no text tower"):
         encoder.encode_text(["a cat"])
     with pytest.raises(TextSearchUnavailable, match="efficientnet-lite0 has no text tower"):
-        ImageEncoder(ModelSettings()).encode_text(["a cat"])
+        ImageEncoder(ModelSettings(class_words=False)).encode_text(["a cat"])
 
 
 @pytest.mark.parametrize("breakage, named", [
@@ -277,3 +277,39 @@ def test_any_onnx_image_encoder_file_with_its_json(clip, tmp_path):
     assert descriptor_name(settings, ImageLimits()) == "onnx-file:encoder.onnx/embedding/pad"
     pixels = np.random.default_rng(2).integers(0, 256, (2, SIZE, SIZE, 3), np.uint8)
     assert (encoder.encode(pixels) * clip.reference_image(pixels)).sum(axis=1).min() >= 0.999
+
+
+# -- words on the bundled model ------------------------------------------------------------------
+def test_words_name_imagenet_classes_and_their_kinds():
+    from lookalike.embedding.class_words import classes_for
+
+    assert classes_for("a photo of birds") == ("bird", classes_for("bird")[1]) and len(classes_for("bird")[1]) == 59
+    assert classes_for("musical instruments")[0] == "musical instrument"  # the longest phrase it knows
+    assert classes_for("a red sports car")[0] == "sports car"  # a word it does not know (red) left out
+    assert classes_for("cats and dogs")[0] == "cat, dog"
+    assert set(classes_for("cats and dogs")[1]) == set(classes_for("cat")[1]) | set(classes_for("dog")[1])
+    assert classes_for("strawberries")[0] == "strawberry" and classes_for("buses")[0] == "bus"
+    with pytest.raises(InvalidParameter, match="knows no class named by 'stars and flags'.*near it: .*starfish"):
+        classes_for("stars and flags")
+    with pytest.raises(InvalidParameter, match="knows no class"):
+        classes_for("the")
+
+
+def test_class_words_search_along_the_centred_class_rows():
+    from lookalike.embedding.class_words import ClassWords
+
+    rows = np.eye(4, dtype=np.float32) * 2 + 1  # each row shares (1, 1, 1, 1); the shared part is taken out
+    words = ClassWords(rows)
+    d = words.direction([0, 1])
+    assert np.isclose(np.linalg.norm(d), 1) and d[0] == d[1] > 0 > d[2] == d[3]
+
+
+def test_the_bundled_model_takes_words_unless_turned_off():
+    assert get_model(ModelSettings()).has_text and not get_model(ModelSettings(class_words=False)).has_text
+    assert not get_model(ModelSettings(name="resnet50")).has_text
+    encoder = ImageEncoder(ModelSettings())
+    encoder.check_text("a clock")
+    with pytest.raises(InvalidParameter, match="near it"):
+        encoder.check_text("stars")
+    vectors = encoder.encode_text(["a clock", "birds"])
+    assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

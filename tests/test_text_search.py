@@ -14,6 +14,7 @@ from lookalike.embedding.images import content_id, prepare
 
 from .conftest import App, deploy
 from .support.clip_export import SIZE, write_immich_clip
+from .support.images import CLASSES, draw, encode
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +107,59 @@ def test_bad_text_queries_get_a_422_that_says_why(anon, body, message):
     assert response.status_code == 422 and message in response.json()["error"]["message"], response.text
 
 
-def test_a_model_without_a_text_tower_answers_422_naming_it(api):
-    with httpx.Client(base_url=api.url, timeout=60) as anon:
-        response = anon.post("/api/v1/search", json={"text": "a red bicycle"})
+@pytest.fixture(scope="module")
+def image_only(serve_url, clip_app, tmp_path_factory):
+    """The same export without its text tower, on /clip-images over the same collection."""
+    import shutil
+
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("image-only") / clip_app.clip.folder.name  # the descriptor: the folder's name
+    shutil.copytree(clip_app.clip.folder, folder, ignore=shutil.ignore_patterns("textual"))
+    settings = clip_app.settings.model_copy(update={
+        "model": clip_app.settings.model.model_copy(update={"weights": str(folder)})})
+    deploy("clip-images", "/clip-images", settings)
+    with httpx.Client(base_url=serve_url + "/clip-images", timeout=60) as client:
+        yield client
+    serve.delete("clip-images")
+
+
+def test_a_model_without_a_text_tower_answers_422_naming_it(image_only):
+    response = image_only.post("/api/v1/search", json={"text": "a red bicycle"})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "text_search_unavailable"
-    assert "efficientnet-lite0 has no text tower" in response.json()["error"]["message"]
-    assert "immich-clip" in response.json()["error"]["message"]
+    assert "immich-clip:Tiny-ViT__random has no text tower" in response.json()["error"]["message"]
+    assert "open-clip:<architecture>" in response.json()["error"]["message"]
+    image = encode(draw(*list(CLASSES.values())[0], seed=1))  # its images search as before
+    assert image_only.post("/api/v1/search", files={"image": ("q.png", image, "image/png")}).status_code == 200
 
 
-def test_status_says_the_model_takes_words(clip_app, anon, api):
+def test_status_says_the_model_takes_words(clip_app, anon, image_only):
     assert anon.get("/api/v1/status").json()["model"]["text"] is True
+    assert image_only.get("/api/v1/status").json()["model"]["text"] is False
+
+
+# -- words on the bundled model: its classifier's rows -------------------------------------------
+def test_words_on_the_bundled_model_search_along_its_class_rows(api, encoder):
+    """The direction the service searches along is the class rows' (class_words.py), and the
+    scores are its cosines with the gallery's own vectors."""
+    from lookalike.embedding.class_words import ClassWords, classes_for, efficientnet_lite0_rows
+
+    direction = ClassWords(efficientnet_lite0_rows()).direction(classes_for("a wall clock")[1])
+    files = [p for paths in api.gallery.values() for p in paths]
+    vectors = encoder.encode(np.stack([prepare(p.read_bytes(), 224, api.settings.images).pixels for p in files]))
+    want = {str(content_id(p.read_bytes())): float(v @ direction) for p, v in zip(files, vectors)}
     with httpx.Client(base_url=api.url, timeout=60) as main:
-        assert main.get("/api/v1/status").json()["model"]["text"] is False
+        hits = main.post("/api/v1/search", json={"text": "a wall clock", "k": 5}).json()["results"]
+        assert [h["id"] for h in hits] == sorted(want, key=want.get, reverse=True)[:5]
+        assert np.allclose([h["score"] for h in hits], [want[h["id"]] for h in hits], atol=2e-3)
+        refused = main.post("/api/v1/search", json={"text": "stars and flags"})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_words"
+        assert "near it: " in refused.json()["error"]["message"]
+        assert main.get("/api/v1/status").json()["model"]["text"] is True
 
 
-def test_the_page_searches_by_words_where_the_model_has_them(browser, clip_app, api):
+def test_the_page_searches_by_words_where_the_model_has_them(browser, clip_app, image_only):
     """Last in this module: the browser (Playwright's sync API) holds an event loop from here on."""
     from .test_web import open_page
 
@@ -137,7 +175,7 @@ def test_the_page_searches_by_words_where_the_model_has_them(browser, clip_app, 
         assert page.inner_text("#results-title") == "Results for “a photo of a red circle”"
         want = anon_search_ids(clip_app, "a photo of a red circle")
         assert page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)") == want
-        open_page(page, api.url)  # the bundled model: no words to search by, no box to type them in
+        open_page(page, str(image_only.base_url).rstrip("/"))  # no text tower: no box to type words in
         page.wait_for_function("() => document.querySelector('#status-model').textContent !== '…'")
         assert not page.is_visible("#text-form")
     finally:

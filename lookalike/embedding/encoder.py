@@ -112,7 +112,19 @@ class ImageEncoder:
                 from lookalike.embedding.text import TextTower
 
                 self.text_engine = TextTower(self.spec.folder, **options)
-        elif self.runtime == "onnx":
+        else:
+            self._load_network(threads)
+            if self.spec.has_text:  # the bundled classifier: words along its rows
+                from lookalike.embedding.class_words import ClassWords, efficientnet_lite0_rows
+
+                self.text_engine = ClassWords(efficientnet_lite0_rows(self.settings.weights))
+        self.precision = self.engine.precision
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s (%s, %s) in %.1fs", self.spec.name, self.runtime, ", ".join(self.engine.providers),
+                 self.precision, self.load_seconds)
+
+    def _load_network(self, threads: int) -> None:
+        if self.runtime == "onnx":
             from lookalike.embedding.onnx_runtime import OnnxRuntime, exported
 
             path = exported(self._network(), self.spec.name, self.spec.input_size, self.settings.cache_dir)
@@ -123,10 +135,6 @@ class ImageEncoder:
 
             self.engine = TorchRuntime(self._network(), self.spec, device=self.device,
                                        precision=self._torch_precision())
-        self.precision = self.engine.precision
-        self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s on %s (%s, %s) in %.1fs", self.spec.name, self.runtime, ", ".join(self.engine.providers),
-                 self.precision, self.load_seconds)
 
     def _network(self):
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading
@@ -178,6 +186,16 @@ class ImageEncoder:
     @property
     def has_text(self) -> bool:
         return self.spec.has_text
+
+    def check_text(self, text: str) -> None:
+        """Refuse, before any batch, a text this model cannot search by (InvalidParameter):
+        a word the bundled classifier does not know. Without a text tower: TextSearchUnavailable."""
+        if not self.has_text:
+            from lookalike.errors import TextSearchUnavailable
+
+            raise TextSearchUnavailable(self.spec.name)
+        self.load()
+        self.text_engine.check(text)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) texts -> (N, dim) float32, unit length, in the images' space."""

@@ -143,6 +143,7 @@ MODELS: dict[str, ModelSpec] = {
 
 
 TIMM = "timm:"
+CLASS_WORDS_MODEL = "efficientnet-lite0"  # the classifier whose rows give words (class_words.py)
 
 
 def _timm_model(arch: str):
@@ -214,8 +215,13 @@ def get_model(settings: "ModelSettings") -> ModelSpec:
                          mean=IMAGENET_MEAN, std=IMAGENET_STD,  # the export's own, once it is loaded (of_folder)
                          build=None, weights_source=settings.weights or "(none)", text="text_cfg" in config)
     try:
-        return MODELS[settings.name]
+        spec = MODELS[settings.name]
     except KeyError:
         raise ConfigurationError(f"unknown model {settings.name!r}; choose one of "
                                  f"{sorted([*MODELS, clip_folder.SOURCE, clip_folder.ONNX_FILE])}, open-clip:<architecture> "
                                  "or timm:<architecture>") from None
+    if spec.name == CLASS_WORDS_MODEL and settings.class_words:  # words through its classifier's rows
+        from dataclasses import replace
+
+        return replace(spec, text=True)
+    return spec

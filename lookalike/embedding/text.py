@@ -48,6 +48,9 @@ class TextTower:
             raise ConfigurationError(f"{folder.textual} takes {self.inputs}; a text tower takes 'text' (or "
                                      "'input_ids' and 'attention_mask')")
 
+    def check(self, text: str) -> None:
+        """Any text will do (the API bounds its length)."""
+
     def tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The graph's inputs for ``texts``: int32 ids, padded to the context length."""
         encodings = self.tokenizer.encode_batch([clean(t, self.canonicalize) for t in texts])
