@@ -268,10 +268,13 @@ def cmd_serve(args, settings: Settings) -> int:
     from lookalike.milvus.engines import serving
     from lookalike.ray_env import use_local_ray_env
 
+    from lookalike.embedding.models import get_model
+
     refusal = open_writes_refusal(args.serve_config, settings, args.http_host)
     if refusal:
         print(f"lookalike: {refusal}", file=sys.stderr)
         return 2
+    get_model(settings.model)  # a model folder with a missing or broken file: refused here, naming it
     serve_config = serve_config_with_host(args.serve_config, args.http_host)
 
     env = use_local_ray_env(dict(os.environ))

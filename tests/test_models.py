@@ -313,3 +313,14 @@ def test_the_bundled_model_takes_words_unless_turned_off():
         encoder.check_text("stars")
     vectors = encoder.encode_text(["a clock", "birds"])
     assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_serve_refuses_a_broken_model_folder_before_starting_anything(clip, tmp_path, monkeypatch, capsys):
+    from lookalike.cli import main
+
+    folder = _copy(clip, tmp_path)
+    (folder / "visual" / "preprocess_cfg.json").unlink()
+    monkeypatch.setenv("LOOKALIKE_MODEL__NAME", "immich-clip")
+    monkeypatch.setenv("LOOKALIKE_MODEL__WEIGHTS", str(folder))
+    assert main(["serve"]) == 2
+    assert f"lacks {folder / 'visual' / 'preprocess_cfg.json'}" in capsys.readouterr().err

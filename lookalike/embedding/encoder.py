@@ -227,6 +227,7 @@ class ImageEncoder:
             "runtime": self.runtime,
             "precision": self.precision,
             "loaded": self.loaded,
+            "providers": list(self.engine.providers) if self.engine is not None else [],  # the CPU, or a GPU
             "text": self.has_text,
             "weights": self.settings.weights or self.spec.weights_source,
         }

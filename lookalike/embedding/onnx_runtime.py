@@ -84,7 +84,11 @@ def session(path: str | os.PathLike, *, device: str, threads: int, spin_wait: bo
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:  # shown in the status's providers too
+            log.warning("%s runs on the CPU: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)",
+                        Path(path).name)
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / ... types
