@@ -13,6 +13,8 @@
                     on every internal call costs)
   before issue 11   the query path as it was before the speed work, in that same cluster:
                     torch (bf16 autocast on this CPU), a 10 ms batch wait
+  words             lookalike searched by words instead of images (`text`, the bundled model's
+                    class words: no upload to decode, no forward pass)
 
 All search the same Milvus Lite collection (the sample gallery, indexed once) through the
 shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of gallery
@@ -177,7 +179,10 @@ TARGETS = {
     "Serve default mode": ({}, SERVE_DEFAULT_MODE),
     "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, SERVE_DEFAULT_MODE),
     "no Ray token auth": ({}, {"RAY_AUTH_MODE": "disabled"}),
+    "words": ({}, {}),  # lookalike searched by words (the bundled model's class words) instead of images
 }
+# What the "words" target's clients send: words the bundled model knows (benchmarks/words.py).
+WORDS = ["bird", "insect", "car", "musical instrument", "fruit", "boat", "computer", "drink"]
 
 
 def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> dict[str, list[dict]]:
@@ -186,7 +191,8 @@ def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> d
     if targets:
         with serve_session() as base:
             for target in targets:
-                rows[target] = run_lookalike(base, settings.with_overrides(**TARGETS[target][0]), bodies, clients,
+                sent = [{"text": w, "k": K} for w in WORDS] if target == "words" else bodies
+                rows[target] = run_lookalike(base, settings.with_overrides(**TARGETS[target][0]), sent, clients,
                                              seconds, target)
     return rows
 

@@ -175,6 +175,10 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
             assert row["server_embed_ms"] > 0 and row["server_search_ms"] > 0 and row["other_ms"] is not None
     assert all(r["mean_batch"] >= 1 and 0 < r["model_ms"] < r["server_embed_ms"] for r in rows["lookalike"])
     assert all(0 < r["milvus_ms"] < r["server_search_ms"] for r in rows["lookalike"])
+    words = http_load.measure_lookalike(api.url, [{"text": w, "k": 5} for w in http_load.WORDS[:2]], [1], 1.0)
+    assert words[0]["errors"] == 0 and words[0]["ok"] > 0 and words[0]["server_decode_ms"] is None  # nothing decoded
+    assert words[0]["other_ms"] is not None
+    rows["words"] = words
     results = Results("http-load", out)
     results.add("rows", rows)
     http_load.report(results, rows)
