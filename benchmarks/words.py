@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None) -> Results:
         items = list(iter_folder(gallery))
         index_items(items, settings, encoder=encoder, catalog=catalog, store=make_store(settings.store))
         path = query.local(encoder, catalog, make_store(settings.store), settings.images)
-        rows, rows_raw = ClassWords(efficientnet_lite0_rows()), efficientnet_lite0_rows()
-        vectors, labels = _gallery_vectors(catalog, len(items))
+        rows = ClassWords(efficientnet_lite0_rows())
+        stored = [e for batch in catalog.rows.entries(with_vectors=True) for e in batch]
+        vectors = np.asarray([e.embedding for e in stored], np.float32)
+        labels = np.asarray([e.label for e in stored])
         table = []
         for word, folder in words.items():
             matched, classes = classes_for(word)
             hits = query.run(path.by_text(word, query.Query(10))).hits
-            plain = rows_raw[classes].mean(axis=0)
+            plain = rows.rows[classes].mean(axis=0)
             exact = {name: float((labels[np.argsort(-(vectors @ (d / np.linalg.norm(d))))[:10]] == folder).mean())
                      for name, d in (("plain", plain), ("centred", rows.direction(classes)))}
             table.append({"word": word, "folder": folder, "classes": len(classes),
@@ -92,17 +94,6 @@ def main(argv: list[str] | None = None) -> Results:
                                    ["word", "folder", "refused", "the 422's message"]))
     results.write()
     return results
-
-
-def _gallery_vectors(catalog, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored image's vector and label (paged reads of the catalog)."""
-    vectors, labels = [], []
-    for offset in range(0, count, 500):
-        page = catalog.list(offset=offset, limit=500)
-        for entry in catalog.get([e.id for e in page], with_vectors=True):
-            vectors.append(entry.embedding)
-            labels.append(entry.label)
-    return np.asarray(vectors, np.float32), np.asarray(labels)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,15 @@ def _blank_is_none(value: Any) -> Any:
     return None if value == "" else value  # an empty query or form field: not given
 
 
+def _no_control_characters(value: str, allowed: str = "") -> None:
+    if any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in value):
+        raise ValueError("must not contain control characters")
+
+
 def _label(value: str) -> str:
     if utf8_len(value) > LABEL_MAX_BYTES:
         raise ValueError(f"must be a label of at most {LABEL_MAX_BYTES} bytes (UTF-8)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
+    _no_control_characters(value)
     return value
 
 
@@ -173,8 +177,7 @@ class AddParams(BaseModel):
 def _text(value: str | None) -> str | None:
     if value is None:
         return None
-    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
+    _no_control_characters(value, allowed="\t\n\r")  # words may come in lines
     return " ".join(value.split()) or None
 
 

@@ -57,7 +57,6 @@ def cmd_index(args, settings: Settings) -> int:
 def cmd_search(args, settings: Settings) -> int:
     from lookalike import query
     from lookalike.embedding.images import Box
-    from lookalike.errors import TextSearchUnavailable
 
     try:
         box = Box.parse(args.box) if args.box else None
@@ -70,12 +69,9 @@ def cmd_search(args, settings: Settings) -> int:
     encoder, catalog, store = _open_core(settings)
     path = query.local(encoder, catalog, store, settings.images)
     asked = query.Query(args.k, args.filter, box=box)
-    try:
+    try:  # a model without words, a word it does not know: main() says so, as for any LookalikeError
         answer = query.run(path.by_text(args.text, asked) if args.text is not None
                            else path.by_image(Path(args.image).read_bytes(), asked))
-    except TextSearchUnavailable as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
     finally:
         catalog.close()
     print(json.dumps([{**h, "id": str(h["id"])} for h in answer.hits], indent=2))
@@ -265,10 +261,9 @@ def open_writes_refusal(serve_config: str, settings: Settings, host: str | None 
 def cmd_serve(args, settings: Settings) -> int:
     """`serve run` the Serve config, with the shared Milvus Lite server up while it runs (and
     stopped with it, if this command started it)."""
+    from lookalike.embedding.models import get_model
     from lookalike.milvus.engines import serving
     from lookalike.ray_env import use_local_ray_env
-
-    from lookalike.embedding.models import get_model
 
     refusal = open_writes_refusal(args.serve_config, settings, args.http_host)
     if refusal:

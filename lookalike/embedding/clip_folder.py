@@ -1,5 +1,6 @@
-"""Exported models, run as their own ONNX graphs. A CLIP-like model exported in immich's layout: the folder its users already download
-(``huggingface-cli download immich-app/ViT-B-32__openai``) and its exporter writes::
+"""Exported models, run as their own ONNX graphs. A CLIP-like model exported in immich's layout:
+the folder its users already download (``huggingface-cli download immich-app/ViT-B-32__openai``)
+and its exporter writes::
 
     config.json                  the open_clip model config: embed_dim, vision_cfg, text_cfg
                                  (context_length, tokenizer_kwargs)
@@ -36,6 +37,7 @@ ONNX_FILE = "onnx-file"  # any ONNX image encoder: a file, and a JSON beside it 
 
 @dataclass(frozen=True)
 class ClipFolder:
+    source: str  # SOURCE (a folder) or ONNX_FILE (one graph file)
     path: Path
     dim: int
     input_size: int
@@ -50,7 +52,7 @@ class ClipFolder:
 
     @property
     def name(self) -> str:
-        return f"{SOURCE if self.path.is_dir() else ONNX_FILE}:{self.path.name}"
+        return f"{self.source}:{self.path.name}"
 
 
 def _json(path: Path, keys: tuple[str, ...]) -> dict:
@@ -107,7 +109,7 @@ def read(folder: str | Path) -> ClipFolder:
         if not isinstance(pad_token, str) or not pad_token:
             raise ConfigurationError(f"{path / 'textual' / 'tokenizer_config.json'}: pad_token must be a token")
     return ClipFolder(
-        path=path, dim=config["embed_dim"], input_size=size,
+        source=SOURCE, path=path, dim=config["embed_dim"], input_size=size,
         mean=_triple(preprocess["mean"], preprocess_path, "mean"),
         std=_triple(preprocess["std"], preprocess_path, "std"),
         visual=_file(path / "visual" / "model.onnx"), textual=textual, tokenizer=tokenizer, pad_token=pad_token,
@@ -131,7 +133,7 @@ def read_onnx_file(file: str | Path) -> ClipFolder:
     size = size[0] if isinstance(size, list) and size else size
     if not isinstance(size, int) or size < 8 or not isinstance(config["embed_dim"], int) or config["embed_dim"] < 1:
         raise ConfigurationError(f"{described}: size and embed_dim must be positive whole numbers")
-    return ClipFolder(path=path, dim=config["embed_dim"], input_size=size,
+    return ClipFolder(source=ONNX_FILE, path=path, dim=config["embed_dim"], input_size=size,
                       mean=_triple(config["mean"], described, "mean"), std=_triple(config["std"], described, "std"),
                       visual=_file(path), textual=None, tokenizer=None, pad_token="", context_length=0,
                       canonicalize=False)

@@ -19,31 +19,28 @@ is refused (``catalog.Catalog``) instead of comparing incompatible vectors.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
+    from lookalike.embedding.models import ModelSpec
     from lookalike.settings import ImageLimits, ModelSettings
 
 
-def descriptor_name(model: "ModelSettings", images: "ImageLimits") -> str:
+def descriptor_name(model: "ModelSettings", images: "ImageLimits", spec: "ModelSpec | None" = None) -> str:
     """What a vector is: ``efficientnet-lite0/gem3/pad`` (model / pooling / fit;
-    ``immich-clip:ViT-B-32__openai/embedding/crop`` for an export), and with
-    region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2`` (``regions.layout_name``)."""
+    ``immich-clip:ViT-B-32__openai/embedding/crop`` for a model's own vector, named as its spec
+    is), and with region rows their layout: ``efficientnet-lite0/gem3/pad/r0.5x2``
+    (``regions.layout_name``). ``spec``: ``get_model(model)``, where the caller has it."""
+    from lookalike.embedding.models import get_model
     from lookalike.embedding.regions import layout_name
 
-    from lookalike.embedding.clip_folder import ONNX_FILE, SOURCE
-    from lookalike.embedding.models import TIMM
-    from lookalike.embedding.open_clip_source import PREFIX, weights_label
-
-    if model.name in (SOURCE, ONNX_FILE):  # an export's own vector, named by its folder or file
-        head = f"{model.name}:{Path(model.weights).name}/embedding"
-    elif model.name.startswith((PREFIX, TIMM)):  # the architecture and its weights' tag or file
-        head = f"{model.name}:{weights_label(model.weights)}/embedding"
-    else:
+    spec = spec or get_model(model)
+    if spec.pooled:
         head = f"{model.name}/" + (f"gem{model.gem_p:g}" if model.pooling == "gem" else model.pooling)
+    else:  # its own vector, named by the architecture and its weights, or its folder or file
+        head = f"{spec.name}/embedding"
     regions = layout_name(model.regions)
     return f"{head}/{images.fit}" + (f"/{regions}" if regions else "")
 

@@ -7,9 +7,9 @@ optionally, text): a folder as downloaded (``immich-clip``), or an open_clip arc
 its weights, exported at the first load (``open-clip:<architecture>``, ``open_clip_source.py``);
 and image-only encoders: a timm model by name with a local weights file (``timm:<architecture>``,
 its own pooled vector, run by torch or exported to ONNX as ours are), or any ONNX image encoder
-file with a small JSON beside it (``onnx-file``, ``clip_folder.read_onnx_file``). Builders import torch lazily, so the registry can be read
-(dimension, input size, whether text search is possible) by processes that never load a model,
-such as the HTTP ingress.
+file with a small JSON beside it (``onnx-file``, ``clip_folder.read_onnx_file``). Builders
+import torch lazily, so the registry can be read (dimension, input size, whether text search is
+possible) by processes that never load a model, such as the HTTP ingress.
 """
 
 from __future__ import annotations
@@ -43,12 +43,10 @@ class ModelSpec:
     build: Callable[[str], "torch.nn.Module"] | None  # None: an exported model (``folder``)
     weights_source: str  # where weights come from when no path is configured
     folder: ClipFolder | None = None  # an export's ONNX towers (open-clip: once exported, at load)
-    text: bool = False  # a text tower: search by words
-    pooled: bool = True  # build gives a feature map to pool (False: the network's own vector, timm's)
-
-    @property
-    def has_text(self) -> bool:
-        return self.text
+    has_text: bool = False  # a text tower: search by words
+    # build gives a feature map that descriptors.pooled pools (False: the network's or the export's
+    # own vector, named by the spec's name in the collection's descriptor)
+    pooled: bool = True
 
     @property
     def exported(self) -> bool:
@@ -185,8 +183,7 @@ def _timm_spec(name: str, weights: str) -> ModelSpec:
     _, height, width = config["input_size"]
     if height != width:
         raise ConfigurationError(f"timm:{arch} takes {width}x{height} images; Lookalike feeds square ones")
-    label = Path(weights).name if weights else "(none)"
-    return ModelSpec(name=f"{name}:{label}", dim=getattr(net, "head_hidden_size", None) or net.num_features,
+    return ModelSpec(name=f"{name}:{open_clip_source.weights_label(weights)}", dim=getattr(net, "head_hidden_size", None) or net.num_features,
                      input_size=height, mean=tuple(config["mean"]), std=tuple(config["std"]), build=_build_timm(arch),
                      weights_source=weights or "(none)", pooled=False)
 
@@ -194,7 +191,7 @@ def _timm_spec(name: str, weights: str) -> ModelSpec:
 def of_folder(folder: ClipFolder) -> ModelSpec:
     return ModelSpec(name=folder.name, dim=folder.dim, input_size=folder.input_size, mean=folder.mean,
                      std=folder.std, build=None, weights_source=str(folder.path), folder=folder,
-                     text=folder.textual is not None)
+                     has_text=folder.textual is not None, pooled=False)
 
 
 def get_model(settings: "ModelSettings") -> ModelSpec:
@@ -213,7 +210,8 @@ def get_model(settings: "ModelSettings") -> ModelSpec:
         return ModelSpec(name=f"{settings.name}:{open_clip_source.weights_label(settings.weights)}",
                          dim=config["embed_dim"], input_size=size[0] if isinstance(size, list) else size,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD,  # the export's own, once it is loaded (of_folder)
-                         build=None, weights_source=settings.weights or "(none)", text="text_cfg" in config)
+                         build=None, weights_source=settings.weights or "(none)", has_text="text_cfg" in config,
+                         pooled=False)
     try:
         spec = MODELS[settings.name]
     except KeyError:
@@ -223,5 +221,5 @@ def get_model(settings: "ModelSettings") -> ModelSpec:
     if spec.name == CLASS_WORDS_MODEL and settings.class_words:  # words through its classifier's rows
         from dataclasses import replace
 
-        return replace(spec, text=True)
+        return replace(spec, has_text=True)
     return spec

@@ -142,8 +142,9 @@ def gallery_catalog(settings: "Settings", *, shared: bool = True) -> Catalog:
     from lookalike.embedding.models import get_model
     from lookalike.embedding.regions import boxes
 
-    return open_catalog(settings.milvus, get_model(settings.model).dim, shared=shared,
-                        descriptor=descriptor_name(settings.model, settings.images),
+    spec = get_model(settings.model)
+    return open_catalog(settings.milvus, spec.dim, shared=shared,
+                        descriptor=descriptor_name(settings.model, settings.images, spec),
                         regions=boxes(settings.model.regions), region_margin=settings.model.regions.margin)
 
 
