@@ -16,6 +16,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from lookalike.embedding.descriptors import Tagged, descriptor_name
 from lookalike.embedding.encoder import ImageEncoder
 from lookalike.settings import Settings
 
@@ -26,6 +27,9 @@ from . import metrics
 class Embedder:
     def __init__(self, settings: Settings):
         self.encoder = ImageEncoder(settings.model).load()
+        # What its vectors are, sent with each: a rolling update to another model may pair this
+        # replica with a Searcher of the other one for a while (milvus/routing.py).
+        self.descriptor = descriptor_name(settings.model, settings.images, self.encoder.spec)
         self.embed_batch.set_max_batch_size(settings.serve.batch_max_size)
         self.embed_batch.set_batch_wait_timeout_s(settings.serve.batch_wait_timeout_s)
         self.embed_text_batch.set_max_batch_size(settings.serve.batch_max_size)
@@ -47,8 +51,8 @@ class Embedder:
         self.forward_histogram.observe(elapsed)
         return list(vectors)
 
-    async def embed(self, image: np.ndarray) -> np.ndarray:
-        return await self.embed_batch(image)
+    async def embed(self, image: np.ndarray) -> Tagged:
+        return Tagged(await self.embed_batch(image), self.descriptor)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def embed_text_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -56,9 +60,9 @@ class Embedder:
         TextSearchUnavailable, which the Ingress checks before it asks)."""
         return list(await asyncio.to_thread(self.encoder.encode_text, texts))
 
-    async def embed_text(self, text: str) -> np.ndarray:
+    async def embed_text(self, text: str) -> Tagged:
         self.encoder.check_text(text)  # a text it cannot search by is refused alone, not with its batch
-        return await self.embed_text_batch(text)
+        return Tagged(await self.embed_text_batch(text), self.descriptor)
 
     def info(self) -> dict:
         return {**self.encoder.describe(), "batch_sizes": dict(sorted(self.batch_sizes.items())),

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from lookalike.embedding.descriptors import Tagged
 from lookalike.embedding.images import Box, PreparedImage, prepare, prepare_regions
 from lookalike.embedding.models import get_model
 from lookalike.embedding.regions import boxes
@@ -85,10 +86,10 @@ class Ingress:
             log.warning("%s failed: %r", backend, exc)
             raise BackendUnavailable(backend, "not responding", detail=repr(exc)) from None
 
-    async def _embed(self, pixels: np.ndarray) -> np.ndarray:
+    async def _embed(self, pixels: np.ndarray) -> Tagged:
         return await self._remote("embedder", self.embedder.embed.remote(pixels))
 
-    async def _embed_text(self, text: str) -> np.ndarray:
+    async def _embed_text(self, text: str) -> Tagged:
         if not self.model.has_text:  # answered here: the Embedder is not asked what the spec says
             raise TextSearchUnavailable(self.model.name)
         return await self._remote("embedder", self.embedder.embed_text.remote(text))
@@ -100,10 +101,11 @@ class Ingress:
             return None
         parts = await asyncio.to_thread(prepare_regions, data, self.model.input_size, self.settings.images,
                                         self.region_boxes)
-        return np.stack(await asyncio.gather(*(self._embed(p) for p in parts)))
+        return np.stack([tagged.vector for tagged in await asyncio.gather(*(self._embed(p) for p in parts))])
 
-    async def _search(self, vector: np.ndarray, limit: int, label: str | None) -> list[dict]:
-        return await self._remote("searcher", self.searcher.search.remote(vector, limit, label))
+    async def _search(self, vector: Tagged, limit: int, label: str | None) -> list[dict]:
+        return await self._remote("searcher", self.searcher.search.remote(vector.vector, limit, label,
+                                                                          vector.descriptor))
 
     # -- the service: what the routes do ----------------------------------------------------------
     def is_operator(self, request: Request) -> bool:
@@ -152,8 +154,8 @@ class Ingress:
         if await self._remote("searcher", self.searcher.exists.remote(prepared.id)):  # known: no embedding needed
             return self.public(await self._remote("searcher", self.searcher.get.remote(prepared.id)), True), False
         vector, regions = await asyncio.gather(self._embed(prepared.pixels), self._embed_regions(data))
-        image = NewImage.of(prepared, data, vector, label or "", source.name or source.url or "", regions)
-        item, created = await self._remote("searcher", self.searcher.add.remote(image))  # the one write path
+        image = NewImage.of(prepared, data, vector.vector, label or "", source.name or source.url or "", regions)
+        item, created = await self._remote("searcher", self.searcher.add.remote(image, vector.descriptor))
         return self.public(item, True), created
 
     async def rebuild_index(self) -> dict:
@@ -206,7 +208,7 @@ class Ingress:
     async def similar(self, request: Request, image_id: ImageId,
                       params: Annotated[m.SearchParams, Query()]) -> dict:
         vector = await self._remote("searcher", self.searcher.vector.remote(image_id))
-        answer = await self.path.by_vector(vector, self.query(params.k, params.filter, params.min_score),
+        answer = await self.path.by_vector(Tagged(vector), self.query(params.k, params.filter, params.min_score),
                                            exclude=image_id)
         operator = self.is_operator(request)
         return {"id": str(image_id), "results": [self.public(h, operator) for h in answer.hits],

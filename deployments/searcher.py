@@ -19,7 +19,7 @@ from ray import serve
 
 from lookalike.quality import duplicates
 from lookalike.milvus.catalog import Entry, label_filter
-from lookalike.errors import BackendUnavailable
+from lookalike.errors import BackendUnavailable, GalleryMoved
 from lookalike.milvus.engines import gallery_catalog
 from lookalike.settings import Settings
 from lookalike.storage.store import make_store
@@ -60,10 +60,12 @@ class Searcher:
     async def _run(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def search(self, vector: np.ndarray, limit: int, label: str | None = None) -> list[dict]:
-        """The top ``limit`` images, best first (the query path filters them: ``lookalike.query``)."""
+    async def search(self, vector: np.ndarray, limit: int, label: str | None = None, descriptor: str = "") -> list[dict]:
+        """The top ``limit`` images, best first (the query path filters them: ``lookalike.query``);
+        ``descriptor``: the model that made ``vector``, where it may not be this replica's."""
         started = time.perf_counter()
-        hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label)))[0]
+        hits = (await self._run(self.catalog.search, vector, limit, expr=label_filter(label),
+                                descriptor=descriptor))[0]
         elapsed = time.perf_counter() - started
         self.searches += 1
         self.search_seconds += elapsed
@@ -80,8 +82,11 @@ class Searcher:
     async def exists(self, image_id: int) -> bool:
         return bool(await self._run(self.catalog.existing_ids, [image_id]))
 
-    async def add(self, image: NewImage) -> tuple[dict, bool]:
-        """Store the image and its entry unless it is in the gallery; (the entry, created)."""
+    async def add(self, image: NewImage, descriptor: str = "") -> tuple[dict, bool]:
+        """Store the image and its entry unless it is in the gallery; (the entry, created).
+        ``descriptor``: the model that made its vector, refused where it is not this replica's."""
+        if descriptor and descriptor != self.catalog.descriptor:  # a rolling update between models
+            raise GalleryMoved(descriptor, self.catalog.descriptor, writing=True)
         async with self._write:
             entry, created = await self._run(self.writer.add, image)
         return _entry_dict(entry), created

@@ -1,8 +1,11 @@
 """python -m ingest SOURCE [options]
+python -m ingest --reembed [options]
 
 SOURCE: a folder tree (<label>/<image>), a list file (one path per line, optional TAB label),
-or s3://bucket/prefix. Runs locally (starting Ray) or, under `ray job submit`, on the
-cluster in RAY_ADDRESS. Writes a JSON report and prints a one-line summary.
+or s3://bucket/prefix. --reembed: the gallery's own stored originals, embedded by the configured
+model into the gallery's next version, which then takes its place (searches go on meanwhile).
+Runs locally (starting Ray) or, under `ray job submit`, on the cluster in RAY_ADDRESS. Writes a
+JSON report and prints a one-line summary.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from lookalike.settings import load_settings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source")
+    parser.add_argument("source", nargs="?")
+    parser.add_argument("--reembed", action="store_true",
+                        help="re-embed the gallery's stored originals under the configured model")
     parser.add_argument("--config", help="settings YAML (default $LOOKALIKE_CONFIG or config/lookalike.yaml)")
     parser.add_argument("--report", help="JSON report path (default: ingest.report_dir/ingest-<time>.json)")
     parser.add_argument("--limit", type=int, help="only the first N files of the listing")
@@ -42,16 +47,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.exclude:
         overrides["ingest"]["exclude_extensions"] = [e.strip() for e in args.exclude.split(",") if e.strip()]
 
-    from .pipeline import run_ingest
+    if bool(args.source) == args.reembed:
+        parser.error("give a SOURCE, or --reembed")
+    from .pipeline import run_ingest, run_reembed
 
     try:
-        report = run_ingest(args.source, load_settings(args.config, overrides=overrides), report_path=args.report,
-                            limit=args.limit)
+        settings = load_settings(args.config, overrides=overrides)
+        if args.reembed:
+            report = run_reembed(settings, report_path=args.report, progress=progress_bar())
+        else:
+            report = run_ingest(args.source, settings, report_path=args.report, limit=args.limit)
     except (LookalikeError, FileNotFoundError, ValueError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     print(f"ingest: {report.summary()}; report: {report.path}")
     return 0
+
+
+def progress_bar():
+    """A progress line on a terminal (rewritten in place), else one log line per tenth."""
+    shown = [-1]
+
+    def show(report, total: int) -> None:
+        done = report.total
+        if sys.stderr.isatty():
+            filled = int(30 * done / max(total, 1))
+            print(f"\rre-embedding [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr,
+                  flush=True)
+            if done >= total:
+                print(file=sys.stderr)
+        elif done * 10 // max(total, 1) > shown[0]:
+            shown[0] = done * 10 // max(total, 1)
+            logging.getLogger("ingest").info("re-embedded %d of %d", done, total)
+
+    return show
 
 
 if __name__ == "__main__":

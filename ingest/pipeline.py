@@ -1,5 +1,6 @@
 """The ingest job on Ray Data: list -> read + decode (tasks) -> embed (actor pool) ->
-upload + upsert (actor pool) -> flush and index -> JSON report.
+upload + upsert (actor pool) -> flush and index -> JSON report. A re-embed under another model
+(``run_reembed``) is the same job over the gallery's stored originals, into its next version.
 
 The stages are the indexing core's (``lookalike.indexing.stages``), the same code ``lookalike index``
 runs in-process; this module only places them on the cluster and folds their rows into the
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from lookalike.ray_env import use_local_ray_env
 
@@ -28,7 +30,9 @@ use_local_ray_env()
 
 import ray  # noqa: E402
 
+from lookalike.embedding.encoder import ImageEncoder  # noqa: E402
 from lookalike.errors import LookalikeError  # noqa: E402
+from lookalike.indexing import reembed  # noqa: E402
 from lookalike.indexing.indexer import Report  # noqa: E402
 from lookalike.milvus.engines import choose_for_ingest, gallery_catalog, serving  # noqa: E402
 from lookalike.embedding.models import get_model  # noqa: E402
@@ -109,12 +113,15 @@ def build_dataset(source: Source, items: list[dict], settings: Settings) -> ray.
                           batch_format="numpy")
 
 
-def collect(ds: ray.data.Dataset, report: Report) -> None:
-    """Fold the rows into the report. A backend that stayed down stops the job: its error
-    (which names it) is raised as itself, not as Ray's wrapper."""
+def collect(ds: ray.data.Dataset, report: Report, progress: Callable[[Report], None] | None = None) -> None:
+    """Fold the rows into the report (``progress`` told after each batch). A backend that
+    stayed down stops the job: its error (which names it) is raised as itself, not as Ray's
+    wrapper."""
     try:
         for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
             report.add(batch)
+            if progress:
+                progress(report)
     except Exception as exc:
         cause: BaseException | None = exc
         while cause is not None:
@@ -158,8 +165,42 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
             report.run["warning"] = warning
             log.warning(warning)
         catalog.close()
+    return _written(report, settings, report_path, "ingest")
+
+
+def run_reembed(settings: Settings, *, report_path: str | None = None,
+                progress: Callable[[Report, int], None] | None = None) -> Report:
+    """Re-embed the gallery under the configured model (``lookalike.indexing.reembed``): its
+    stored originals through the same stages as an ingest into the next version, then the
+    switch. ``progress``: told (the report, the images to embed) after each batch."""
+    started = time.perf_counter()
+    report = Report()
+    with serving(settings.milvus):
+        plan = reembed.plan(settings, say=log.info)  # refused before Ray starts: no gallery, the same model
+        todo = [{"path": i.path, "label": i.label, "source": i.source} for i in reembed.items(plan)]
+        log.info("re-embedding %d images of %s into %s (%s)", len(todo), plan.staged.current, plan.staged.into,
+                 settings.model.name)
+        if todo:
+            connect_ray()
+            collect(build_dataset(plan.source, todo, plan.settings), report,
+                    progress and (lambda r: progress(r, len(todo))))
+        store = make_store(settings.store)
+        encoder = ImageEncoder(settings.model).load()
+        count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, encoder, store, report), log.info)
+        report.seconds = time.perf_counter() - started
+        report.run.update({"source": f"gallery {plan.staged.current} ({plan.staged.recorded})",
+                           "collection": settings.milvus.collection, "into": plan.staged.into,
+                           "descriptor": plan.gallery.descriptor, "count": count, "model": settings.model.name,
+                           "nodes": sum(1 for n in ray.nodes() if n["Alive"]) if ray.is_initialized() else 0})
+        plan.target.close()
+        plan.gallery.close()
+    return _written(report, settings, report_path, "reembed")
+
+
+def _written(report: Report, settings: Settings, report_path: str | None, kind: str) -> Report:
+    """The report, written as JSON (``report_path``, or a file named by the time)."""
     path = Path(report_path) if report_path else Path(settings.ingest.report_dir) / (
-        "ingest-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
+        f"{kind}-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_dict(), indent=2))
     report.path = str(path)

@@ -297,6 +297,19 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0 if stopping else code  # asked to stop: a clean exit, whatever `serve run` says
 
 
+def cmd_reembed(args, settings: Settings) -> int:
+    """Re-embed the gallery under the configured model: the Ray Data job of ``python -m ingest
+    --reembed``, run as its own process (the command line never imports the Ray layers)."""
+    from lookalike.embedding.models import get_model
+
+    get_model(settings.model)  # a broken model folder: refused here, naming the file
+    env = dict(os.environ)
+    if args.config:
+        env[CONFIG_ENV] = str(Path(args.config).resolve())
+    command = [sys.executable, "-m", "ingest", "--reembed"] + (["--report", args.report] if args.report else [])
+    return subprocess.call(command, env=env)
+
+
 def cmd_models(args, settings: Settings) -> int:
     """``export``: an open_clip model in immich's folder layout; ``check``: load the configured
     model and time one batch of each tower."""
@@ -348,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--report", help="write the JSON report here")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("reembed", help="re-embed the gallery's stored originals under the configured model into "
+                                       "its next version, then switch to it; searches go on meanwhile")
+    p.add_argument("--report", help="write the JSON report here")
+    p.set_defaults(func=cmd_reembed)
 
     p = sub.add_parser("search", help="search the gallery for an image file, or by words (--text)")
     p.add_argument("image", nargs="?")

@@ -50,6 +50,12 @@ class NotFound(LookalikeError):
     status, code = 404, "not_found"
 
 
+class Conflict(LookalikeError):
+    """The request conflicts with the gallery's state (a re-embed running, nothing to do)."""
+
+    status, code = 409, "conflict"
+
+
 class TooLarge(LookalikeError):
     """Too many bytes or too many pixels (decompression bombs)."""
 
@@ -98,6 +104,22 @@ class BackendUnavailable(LookalikeError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "backend": self.backend}
+
+
+class GalleryMoved(BackendUnavailable):
+    """The gallery was re-embedded under another model (or is being): a search with vectors of
+    a model no version holds, or a write of the previous model's vectors. Answered while a
+    rolling update replaces the replicas; a client retries."""
+
+    code = "gallery_moved"
+
+    def __init__(self, descriptor: str, recorded: str | None, *, writing: bool = False):
+        if writing:
+            reason = (f"{descriptor} vectors cannot be written to a gallery of {recorded} vectors: it was "
+                      "re-embedded under another model and the service's replicas are moving to it; retry shortly")
+        else:
+            reason = f"no version of it holds {descriptor} vectors (it holds {recorded})"
+        super().__init__("gallery", reason)
 
 
 class ConfigurationError(LookalikeError):

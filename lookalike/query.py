@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Union
 
 import numpy as np
 
+from lookalike.embedding.descriptors import Tagged
 from lookalike.embedding.images import Box, PreparedImage, prepare
 from lookalike.milvus.catalog import label_filter
 from lookalike.settings import ImageLimits
+
+
+Vector = Union[np.ndarray, Tagged]
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,15 @@ def keep(hits: list[dict], query: Query, exclude: int | None = None) -> list[dic
 
 class QueryPath:
     def __init__(self, *, prepare: Callable[[bytes, Box | None], Awaitable[PreparedImage]],
-                 encode: Callable[[np.ndarray], Awaitable[np.ndarray]],
-                 search: Callable[[np.ndarray, int, str | None], Awaitable[list[dict]]],
-                 url: Callable[[str], str], encode_text: Callable[[str], Awaitable[np.ndarray]]):
+                 encode: Callable[[np.ndarray], Awaitable[Vector]],
+                 search: Callable[[Vector, int, str | None], Awaitable[list[dict]]],
+                 url: Callable[[str], str], encode_text: Callable[[str], Awaitable[Vector]]):
         """``prepare``: bytes and box -> the model's input; ``encode``: its pixels -> a unit
         vector; ``search``: (vector, limit, label) -> hits as dicts, best first; ``url``: a
         stored image's key -> its URL; ``encode_text``: words -> a unit vector in the images'
-        space (raising TextSearchUnavailable for a model without a text tower)."""
+        space (raising TextSearchUnavailable for a model without a text tower). A vector is
+        what ``encode`` gives and ``search`` takes: an array in one process, an array tagged
+        with its model's descriptor between Serve replicas (``descriptors.Tagged``)."""
         self.prepare, self.encode, self.search, self.url = prepare, encode, search, url
         self.encode_text = encode_text
 
@@ -80,7 +86,7 @@ class QueryPath:
         timings["embed_ms"] = ms_since(started)
         return await self.by_vector(vector, query, timings)
 
-    async def by_vector(self, vector: np.ndarray, query: Query, timings: dict | None = None,
+    async def by_vector(self, vector: Vector, query: Query, timings: dict | None = None,
                         exclude: int | None = None) -> Answer:
         """From the search step on; ``exclude``: an image to leave out (the query's own)."""
         timings = {} if timings is None else timings

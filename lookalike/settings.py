@@ -67,6 +67,9 @@ class IndexSettings(_Section):
     # that searches already sent to it finish (dropping it at once failed two in flight on a
     # Milvus 2.3 server: "failed to get delegator ... for channel").
     retire_after_s: float = Field(default=2.0, ge=0.0)
+    # A re-embed's switch catches up with the images written meanwhile, then moves the alias
+    # with writers held off; this many tries while writes keep arriving in between.
+    switch_attempts: int = Field(default=5, ge=1)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -102,6 +105,9 @@ class MilvusSettings(_Section):
     consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Session"
     timeout_s: float = 10.0
     insert_batch_size: int = Field(default=256, ge=1)
+    # How often a process checks what the gallery's alias holds (routing.py): a re-embed's
+    # switch waits twice this long, so that every replica of the previous model has pinned it.
+    route_check_s: float = Field(default=1.0, gt=0, le=60)
     # For a local uri (a .db path): lite (embedded Milvus Lite), local_server (the standalone
     # Milvus server Lookalike runs in its own loopback-only namespaces, for large galleries), or
     # auto: what the data directory remembers (<uri>.engine.json), else Lite; an ingest of more

@@ -19,13 +19,22 @@ is refused (``catalog.Catalog``) instead of comparing incompatible vectors.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from lookalike.embedding.models import ModelSpec
     from lookalike.settings import ImageLimits, ModelSettings
+
+
+class Tagged(NamedTuple):
+    """A vector with what made it, as it crosses between Serve replicas, which a rolling update
+    may leave running two models for a while (``milvus.routing``); "": the receiver's own."""
+
+    vector: "np.ndarray"
+    descriptor: str = ""
 
 
 def descriptor_name(model: "ModelSettings", images: "ImageLimits", spec: "ModelSpec | None" = None) -> str:

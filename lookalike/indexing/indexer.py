@@ -102,7 +102,8 @@ def _batches(items: Iterable[SourceItem], size: int) -> Iterator[dict[str, np.nd
     items = iter(items)
     while chunk := list(islice(items, size)):
         yield {"path": np.array([i.path for i in chunk], dtype=object),
-               "label": np.array([i.label for i in chunk], dtype=object)}
+               "label": np.array([i.label for i in chunk], dtype=object),
+               "source": np.array([i.source or i.path for i in chunk], dtype=object)}
 
 
 def index_items(items: Iterable[SourceItem], settings: Settings, *, encoder: ImageEncoder, catalog: Catalog,

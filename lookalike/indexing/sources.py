@@ -14,8 +14,9 @@ from lookalike.settings import IMAGE_EXTENSIONS, Settings
 
 @dataclass(frozen=True)
 class SourceItem:
-    path: str  # a local path, or an object key for S3 sources
+    path: str  # a local path, or an object key for S3 sources and the gallery's own originals
     label: str  # the first folder below the root, or ""
+    source: str = ""  # what the entry records as its origin; "": the path
 
 
 def read_file(path: str) -> bytes:
@@ -91,7 +92,7 @@ def _lower(exts: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "folder" | "list" | "s3"
+    kind: str  # "folder" | "list" | "s3" | "gallery" (its originals in the image store: a re-embed)
     location: str  # a local path, or the bucket
     prefix: str = ""
 
@@ -122,12 +123,17 @@ class Source:
 
     def reader(self, settings: Settings) -> Callable[[str], bytes]:
         """A function reading one item's bytes (an S3 client is made once per reader)."""
+        if self.kind == "gallery":
+            from lookalike.storage.store import make_store
+
+            return make_store(settings.store).get
         return self._s3(settings).get if self.kind == "s3" else read_file
 
     def in_store(self, settings: Settings) -> bool:
-        """The source is the image store's own bucket: originals are already where they belong."""
+        """The source is the image store's own: originals are already where they belong."""
         s3 = settings.store.s3
-        return self.kind == "s3" and settings.store.backend == "s3" and self.location == s3.bucket
+        return self.kind == "gallery" or (self.kind == "s3" and settings.store.backend == "s3"
+                                          and self.location == s3.bucket)
 
     def _s3(self, settings: Settings):
         from lookalike.storage.store import S3Store

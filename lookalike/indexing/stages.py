@@ -1,5 +1,6 @@
 """The indexing core: the three stages that turn files into gallery entries, each a plain
-callable over a batch (a dict of NumPy arrays with ``path`` and ``label``), Ray-free.
+callable over a batch (a dict of NumPy arrays with ``path`` and ``label``, and ``source``
+where the entry's origin is not its path), Ray-free.
 
 ReadPrepare   path -> bytes -> content id -> already in Milvus? -> images.prepare (and its regions)
 Embed         pixels -> unit vectors (the model is loaded once per instance), the parts' too
@@ -74,6 +75,7 @@ class ReadPrepare:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
         out = {"path": np.asarray(batch["path"], dtype=object), "label": np.asarray(batch["label"], dtype=object),
+               "source": np.asarray(batch.get("source", batch["path"]), dtype=object),
                "id": np.zeros(n, np.int64), "status": _strings(n, OK), "message": _strings(n),
                "extension": _strings(n), "content_type": _strings(n), "node_read": _strings(n, node_id()),
                **{f"t_{stage}": np.zeros(n, np.float64) for stage in STAGES}}
@@ -168,7 +170,7 @@ class Write:
             images.append(NewImage(
                 id=image_id, data=batch["data"][i], extension=batch["extension"][i],
                 content_type=batch["content_type"][i], vector=batch["embedding"][i], label=str(batch["label"][i]),
-                source=str(batch["path"][i]), key=str(batch["path"][i]) if self.in_store else "",
+                source=str(batch["source"][i]), key=str(batch["path"][i]) if self.in_store else "",
                 regions=batch["regions"][i] if "regions" in batch else None,
             ))
         if images:

@@ -5,7 +5,9 @@ pymilvus.MilvusClient. Its parts, each in its own module:
 - ``schema.py``: the collections' fields, ``Entry`` and ``Hit``, making and checking a collection;
 - ``versions.py`` (``catalog.versions``): the versions behind each alias, index rebuilds, drop;
 - ``rows.py`` (``catalog.rows``): writes, reads, bulk scans and the one copy;
-- ``search.py``: top-k, one hit per image, region rows merged.
+- ``search.py``: top-k, one hit per image, region rows merged;
+- ``routing.py`` (``catalog.router``): which version a read goes to while and after a re-embed
+  moves the gallery to another model, and whether a write may go.
 
 The same code runs against Milvus Lite (a ``.db`` data directory) and a Milvus server
 (``http://host:19530``). Every call has a deadline; an unreachable server surfaces as
@@ -22,6 +24,7 @@ from lookalike.embedding.images import Box
 from lookalike.errors import BackendUnavailable, NotFound
 from lookalike.milvus import schema
 from lookalike.milvus.connection import Connection
+from lookalike.milvus.routing import Router
 from lookalike.milvus.rows import Rows
 from lookalike.milvus.schema import Entry, Hit, label_filter
 from lookalike.milvus.search import Search
@@ -50,9 +53,11 @@ class Catalog:
         self.connection = Connection(settings, uri, locate, write_lock)
         gallery, parts = schema.tables(settings.collection, len(self.regions))
         self.name, self.regions_name = gallery.alias, parts.alias
-        self.rows = Rows(self.connection, gallery, parts, len(self.regions), self.ensure_ready)
-        self.versions = Versions(self.connection, self.rows, dim, descriptor)
-        self._search = Search(self.connection, gallery, parts, self.regions, region_margin, self.rows.get)
+        self.router = Router(self.connection, [gallery] + ([parts] if self.regions else []), descriptor)
+        self.rows = Rows(self.connection, gallery, parts, len(self.regions), self.ensure_ready, self.router)
+        self.versions = Versions(self.connection, self.rows, dim, descriptor, self.router)
+        self._search = Search(self.connection, gallery, parts, self.regions, region_margin, self.rows.get,
+                              self.router)
 
     @property
     def uri(self) -> str:
@@ -94,12 +99,14 @@ class Catalog:
 
     # -- reads ------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None,
-               regions: bool = True) -> list[list[Hit]]:
+               regions: bool = True, descriptor: str = "") -> list[list[Hit]]:
         """Top-``k`` per vector, one hit per image (its best row, where the gallery keeps region
         rows; ``regions=False``: the whole-image vectors only). ``params``: search parameters
-        for this call (``ef``, ``nprobe``) instead of the configured ones for the index type."""
+        for this call (``ef``, ``nprobe``) instead of the configured ones for the index type.
+        ``descriptor``: what the vectors are, where they may come from another model than this
+        catalog's (an Embedder replica during a rolling update; routing.py)."""
         self.ensure_ready()
-        return self._search(vectors, k, expr=expr, params=params, regions=regions)
+        return self._search(vectors, k, expr=expr, params=params, regions=regions, descriptor=descriptor)
 
     def existing_ids(self, ids: Sequence[int], **kwargs) -> set[int]:
         return self.rows.existing_ids(ids, **kwargs)
@@ -136,7 +143,9 @@ class Catalog:
             base["regions"] = [str(box) for box in self.regions]
         try:
             count = self.count()
-            out = {**base, "healthy": True, "count": count, "index": self.versions.index_info()}
+            out = {**base, "healthy": True, "count": count,
+                   "index": self.versions.index_info(self.router.read(self.rows.gallery)),
+                   **self.versions.describe_reembed()}
         except BackendUnavailable as exc:
             return {**base, "healthy": False, "error": exc.message}
         warning = self.scale_warning(count)

@@ -12,15 +12,17 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from lookalike.milvus.connection import Connection
+from lookalike.milvus.routing import Router
 from lookalike.milvus.schema import OUTPUT_FIELDS, Entry, Table, plain
 
 
 class Rows:
     def __init__(self, connection: Connection, gallery: Table, parts: Table, regions: int,
-                 ready: Callable[[], object]):
+                 ready: Callable[[], object], router: Router):
         """``regions``: parts kept per image (0: none); ``ready``: makes sure the collections
-        exist and are loaded, before the first call that needs them."""
-        self.connection = connection
+        exist and are loaded, before the first call that needs them; ``router``: which version
+        a read goes to, and whether a write may go (routing.py)."""
+        self.connection, self.router = connection, router
         self.gallery, self.parts, self.regions = gallery, parts, regions
         self._ready = ready
         self._insert_lock = threading.Lock()  # this process's adds: check-and-insert as one step
@@ -92,17 +94,20 @@ class Rows:
                                  f"{self.regions}")
         return [row for e in entries for row in e.region_rows()]
 
-    def upsert(self, entries: Iterable[Entry]) -> int:
+    def upsert(self, entries: Iterable[Entry], *, write_locked: bool = False) -> int:
         self._ready()
         entries = list(entries)
         rows, parts = [e.to_row() for e in entries], self._region_rows(entries)  # both checked before a write
-        self.write(self.gallery.alias, rows)
-        self.write(self.parts.alias, parts)
+        with contextlib.nullcontext() if write_locked else self.connection.write_lock():
+            self.router.check_write()
+            self.write(self.gallery.alias, rows, write_locked=True)
+            self.write(self.parts.alias, parts, write_locked=True)
         return len(entries)
 
     def insert_new(self, entries: Sequence[Entry]) -> set[int]:
         self._ready()
         with self._insert_lock, self.connection.write_lock():
+            self.router.check_write()
             present = self.existing_ids([e.id for e in entries], consistency_level="Strong")
             new = [e for e in entries if e.id not in present]
             if new:
@@ -125,7 +130,7 @@ class Rows:
         found: set[int] = set()
         for i in range(0, len(ids), self.batch):
             chunk = [int(x) for x in ids[i: i + self.batch]]
-            found.update(r["id"] for r in self._call("query", self.gallery.alias, filter=f"id in {chunk}",
+            found.update(r["id"] for r in self._call("query", self.router.read(self.gallery), filter=f"id in {chunk}",
                                                      output_fields=["id"], **kwargs))
         return found
 
@@ -143,12 +148,12 @@ class Rows:
             return []
         self._ready()
         fields = OUTPUT_FIELDS + (["embedding"] if with_vectors else [])
-        return [Entry.of(r) for r in self._call("get", self.gallery.alias, ids=[int(i) for i in ids],
+        return [Entry.of(r) for r in self._call("get", self.router.read(self.gallery), ids=[int(i) for i in ids],
                                                  output_fields=fields)]
 
     def list(self, *, offset: int = 0, limit: int = 50, expr: str = "") -> list[Entry]:
         self._ready()
-        rows = self._call("query", self.gallery.alias, filter=expr or "id >= 0", output_fields=["id", *OUTPUT_FIELDS],
+        rows = self._call("query", self.router.read(self.gallery), filter=expr or "id >= 0", output_fields=["id", *OUTPUT_FIELDS],
                           offset=offset, limit=limit)
         return [Entry.of(r) for r in rows]
 
@@ -158,7 +163,7 @@ class Rows:
         vector; ``with_regions``: and its region vectors, where the gallery keeps them."""
         self._ready()
         fields = ["id", *OUTPUT_FIELDS] + (["embedding"] if with_vectors else [])
-        for batch in self.scan(self.gallery.alias, fields, batch_size):
+        for batch in self.scan(self.router.read(self.gallery), fields, batch_size):
             entries = [Entry.of(r) for r in batch]
             if with_regions and self.regions:
                 self._attach_regions(entries)
@@ -167,7 +172,7 @@ class Rows:
     def _attach_regions(self, entries: list[Entry]) -> None:
         """Each entry's region vectors, in the layout's order (None where some are missing)."""
         parts: dict[int, dict[int, list]] = {}
-        for batch in self.of_images(self.parts.alias, self.parts, [e.id for e in entries],
+        for batch in self.of_images(self.router.read(self.parts), self.parts, [e.id for e in entries],
                                     ["image", "region", "embedding"]):
             for row in batch:
                 parts.setdefault(int(row["image"]), {})[int(row["region"])] = row["embedding"]
@@ -180,7 +185,7 @@ class Rows:
         """Exact (Strong): a Milvus 2.3 server's count(*) lags a delete at Session consistency,
         whose timestamp it does not report. Off the search path: status and list totals."""
         self._ready()
-        rows = self._call("query", self.gallery.alias, filter=expr, output_fields=["count(*)"],
+        rows = self._call("query", self.router.read(self.gallery), filter=expr, output_fields=["count(*)"],
                           consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 

@@ -172,4 +172,5 @@ def _check_descriptor(recorded: str | None, descriptor: str, gallery: str) -> No
     if recorded != descriptor:
         raise SchemaMismatch(
             f"collection {gallery!r} holds {recorded} vectors but the settings give {descriptor}; "
-            "set the model settings back, or use another milvus.collection and re-ingest")
+            "set the model settings back, re-embed the gallery under these (lookalike reembed), or use "
+            "another milvus.collection")

@@ -11,6 +11,7 @@ import numpy as np
 from lookalike.embedding import regions as region_rows
 from lookalike.embedding.images import Box
 from lookalike.milvus.connection import Connection
+from lookalike.milvus.routing import Router
 from lookalike.milvus.schema import MAX_LIMIT, OUTPUT_FIELDS, Entry, Hit, Table
 from lookalike.settings import MilvusSettings
 
@@ -27,22 +28,23 @@ def score(settings: MilvusSettings, distance: float) -> float:
 
 class Search:
     def __init__(self, connection: Connection, gallery: Table, parts: Table, regions: Sequence[Box],
-                 margin: float, get: Callable[[list[int]], list[Entry]]):
-        """``get``: entries by id, for images found by a region row only."""
-        self.connection, self.gallery, self.parts = connection, gallery, parts
+                 margin: float, get: Callable[[list[int]], list[Entry]], router: Router):
+        """``get``: entries by id, for images found by a region row only; ``router``: which
+        version holds vectors of a query's descriptor."""
+        self.connection, self.gallery, self.parts, self.router = connection, gallery, parts, router
         self.regions, self.margin, self._get = list(regions), margin, get
 
     def __call__(self, vectors: np.ndarray, k: int, *, expr: str = "", params: dict | None = None,
-                 regions: bool = True) -> list[list[Hit]]:
+                 regions: bool = True, descriptor: str = "") -> list[list[Hit]]:
         settings = self.connection.settings
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
         sent = search_params(settings, params)
-        results = self.connection.call("search", self.gallery.alias, data=vectors, limit=k, filter=expr,
+        results = self.connection.call("search", self.router.read(self.gallery, descriptor), data=vectors, limit=k, filter=expr,
                                        output_fields=OUTPUT_FIELDS, search_params=sent)
         hits = [[self._hit(r) for r in found] for found in results]
         if not (self.regions and regions):
             return hits
-        parts = self.connection.call("search", self.parts.alias, data=vectors,
+        parts = self.connection.call("search", self.router.read(self.parts, descriptor), data=vectors,
                                      limit=min(MAX_LIMIT, k * len(self.regions)), filter=expr,
                                      output_fields=["image", "region"], search_params=sent)
         return [self._best_per_image(whole, found, k) for whole, found in zip(hits, parts)]
