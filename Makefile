@@ -86,6 +86,7 @@ bench: install bench-data
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.http_load --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.replica_kill --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.quality --out $(BENCH_OUT)
+	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.reembed_load --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.summary --results $(BENCH_OUT)
 
 # The original's scale on this machine (~1 hour on 2 vCPUs): 200,000 images ingested into the

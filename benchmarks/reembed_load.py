@@ -2,16 +2,17 @@
 service over to that model, in one run:
 
   before       N clients search the service (the bundled model, GeM pooling)
-  re-embed     the same load while `python -m ingest --reembed`'s job (run_reembed, Ray Data in
-               the same cluster) re-embeds every stored original with average pooling into the
-               next version and moves the alias
+  re-embed     the same load while `python -m ingest --reembed` (as `lookalike reembed` runs it:
+               its own process and local Ray cluster beside the service's) re-embeds every
+               stored original with average pooling into the next version and moves the alias
   after        the same load on the service still running the previous model (it answers from
                its own version, kept)
   rollout      the same load while Serve replaces the replicas with the new model's
 
 Every answer's status is counted, and a checker searches by the gallery's own images one after
-another throughout: each must find itself first at cosine >= 0.999, which a search that met
-the other model's vectors (same dimension: it would not fail, it would rank garbage) does not.
+another throughout: each must find itself in its top 5 at cosine >= 0.999, which a search that
+met the other model's vectors (same dimension: it would not fail, it would rank garbage, at
+~0.93) does not.
 Reports searches and failures per phase, wrong answers, the count before and after, and the
 re-embed's time and rate.
 
@@ -21,9 +22,12 @@ re-embed's time and rate.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,7 +53,7 @@ class Checker:
 
     def __init__(self, base: str, files: list[Path]):
         self.base, self.files = base, files
-        self.phase, self.counts = "before", {}
+        self.phase, self.counts, self.wrong = "before", {}, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,15 +65,19 @@ class Checker:
             while not self._stop.is_set():
                 data = self.files[i % len(self.files)].read_bytes()
                 i += 1
-                response = client.post("/api/v1/search", files={"image": ("q", data)}, params={"k": 1})
+                response = client.post("/api/v1/search", files={"image": ("q", data)}, params={"k": 5})
                 count = self.counts.setdefault(self.phase, {"checked": 0, "wrong": 0, "failed": 0})
                 count["checked"] += 1
                 if response.status_code != 200:
                     count["failed"] += 1
                     continue
-                hits = response.json()["results"]
-                if not hits or hits[0]["id"] != str(content_id(data)) or hits[0]["score"] < SELF:
+                # Itself among the top 5 at cosine ~1 (not necessarily first: the set holds images
+                # that look the same at the model's input size, tied at ~1 with it).
+                own = [h for h in response.json()["results"] if h["id"] == str(content_id(data))]
+                if not own or own[0]["score"] < SELF:
                     count["wrong"] += 1
+                    self.wrong.append({"phase": self.phase, "file": self.files[(i - 1) % len(self.files)].name,
+                                       "score": own[0]["score"] if own else None})
 
     def start(self) -> "Checker":
         self._thread.start()
@@ -109,12 +117,11 @@ def main(argv: list[str] | None = None) -> Results:
     os.environ.update({"LOOKALIKE_MILVUS__URI": str(work / "lookalike.db"),
                        "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images"),
                        "LOOKALIKE_INGEST__REPORT_DIR": str(work / "reports")})
-    from ingest.pipeline import run_reembed
     from lookalike.milvus.engines import local_service
     from lookalike.settings import load_settings
 
     before = load_settings()
-    after = load_settings(overrides={"model": {"pooling": "avg"}})
+    after = load_settings(overrides={"model": {"pooling": "avg"}})  # what the job's environment gives
     files = sorted(p for p in gallery.rglob("*") if p.is_file())
     picked = random.Random(0).sample(files, min(args.queries, len(files)))
     bodies = payloads([p.read_bytes() for p in picked], k=5)
@@ -130,7 +137,12 @@ def main(argv: list[str] | None = None) -> Results:
 
             checker.phase = "re-embed"
             def job():
-                reembed["report"] = run_reembed(after)
+                env = {**os.environ, "LOOKALIKE_MODEL__POOLING": "avg"}
+                env.pop("RAY_ADDRESS", None)
+                done = subprocess.run([sys.executable, "-m", "ingest", "--reembed", "--report", str(work / "r.json")],
+                                      env=env, capture_output=True, text=True, timeout=3600)
+                assert done.returncode == 0, done.stderr[-3000:]
+                reembed["report"] = json.loads((work / "r.json").read_text())
             summary, seconds = under_load(url, bodies, args.clients, job)
             rows.append({"phase": "re-embed", **summary})
             reembed["seconds"] = seconds
@@ -156,9 +168,10 @@ def main(argv: list[str] | None = None) -> Results:
         row.update(checker.counts.get(row["phase"], {}))
         row["failed"] = row.get("requests", 0) - row.get("ok", 0)
     results.add("phases", rows)
-    results.add("reembed", {"images": report.run["count"], "seconds": round(reembed["seconds"], 1),
-                            "images_per_s": round(report.run["count"] / reembed["seconds"], 1),
-                            "caught_up": report.run.get("caught_up", 0), "skipped": len(report.skipped),
+    results.add("wrong_answers", checker.wrong)
+    results.add("reembed", {"images": report["run"]["count"], "seconds": round(reembed["seconds"], 1),
+                            "images_per_s": round(report["run"]["count"] / reembed["seconds"], 1),
+                            "caught_up": report["run"].get("caught_up", 0), "skipped": report["skipped"],
                             "count_before": count_before, "count_after": status["count"],
                             "rollout_s": round(rollout_s, 1), "descriptor_after": status["milvus"].get("descriptor")})
     results.section("Searches while the gallery is re-embedded and the service rolls to the new model", markdown_table(

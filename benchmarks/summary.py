@@ -14,14 +14,14 @@ from pathlib import Path
 from benchmarks.common import REPO, machine_line, markdown_table
 
 ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "replica-kill", "quality", "duplicate-scan",
-         "scale", "rebuild-load"]
+         "scale", "rebuild-load", "reembed-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
             "words": "python -m benchmarks.words",
             "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
             "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
             "duplicate-scan": "python -m benchmarks.duplicate_scan",
-            "rebuild-load": "python -m benchmarks.rebuild_load"}
+            "rebuild-load": "python -m benchmarks.rebuild_load", "reembed-load": "python -m benchmarks.reembed_load"}
 
 
 def load(results: Path) -> dict[str, dict]:
@@ -140,6 +140,19 @@ def headline_scale(data: dict) -> list[dict]:
              "ratio": f"{15 / search:.1f}× faster search" if search else ""}]
 
 
+def headline_reembed(data: dict) -> list[dict]:
+    r, phases = data.get("reembed", {}), data.get("phases", [])
+    if not r:
+        return []
+    searches = sum(p.get("requests", 0) for p in phases)
+    return [{"what": f"the sample gallery re-embedded under another model while {data['params']['clients']} clients "
+                     "search, then the service rolled to it",
+             "original": "re-ingest into a new collection, search down or split",
+             "lookalike": f"{r['images']:,} images in {r['seconds']:.0f} s; {sum(p.get('failed', 0) for p in phases)} "
+                          f"of {searches:,} searches failed, {sum(p.get('wrong', 0) for p in phases)} wrong; count "
+                          f"{r['count_before']:,} -> {r['count_after']:,}", "ratio": ""}]
+
+
 README_START = "<!-- benchmarks:start (python -m benchmarks.summary writes this block) -->"
 README_END = "<!-- benchmarks:end -->"
 
@@ -166,7 +179,8 @@ def headlines(found: dict[str, dict]) -> str:
     heads = []
     for name, fn in (("embedding", headline_embedding), ("vector-search", headline_search),
                      ("http-load", headline_http), ("quality", headline_quality),
-                     ("duplicate-scan", headline_duplicate_scan), ("scale", headline_scale)):
+                     ("duplicate-scan", headline_duplicate_scan), ("scale", headline_scale),
+                     ("reembed-load", headline_reembed)):
         if name in found:
             heads += fn(found[name])
     machines = "; ".join(sorted({machine_line(d["machine"]) for d in found.values()}))

@@ -115,13 +115,15 @@ def test_reembed_under_search_load_then_roll_the_service_to_the_new_model(before
             written.append(client.post("/api/v1/images", files={"image": ("new.png", added, "image/png")},
                                        data={"label": "new"}).status_code)
             written.append(client.delete(f"/api/v1/images/{content_id(removed.read_bytes())}").status_code)
+            progress = client.get("/api/v1/status").json()["milvus"]["reembed"]  # the operator sees it run
+            written.append((progress["descriptor"], progress["done"] > 0))
 
     with SearchLoad(before, files[:-1]) as load:
         report = run_reembed(after_settings.model_copy(update={"ingest": after_settings.ingest.model_copy(
             update={"read_batch_size": 4, "write_batch_size": 4})}), report_path=str(tmp_path / "r.json"),
             progress=meanwhile)
         time.sleep(2 * after_settings.milvus.route_check_s)  # the old service's searches after the switch too
-    assert written == [201, 200]
+    assert written == [201, 200, (descriptor_name(after_settings.model, after_settings.images), True)]
     assert load.results and not load.failures(), load.failures()[:5]
     assert report.run["count"] == len(files) and report.run["caught_up"] == 1
     # The bulk: every image listed, less the one deleted meanwhile if its batch came after the delete.
