@@ -198,7 +198,7 @@ class Versions:
         current = self.physical(gallery)
         if current == gallery:
             raise Conflict(f"collection {gallery!r} was made before versions; rebuild its index once first "
-                           "(lookalike index --rebuild or POST /api/v1/index), then re-embed")
+                           "(POST /api/v1/index), then re-embed")
         recorded = self.router.routes(fresh=True).recorded
         if holds(recorded, self.descriptor):
             raise Conflict(f"the gallery already holds {self.descriptor} vectors: there is nothing to re-embed")
