@@ -133,14 +133,21 @@ def create(connection, name: str, table: Table, dim: int, descriptor: str) -> No
                     properties={DESCRIPTOR_PROPERTY: descriptor} if descriptor else None)
 
 
-def create_index(connection, collection: str) -> None:
-    """The configured index on ``collection``'s vectors."""
+def create_index(connection, collection: str, *, exist_ok: bool = False) -> None:
+    """The configured index on ``collection``'s vectors (``exist_ok``: one made meanwhile by
+    another process is taken)."""
+    from pymilvus.exceptions import MilvusException
+
     settings = connection.settings
     params = connection.client.prepare_index_params()
     # Nested under "params": Milvus Lite silently drops build parameters given flat.
     params.add_index(field_name="embedding", index_name="embedding", index_type=settings.index.type,
                      metric_type=settings.metric, params={"params": settings.index.build_params})
-    connection.call("create_index", collection, params, timeout=settings.index.build_timeout_s)
+    try:
+        connection.call("create_index", collection, params, timeout=settings.index.build_timeout_s)
+    except MilvusException as exc:
+        if not (exist_ok and "already exist" in str(exc.message)):
+            raise
 
 
 def check(connection, table: Table, dim: int, descriptor: str, gallery: str) -> None:

@@ -72,8 +72,8 @@ class Versions:
                 name = self._routed(table)
                 schema.check(self.connection, table._replace(alias=name), self.dim, self.descriptor,
                              self.rows.gallery.alias)
-                if not self._call("list_indexes", name):
-                    schema.create_index(self.connection, name)
+                if not self._call("list_indexes", name):  # one made before indexes were: made here
+                    schema.create_index(self.connection, name, exist_ok=True)
                 self._call("load_collection", name, timeout=self.settings.index.build_timeout_s)
             self._ready_at = generation
 
@@ -81,13 +81,14 @@ class Versions:
         from pymilvus.exceptions import MilvusException
 
         first = f"{table.alias}__1"
-        try:
+        try:  # the alias last: once it is there, the collection and its index are
             schema.create(self.connection, first, table, self.dim, self.descriptor)
+            schema.create_index(self.connection, first)
             self._call("create_alias", first, table.alias)
         except MilvusException as exc:  # another process (a second replica starting) created it first
             if "exist" not in str(exc.message):
                 raise
-            # The other process makes the collection first and its alias just after: wait for both.
+            # The other process makes the collection and its index first, its alias last: wait for it.
             wait_until(lambda: self._call("has_collection", table.alias), self.settings.timeout_s,
                        f"{table.alias}, being made by another process", interval_s=0.1, retry_on=())
             schema.check(self.connection, table, self.dim, self.descriptor, self.rows.gallery.alias)
