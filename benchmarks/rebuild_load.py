@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks.common import Results, markdown_table
-from harness.load import payloads, run_load
+from harness.load import load_during, payloads, run_load
 
 
 def rebuild_under_load(base: str, settings, bodies: list[dict], clients: int, seconds: float) -> dict:
@@ -32,18 +31,18 @@ def rebuild_under_load(base: str, settings, bodies: list[dict], clients: int, se
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     before = httpx.get(f"{base}/api/v1/status", timeout=60).json()
     steady = run_load(url, bodies, clients, seconds)
-    stop, during = threading.Event(), {}
-    load = threading.Thread(target=lambda: during.update(run_load(url, bodies, clients, 3600, stop=stop)))
-    load.start()
-    started, answers = time.perf_counter(), []
-    try:
+    answers: list[int] = []
+    took: dict[str, float] = {}
+
+    def rebuild() -> None:
+        started = time.perf_counter()
         while not answers or answers[-1] == 202:
             answers.append(httpx.post(f"{base}/api/v1/index", headers=headers, timeout=120).status_code)
-        rebuild_s = time.perf_counter() - started
-        time.sleep(2)
-    finally:
-        stop.set()
-        load.join()
+        took["rebuild_s"] = time.perf_counter() - started
+        time.sleep(2)  # the searches just after the move too
+
+    during, _ = load_during(url, bodies, clients, rebuild)
+    rebuild_s = took["rebuild_s"]
     after = httpx.get(f"{base}/api/v1/status", timeout=60).json()
     print(f"  rebuilt in {rebuild_s:.0f}s ({answers}); during it {during['ok']} searches answered, "
           f"{during['errors']} failed", flush=True)

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -41,7 +40,7 @@ use_local_ray_env()  # before Ray is imported
 
 from benchmarks.common import Results, markdown_table, openclipart_set  # noqa: E402
 from benchmarks.http_load import prepare_gallery  # noqa: E402
-from harness.load import payloads, run_load  # noqa: E402
+from harness.load import load_during, payloads, run_load  # noqa: E402
 from harness.serve import deploy, serve_session  # noqa: E402
 
 SELF = 0.999
@@ -88,21 +87,6 @@ class Checker:
         self._thread.join(timeout=120)
 
 
-def under_load(url: str, bodies: list[dict], clients: int, action) -> tuple[dict, float]:
-    """The load while ``action()`` runs; (its summary, the action's seconds)."""
-    stop, result = threading.Event(), {}
-    load = threading.Thread(target=lambda: result.update(run_load(url, bodies, clients, 3600, stop=stop)))
-    load.start()
-    started = time.perf_counter()
-    try:
-        action()
-    finally:
-        seconds = time.perf_counter() - started
-        stop.set()
-        load.join()
-    return result, seconds
-
-
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gallery", help="a labelled folder tree (default: the sample gallery's openclipart set)")
@@ -143,7 +127,7 @@ def main(argv: list[str] | None = None) -> Results:
                                       env=env, capture_output=True, text=True, timeout=3600)
                 assert done.returncode == 0, done.stderr[-3000:]
                 reembed["report"] = json.loads((work / "r.json").read_text())
-            summary, seconds = under_load(url, bodies, args.clients, job)
+            summary, seconds = load_during(url, bodies, args.clients, job)
             rows.append({"phase": "re-embed", **summary})
             reembed["seconds"] = seconds
 
@@ -151,7 +135,7 @@ def main(argv: list[str] | None = None) -> Results:
             rows.append({"phase": "after, previous model", **run_load(url, bodies, args.clients, args.seconds)})
 
             checker.phase = "rollout"
-            summary, rollout_s = under_load(url, bodies, args.clients, lambda: deploy(after, base))
+            summary, rollout_s = load_during(url, bodies, args.clients, lambda: deploy(after, base))
             rows.append({"phase": "rollout", **summary})
 
             checker.phase = "after, new model"

@@ -151,6 +151,22 @@ def run_load(url: str, bodies: list[dict], clients: int, seconds: float, max_req
     return result.summary()
 
 
+def load_during(url: str, bodies: list[dict], clients: int, action: Callable[[], object]) -> tuple[dict, float]:
+    """The searches of ``run_load`` for as long as ``action()`` runs (a rebuild, a re-embed, a
+    rollout); (their summary, the action's seconds)."""
+    stop, result = threading.Event(), {}
+    load = threading.Thread(target=lambda: result.update(run_load(url, bodies, clients, 3600, stop=stop)))
+    load.start()
+    started = time.perf_counter()
+    try:
+        action()
+    finally:
+        seconds = time.perf_counter() - started
+        stop.set()
+        load.join()
+    return result, seconds
+
+
 def kill_under_load(url: str, app: str, query: bytes, *, clients: int = 4, before_s: float = 3.0,
                     after_s: float = 15.0) -> dict:
     """SIGKILL one Embedder replica while ``clients`` search; what the clients saw after it."""

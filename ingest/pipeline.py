@@ -30,7 +30,6 @@ use_local_ray_env()
 
 import ray  # noqa: E402
 
-from lookalike.embedding.encoder import ImageEncoder  # noqa: E402
 from lookalike.errors import LookalikeError  # noqa: E402
 from lookalike.indexing import reembed  # noqa: E402
 from lookalike.indexing.indexer import Report  # noqa: E402
@@ -184,9 +183,7 @@ def run_reembed(settings: Settings, *, report_path: str | None = None,
             connect_ray()
             collect(build_dataset(plan.source, todo, plan.settings), report,
                     progress and (lambda r: progress(r, len(todo))))
-        store = make_store(settings.store)
-        encoder = ImageEncoder(settings.model).load()
-        count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, encoder, store, report), log.info)
+        count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, report), log.info)
         report.seconds = time.perf_counter() - started
         report.run.update({"source": f"gallery {plan.staged.current} ({plan.staged.recorded})",
                            "collection": settings.milvus.collection, "into": plan.staged.into,

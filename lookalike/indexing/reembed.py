@@ -25,7 +25,7 @@ from lookalike.milvus.catalog import Catalog
 from lookalike.milvus.engines import gallery_catalog
 from lookalike.milvus.versions import Staged
 from lookalike.settings import Settings
-from lookalike.storage.store import ImageStore
+from lookalike.storage.store import ImageStore, make_store
 
 FIELDS = ["id", "key", "label", "source"]
 
@@ -55,22 +55,28 @@ def plan(settings: Settings, say: Callable[[str], None]) -> Plan:
 
 
 def items(plan: Plan, ids: Collection[int] | None = None) -> list[SourceItem]:
-    """The gallery's images (those of ``ids``) that the staged version lacks, as items to index
-    from the image store: its key, label and recorded source."""
+    """As items to index from the image store (its key, label and recorded source): the
+    gallery's images that the staged version lacks, or those of ``ids`` (known to be missing)."""
     rows = plan.gallery.rows
+    if ids is not None:
+        return [SourceItem(r["key"], r["label"], r["source"])
+                for batch in rows.of_images(plan.staged.current, rows.gallery, sorted(ids), FIELDS) for r in batch]
     done = rows.image_ids(plan.staged.into, rows.gallery)
-    batches = rows.scan(plan.staged.current, FIELDS) if ids is None else \
-        rows.of_images(plan.staged.current, rows.gallery, sorted(ids), FIELDS)
-    return [SourceItem(r["key"], r["label"], r["source"]) for batch in batches for r in batch
-            if int(r["id"]) not in done]
+    return [SourceItem(r["key"], r["label"], r["source"]) for batch in rows.scan(plan.staged.current, FIELDS)
+            for r in batch if int(r["id"]) not in done]
 
 
-def catch_up(plan: Plan, encoder: ImageEncoder, store: ImageStore, report: Report) -> Callable[[list[int]], None]:
-    """What ``Versions.switch`` calls with the ids written since: embeds them in this process,
-    counting them in ``report``."""
+def catch_up(plan: Plan, report: Report) -> Callable[[list[int]], None]:
+    """What ``Versions.switch`` calls with the ids written since: embeds them in this process
+    (the model loaded at the first that needs it), counting them in ``report``."""
+    loaded: list[tuple[ImageEncoder, ImageStore]] = []
+
     def run(ids: list[int]) -> None:
         if not ids:
             return
+        if not loaded:
+            loaded.append((ImageEncoder(plan.settings.model).load(), make_store(plan.settings.store)))
+        encoder, store = loaded[0]
         done = index_items(items(plan, ids), plan.settings, encoder=encoder, catalog=plan.target, store=store,
                            read=store.get, in_store=True)
         report.total += done.total

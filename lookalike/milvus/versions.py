@@ -177,15 +177,13 @@ class Versions:
 
     def drop(self) -> None:
         """Drop the collections: each alias, every version behind it or kept, and a re-embed's."""
-        aliases = [t.alias for pair in (self.rows.tables(), staging_tables(self.rows.gallery.alias)) for t in pair]
-        for alias in aliases:
-            if self._call("has_collection", alias) and self.physical(alias) != alias:
-                self._call("drop_alias", alias)
-        collections = self._call("list_collections")
-        for alias in aliases[: len(self.rows.tables())]:
-            for name in collections:
-                if name == alias or version_number(name, alias) is not None:
-                    self._call("drop_collection", name)
+        tables = self.rows.tables()
+        for table in [*tables, *staging_tables(self.rows.gallery.alias)]:
+            if self._call("has_collection", table.alias) and self.physical(table.alias) != table.alias:
+                self._call("drop_alias", table.alias)
+        for name in self._call("list_collections"):  # the versions (a re-embed's among them), or one made before
+            if any(name == t.alias or version_number(name, t.alias) is not None for t in tables):
+                self._call("drop_collection", name)
         self._ready_at = None
 
     # -- re-embedding under another model -----------------------------------------------------
