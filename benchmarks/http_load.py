@@ -15,6 +15,9 @@
                     torch (bf16 autocast on this CPU), a 10 ms batch wait
   words             lookalike searched by words instead of images (`text`, the bundled model's
                     class words: no upload to decode, no forward pass)
+  CLIP words        lookalike on a CLIP ViT-B/32 (random weights: speed does not depend on them;
+                    exported as `lookalike models export` writes it, text cut to its length),
+                    searched by captions; its gallery indexed into a collection of its own
 
 All search the same Milvus Lite collection (the sample gallery, indexed once) through the
 shared local Lite server. Load: N clients for T seconds each, JSON base64 uploads of gallery
@@ -25,6 +28,8 @@ and everything else: HTTP, proxies, handle calls, queueing), and where the machi
 generator).
 
     python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20] [--targets "lookalike,no batching"]
+    python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 --seconds 15 \
+        --name http-load-words      # search by words against by image, kept beside the full run
 """
 
 from __future__ import annotations
@@ -180,9 +185,39 @@ TARGETS = {
     "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, SERVE_DEFAULT_MODE),
     "no Ray token auth": ({}, {"RAY_AUTH_MODE": "disabled"}),
     "words": ({}, {}),  # lookalike searched by words (the bundled model's class words) instead of images
+    "CLIP words": ({}, {}),  # lookalike on a CLIP export searched by captions (clip_overrides)
 }
 # What the "words" target's clients send: words the bundled model knows (benchmarks/words.py).
 WORDS = ["bird", "insect", "car", "musical instrument", "fruit", "boat", "computer", "drink"]
+CLIP_ARCH = "ViT-B-32"
+
+
+def clip_overrides(settings) -> dict:
+    """The CLIP words target's settings: the export beside the benchmark's data, its own collection."""
+    folder = Path(settings.store.local_dir).parent / f"{CLIP_ARCH}__random"
+    return {"model": {"name": "immich-clip", "weights": str(folder)}, "milvus": {"collection": "clip_words"}}
+
+
+def prepare_clip(settings, gallery: Path) -> None:
+    """Export ViT-B/32 (random weights) and index the gallery with it, for the CLIP words target."""
+    import open_clip
+
+    from lookalike.embedding.clip_export import load_open_clip, write_layout
+
+    folder = Path(clip_overrides(settings)["model"]["weights"])
+    if not folder.is_dir():
+        write_layout(load_open_clip(CLIP_ARCH), open_clip.get_model_config(CLIP_ARCH), folder)
+    prepare_gallery(settings.with_overrides(**clip_overrides(settings)), gallery)
+
+
+def target_load(settings, target: str, bodies: list[dict]) -> tuple:
+    """A target's settings and what its clients send."""
+    from benchmarks.clip_towers import CAPTIONS
+
+    if target == "CLIP words":
+        return settings.with_overrides(**clip_overrides(settings)), [{"text": c, "k": K} for c in CAPTIONS]
+    sent = [{"text": w, "k": K} for w in WORDS] if target == "words" else bodies
+    return settings.with_overrides(**TARGETS[target][0]), sent
 
 
 def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> dict[str, list[dict]]:
@@ -191,9 +226,7 @@ def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> d
     if targets:
         with serve_session() as base:
             for target in targets:
-                sent = [{"text": w, "k": K} for w in WORDS] if target == "words" else bodies
-                rows[target] = run_lookalike(base, settings.with_overrides(**TARGETS[target][0]), sent, clients,
-                                             seconds, target)
+                rows[target] = run_lookalike(base, *target_load(settings, target, bodies), clients, seconds, target)
     return rows
 
 
@@ -205,6 +238,7 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--gallery", default=None, help="a labelled folder (default: the openclipart sample)")
     parser.add_argument("--queries", type=int, default=64, help="distinct images the clients send")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--name", default="http-load", help="the results' file name (a partial run kept apart)")
     parser.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a child: measure, write rows here
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
@@ -212,7 +246,7 @@ def main(argv: list[str] | None = None) -> Results:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
-    results = Results("http-load", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
+    results = Results(args.name, args.out, **{k: v for k, v in vars(args).items() if k not in ("out", "name")})
 
     from lookalike.milvus.lite_server import LiteServer
     from lookalike.settings import load_settings
@@ -231,6 +265,8 @@ def main(argv: list[str] | None = None) -> Results:
         Path(args.rows_to).write_text(json.dumps(rows))
         return results
     prepare_gallery(settings, gallery)
+    if "CLIP words" in targets:
+        prepare_clip(settings, gallery)
     lite = LiteServer(settings.milvus.uri)
     rows: dict[str, list[dict]] = {}
     try:
@@ -302,8 +338,10 @@ def report(results: Results, rows: dict[str, list[dict]]) -> None:
         "the run). The original design is one process (original server).",
         markdown_table(cpu, ["target", "clients", "cores", *CPU_ROLES, "total"],
                        ["target", "clients", "cores busy", *CPU_ROLES, "total"]))
-    results.plot("http-load-qps.png", by_clients("qps", "searches / s", "End-to-end HTTP search throughput", False))
-    results.plot("http-load-p50.png", by_clients("p50_ms", "p50 latency (ms)", "End-to-end HTTP search latency", True))
+    results.plot(f"{results.name}-qps.png",
+                 by_clients("qps", "searches / s", "End-to-end HTTP search throughput", False))
+    results.plot(f"{results.name}-p50.png",
+                 by_clients("p50_ms", "p50 latency (ms)", "End-to-end HTTP search latency", True))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "replica-kill", "quality", "duplicate-scan",
+ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "http-load-words", "replica-kill", "quality", "duplicate-scan",
          "scale", "rebuild-load", "reembed-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
             "words": "python -m benchmarks.words",
             "vector-search": "python -m benchmarks.vector_search",
-            "http-load": "python -m benchmarks.http_load", "replica-kill": "python -m benchmarks.replica_kill",
+            "http-load": "python -m benchmarks.http_load",
+            "http-load-words": 'python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 '
+                               "--seconds 15 --name http-load-words",
+            "replica-kill": "python -m benchmarks.replica_kill",
             "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
             "duplicate-scan": "python -m benchmarks.duplicate_scan",
             "rebuild-load": "python -m benchmarks.rebuild_load", "reembed-load": "python -m benchmarks.reembed_load"}

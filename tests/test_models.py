@@ -52,6 +52,7 @@ def test_an_immich_export_gives_open_clips_own_vectors(clip):
     assert (ours * theirs).sum(axis=1).min() >= 0.999
     assert (ours[0] @ ours[1]) < 0.999  # different words, different vectors
     assert encoder.describe()["text"] is True
+    assert not encoder.text_engine.cut  # immich's graph is fixed at the context length: run as it is
 
 
 def test_the_collection_records_which_export(clip):
@@ -185,7 +186,9 @@ def test_open_clip_by_name_is_exported_once_and_gives_its_own_vectors(open_clip_
         theirs = model.encode_image(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32), normalize=True)
         their_text = model.encode_text(open_clip.tokenize(texts), normalize=True)
     assert (encoder.encode(pixels) * theirs.numpy()).sum(axis=1).min() >= 0.999
-    assert (encoder.encode_text(texts) * their_text.numpy()).sum(axis=1).min() >= 0.999
+    assert (encoder.encode_text(texts) * their_text.numpy()).sum(axis=1).min() >= 0.999  # one batch, 3 lengths
+    # Its text graph runs a query at the query's length (start, a, red, bicycle, end), not the context's.
+    assert encoder.text_engine.cut and encoder.text_engine.tokens(["a red bicycle"])["text"].shape == (1, 5)
     exports = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(exports) == 1 and encoder.spec.folder.path == exports[0]
     assert isinstance(encoder.engine.session.get_inputs()[0].shape[0], str)  # ours batch: a dynamic axis
@@ -193,6 +196,97 @@ def test_open_clip_by_name_is_exported_once_and_gives_its_own_vectors(open_clip_
     ImageEncoder(settings).load()  # the same weights: the cached export, not another
     assert (exports[0] / "visual" / "model.onnx").stat().st_mtime_ns == written
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == exports
+
+
+def test_open_clip_on_torch_is_the_librarys_own_model_and_exports_nothing(open_clip_checkpoint, tmp_path):
+    """What a GPU runs (``auto`` picks torch there; asked for here on the CPU, in fp32): open_clip's
+    encode_image / encode_text and its own tokenizer, with the vectors of the CPU's export."""
+    import open_clip
+    import torch
+
+    model, checkpoint = open_clip_checkpoint
+    settings = ModelSettings(name=f"open-clip:{TINY_ARCH}", weights=str(checkpoint), cache_dir=str(tmp_path),
+                             runtime="torch", precision="fp32")
+    encoder = ImageEncoder(settings).load()
+    assert (encoder.runtime, encoder.device, encoder.precision) == ("torch", "cpu", "fp32")
+    assert not any(tmp_path.iterdir())  # nothing exported
+    pixels = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), np.uint8)
+    x = (pixels / 255 - np.array(open_clip.OPENAI_DATASET_MEAN)) / np.array(open_clip.OPENAI_DATASET_STD)
+    texts = ["a red bicycle", "Two dogs, playing!"]
+    with torch.no_grad():
+        theirs = model.encode_image(torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32), normalize=True)
+        their_text = model.encode_text(open_clip.tokenize(texts), normalize=True)
+    assert (encoder.encode(pixels) * theirs.numpy()).sum(axis=1).min() >= 0.999
+    assert (encoder.encode_text(texts) * their_text.numpy()).sum(axis=1).min() >= 0.999
+    exported = ImageEncoder(settings.model_copy(update={"runtime": "auto"})).load()  # the CPU's way: its export
+    assert exported.runtime == "onnx"
+    assert (exported.encode(pixels) * encoder.encode(pixels)).sum(axis=1).min() >= 0.999
+
+
+def _text_length(folder: Path):
+    import onnx
+
+    graph = onnx.load(str(folder / "textual" / "model.onnx"))
+    return graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value or "dynamic", \
+        {p.key: p.value for p in graph.metadata_props}
+
+
+def test_a_text_tower_is_cut_to_its_length_only_where_that_gives_the_same_vectors(open_clip_checkpoint, tmp_path,
+                                                                                   monkeypatch):
+    """Causal and pooled at the end token: cut (the export checks it against encode_text). A
+    tower without the causal mask (as SigLIP's), or an export that would not match, keeps the
+    context's length and says nothing."""
+    import open_clip
+
+    from lookalike.embedding import clip_export
+
+    model, _ = open_clip_checkpoint
+    config = open_clip.get_model_config(TINY_ARCH)
+    assert _text_length(clip_export.write_layout(model, config, tmp_path / "causal")) == (
+        "dynamic", {"lookalike.text_length": "cut"})
+    bidirectional = open_clip.create_model(TINY_ARCH).eval()
+    bidirectional.attn_mask = None
+    assert not clip_export.cuts_to_length(bidirectional)
+    assert _text_length(clip_export.write_layout(bidirectional, config, tmp_path / "bidirectional")) == (77, {})
+    monkeypatch.setattr(clip_export, "_gives_encode_text", lambda *args: False)
+    assert _text_length(clip_export.write_layout(model, config, tmp_path / "mismatch")) == (77, {})
+
+
+def test_a_hugging_face_tokenizer_is_exported_and_tokenises_as_open_clip_does(tmp_path):
+    """A SigLIP-like model (no causal mask, pooled at the last position, text canonicalised,
+    a Hugging Face tokenizer named in its config): the export saves that tokenizer through
+    transformers, and the service's vectors for words are open_clip's own (its HFTokenizer)."""
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.tokenizer import HFTokenizer
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from lookalike.embedding.clip_export import write_layout
+
+    from .support.clip_export import VISION_CFG, WORDS
+
+    words = {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}, "</s>": len(WORDS) + 2}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", words["</s>"])])
+    hf_dir = tmp_path / "hf-tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>",
+                            eos_token="</s>").save_pretrained(hf_dir)
+    text_cfg = {"context_length": 16, "vocab_size": len(words), "width": 32, "heads": 2, "layers": 2,
+                "hf_tokenizer_name": str(hf_dir), "tokenizer_kwargs": {"clean": "canonicalize"},
+                "no_causal_mask": True, "pool_type": "last"}
+    torch.manual_seed(3)
+    model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(**VISION_CFG), text_cfg=CLIPTextCfg(**text_cfg)).eval()
+    folder = write_layout(model, {"embed_dim": 32, "vision_cfg": VISION_CFG, "text_cfg": text_cfg}, tmp_path / "siglip")
+    assert _text_length(folder)[0] == 16  # every position counts: never cut
+    encoder = ImageEncoder(_settings(folder)).load()
+    texts = ["A photo of a RED bicycle!", "two  cats,on_the  house", "dog"]
+    theirs = HFTokenizer(str(hf_dir), context_length=16, clean="canonicalize")(texts)
+    assert encoder.text_engine.tokens(texts)["text"].tolist() == theirs.tolist()
+    with torch.no_grad():
+        their_vectors = model.encode_text(theirs, normalize=True).numpy()
+    assert (encoder.encode_text(texts) * their_vectors).sum(axis=1).min() >= 0.999
 
 
 def test_models_export_then_check_from_the_command_line(open_clip_checkpoint, tmp_path, monkeypatch, capsys):

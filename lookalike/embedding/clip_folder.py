@@ -14,7 +14,10 @@ and its exporter writes::
                                  pad token
 
 Its graphs may have a fixed batch dimension of 1 (immich's exporter leaves the axes static):
-``onnx_runtime.OnnxRuntime`` runs such a graph image by image. The ``textual`` folder is
+``onnx_runtime.OnnxRuntime`` runs such a graph image by image. A text graph whose metadata holds
+``CUT_TO_LENGTH`` (Lookalike's exporter writes it where it holds) takes ids of any length, and
+gives the same vector for a text's ids cut after its end token as for the ids padded to the
+context: ``text.TextTower`` cuts a batch to its longest text. The ``textual`` folder is
 optional: without it the model searches by image only.
 
 An image encoder may also be one ONNX file with a JSON beside it (``read_onnx_file``).
@@ -32,6 +35,7 @@ from pathlib import Path
 from lookalike.errors import ConfigurationError
 
 SOURCE = "immich-clip"
+CUT_TO_LENGTH = ("lookalike.text_length", "cut")  # a text graph's metadata: ids may be cut to their length
 ONNX_FILE = "onnx-file"  # any ONNX image encoder: a file, and a JSON beside it (read_onnx_file)
 
 

@@ -6,7 +6,8 @@ PyTorch (``torch_runtime.py``) and onnxruntime over the same network exported fr
 ``precision`` and ``providers``; their vectors are interchangeable.
 
 A model exported with its own towers (``clip_folder.py``) runs on onnxruntime as it is, and
-its text tower (``text.py``) gives ``encode_text``.
+its text tower (``text.py``) gives ``encode_text``; an open_clip model by name runs as its
+export on the CPU and as open_clip's own torch model on a GPU (``open_clip_source.py``).
 
 One callable class, loaded once per process and used by every face: the Serve Embedder,
 the Ray Data ingest actors and the in-process CLI indexer.
@@ -26,6 +27,7 @@ import numpy as np
 
 from lookalike.embedding.descriptors import pooled
 from lookalike.embedding.models import ModelSpec, get_model
+from lookalike.embedding.open_clip_source import PREFIX as OPEN_CLIP
 from lookalike.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -95,33 +97,47 @@ class ImageEncoder:
         threads = self.settings.num_threads or available_cpus()
         if self.device == "cpu":
             torch.set_num_threads(threads)
-        if self.spec.exported and self.spec.folder is None:  # open-clip: exported once, into the cache
-            from dataclasses import replace
+        if not self.spec.exported:
+            self._load_network(threads)
+            if self.spec.has_text:  # the bundled classifier: words along its rows
+                from lookalike.embedding.class_words import ClassWords, efficientnet_lite0_rows
 
-            from lookalike.embedding import open_clip_source
-            from lookalike.embedding.models import of_folder
-
-            folder = open_clip_source.exported(self.settings.name, self.settings.weights, self.settings.cache_dir)
-            self.spec = replace(of_folder(folder), name=self.spec.name)
-        if self.spec.exported:  # an export: its ONNX towers as they are
+                self.text_engine = ClassWords(efficientnet_lite0_rows(self.settings.weights))
+        elif self.runtime == "torch":  # open-clip on torch (a GPU): the library's own model
+            self._load_open_clip_torch()
+        else:  # an export: its ONNX towers as they are
             from lookalike.embedding.onnx_runtime import OnnxRuntime
 
+            if self.spec.folder is None:  # open-clip: exported once, into the cache
+                from dataclasses import replace
+
+                from lookalike.embedding import open_clip_source
+                from lookalike.embedding.models import of_folder
+
+                folder = open_clip_source.exported(self.settings.name, self.settings.weights, self.settings.cache_dir)
+                self.spec = replace(of_folder(folder), name=self.spec.name)
             options = dict(device=self.device, threads=threads, spin_wait=self.settings.spin_wait)
             self.engine = OnnxRuntime(self.spec.folder.visual, self.spec, **options)
             if self.spec.has_text:
                 from lookalike.embedding.text import TextTower
 
                 self.text_engine = TextTower(self.spec.folder, **options)
-        else:
-            self._load_network(threads)
-            if self.spec.has_text:  # the bundled classifier: words along its rows
-                from lookalike.embedding.class_words import ClassWords, efficientnet_lite0_rows
-
-                self.text_engine = ClassWords(efficientnet_lite0_rows(self.settings.weights))
         self.precision = self.engine.precision
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s (%s, %s) in %.1fs", self.spec.name, self.runtime, ", ".join(self.engine.providers),
                  self.precision, self.load_seconds)
+
+    def _load_open_clip_torch(self) -> None:
+        from dataclasses import replace
+
+        from lookalike.embedding import open_clip_source
+        from lookalike.embedding.torch_runtime import TorchRuntime
+
+        precision = self._torch_precision()
+        image, mean, std, self.text_engine = open_clip_source.torch_towers(
+            self.settings.name, self.settings.weights, device=self.device, precision=precision)
+        self.spec = replace(self.spec, mean=mean, std=std)
+        self.engine = TorchRuntime(image, self.spec, device=self.device, precision=precision)
 
     def _load_network(self, threads: int) -> None:
         if self.runtime == "onnx":
@@ -152,12 +168,14 @@ class ImageEncoder:
         from lookalike.embedding import onnx_runtime
 
         want = self.settings.runtime
-        if self.spec.exported:
+        if self.spec.exported and not self.settings.name.startswith(OPEN_CLIP):
             if want == "torch":
                 from lookalike.errors import ConfigurationError
 
                 raise ConfigurationError(f"{self.spec.name} is an ONNX export: model.runtime must be onnx or auto")
             want = "onnx"
+        elif self.spec.exported and want == "auto":  # open-clip: torch on a GPU, its ONNX export on the CPU
+            want = "torch" if self.device == "cuda" else "onnx"
         if want == "onnx" and not onnx_runtime.available():
             from lookalike.errors import ConfigurationError
 

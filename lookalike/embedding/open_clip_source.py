@@ -1,8 +1,12 @@
 """The ``open-clip:<architecture>`` model source: an open_clip model by name, its weights a
 pretrained tag (from the Hugging Face cache on the user's machine) or a local checkpoint file
 (``model.weights``), exported once to immich's folder layout under ``model.cache_dir`` (keyed
-by the architecture and the weights: the tag, or the file's path, size and time) and then run
-as any export (``clip_folder.py``) on onnxruntime.
+by the architecture, the weights — the tag, or the file's path, size and time — and the
+version of what the exporter writes, ``clip_export.LAYOUT``) and then run
+as any export (``clip_folder.py``) on onnxruntime: the CPU's way. On a GPU (``model.runtime``
+torch, which ``auto`` picks there) the library's own model runs instead, as open_clip runs it:
+``encode_image`` and ``encode_text`` on the device, its own tokenizer, fp16 autocast on CUDA
+(``torch_towers``); nothing is exported.
 
 The model's shape (dimension, input size, whether it has a text tower) is read from open_clip's
 model config without importing torch, so the HTTP ingress can know it without loading a model.
@@ -57,7 +61,9 @@ def cache_folder(name: str, weights: str, cache_dir: str) -> Path:
         key = f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     else:
         key = f"tag:{weights}"
-    digest = hashlib.sha256(f"{architecture(name)};{key}".encode()).hexdigest()[:16]
+    from lookalike.embedding.clip_export import LAYOUT
+
+    digest = hashlib.sha256(f"{architecture(name)};{key};layout {LAYOUT}".encode()).hexdigest()[:16]
     return Path(cache_dir) / f"open-clip-{architecture(name)}-{digest}"
 
 
@@ -75,3 +81,54 @@ def exported(name: str, weights: str, cache_dir: str) -> clip_folder.ClipFolder:
         if not folder.is_dir():
             write_layout(load_open_clip(architecture(name), weights), model_config(name), folder)
     return clip_folder.read(folder)
+
+
+def torch_towers(name: str, weights: str, *, device: str, precision: str):
+    """open_clip's model on torch: (its image tower as a module, mean, std, its text tower as a
+    callable or None). The image module gives ``encode_image``'s vector (``TorchRuntime``
+    normalises the input and the output as for any network)."""
+    import open_clip
+    import torch
+
+    from lookalike.embedding.clip_export import load_open_clip, preprocess_cfg
+
+    model = load_open_clip(architecture(name), weights).to(device)
+    config = model_config(name)
+    preprocess = preprocess_cfg(model, config)
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model.encode_image(x)
+
+    text = TorchText(model, open_clip.get_tokenizer(architecture(name)), device=device, precision=precision) \
+        if "text_cfg" in config else None
+    return ImageTower(), tuple(preprocess["mean"]), tuple(preprocess["std"]), text
+
+
+class TorchText:
+    """Words -> unit vectors through open_clip's own tokenizer and ``encode_text`` on the device."""
+
+    def __init__(self, model, tokenizer, *, device: str, precision: str):
+        self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
+
+    def check(self, text: str) -> None:
+        """Any text will do (the API bounds its length)."""
+
+    def __call__(self, texts) -> "np.ndarray":
+        import numpy as np
+        import torch
+
+        ids = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            if self.precision == "fp32":
+                vectors = self.model.encode_text(ids)
+            else:
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                with torch.autocast(device_type=self.device, dtype=dtype):
+                    vectors = self.model.encode_text(ids)
+            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return vectors.cpu().numpy().astype(np.float32, copy=False)

@@ -1,11 +1,13 @@
 """TextTower: words -> unit vectors in the images' space, for a model exported with a text
 tower (``clip_folder.py``).
 
-The text is cleaned as immich cleans it (whitespace collapsed; lower-cased and stripped of
+The text is cleaned as open_clip cleans it (whitespace collapsed; lower-cased and stripped of
 punctuation where the model's ``tokenizer_kwargs`` ask for ``canonicalize``, as SigLIP's do),
 tokenised by the ``tokenizers`` library from the export's ``tokenizer.json``, padded with its
 pad token and cut to the model's context length, then run by onnxruntime as int32 ids
-(``text``, or ``input_ids`` + ``attention_mask`` for multilingual CLIP).
+(``text``, or ``input_ids`` + ``attention_mask`` for multilingual CLIP). A graph that says its
+texts may be cut to their length (``clip_folder.CUT_TO_LENGTH``) gets a batch only as long as
+its longest text: a query of a few words costs a few positions, not the whole context.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from typing import Sequence
 import numpy as np
 
 from lookalike.embedding import onnx_runtime
-from lookalike.embedding.clip_folder import ClipFolder
+from lookalike.embedding.clip_folder import CUT_TO_LENGTH, ClipFolder
 from lookalike.errors import ConfigurationError
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def clean(text: str, canonicalize: bool) -> str:
-    text = " ".join(text.split())
-    return text.translate(_PUNCTUATION).lower() if canonicalize else text
+    """As open_clip cleans it for its tokenizer: whitespace collapsed; canonicalised first (its
+    ``canonicalize_text``: underscores to spaces, punctuation dropped, lower case) where asked."""
+    if canonicalize:
+        text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    return " ".join(text.split())
 
 
 class TextTower:
@@ -47,14 +52,20 @@ class TextTower:
         if self.inputs not in (["text"], ["input_ids", "attention_mask"]):
             raise ConfigurationError(f"{folder.textual} takes {self.inputs}; a text tower takes 'text' (or "
                                      "'input_ids' and 'attention_mask')")
+        key, value = CUT_TO_LENGTH
+        self.cut = (self.inputs == ["text"] and self.session.get_modelmeta().custom_metadata_map.get(key) == value
+                    and not isinstance(self.session.get_inputs()[0].shape[1], int))
 
     def check(self, text: str) -> None:
         """Any text will do (the API bounds its length)."""
 
     def tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The graph's inputs for ``texts``: int32 ids, padded to the context length."""
+        """The graph's inputs for ``texts``: int32 ids, padded to the context length (or, where
+        the graph allows, to the longest text's)."""
         encodings = self.tokenizer.encode_batch([clean(t, self.canonicalize) for t in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int32)
+        if self.cut:
+            ids = ids[:, :max(sum(e.attention_mask) for e in encodings)]
         if self.inputs == ["text"]:
             return {"text": ids}
         return {"input_ids": ids, "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int32)}
