@@ -206,6 +206,7 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    head_log = (tmp_path / "head.log").open("wb")  # what the head said, kept with the test's files on a failure
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
          f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
@@ -213,13 +214,15 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
          f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
          f"--ray-client-server-port={client}",
          "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://{HOST}:{dashboard_port}"
     try:
         # Ray's token auth (lookalike/ray_env.py): the dashboard answers only with the cluster's token.
+        # The bounds are for a head that hangs: a live one ends the waits as soon as it answers
+        # (seconds here; more than 120 s once, at a load of 41 on two cores).
         token = {"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
-        wait_until(lambda: httpx.get(f"{address}/api/version", headers=token, timeout=2).status_code == 200, 120,
-                 "Ray head", head)
+        wait_until(lambda: httpx.get(f"{address}/api/version", headers=token, timeout=2).status_code == 200, 600,
+                   "Ray head", head)
         assert httpx.get(f"{address}/api/version", timeout=5).status_code in (401, 403)
         runtime_env = {"env_vars": {"LOOKALIKE_MILVUS__URI": str(tmp_path / "job" / "m.db"),
                                     "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "job" / "images")}}
@@ -231,7 +234,7 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             return None if "No available agent" in done.stderr else done
 
-        submit = wait_until(submitted, 120, "ray job submit", interval=2, give_up_on=(subprocess.TimeoutExpired,))
+        submit = wait_until(submitted, 600, "ray job submit", interval=2, give_up_on=(subprocess.TimeoutExpired,))
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout and "ingest: 30 indexed" in submit.stdout
         data = json.loads(report.read_text())
@@ -243,6 +246,11 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path, gallery_root):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=10)
+        head_log.close()
+        logs = Path(temp_dir) / "session_latest" / "logs"
+        for name in ("dashboard.log", "gcs_server.out", "raylet.out"):
+            if (logs / name).is_file():
+                shutil.copy(logs / name, tmp_path / name)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
