@@ -355,6 +355,27 @@ class IndexResponse(BaseModel):
     seconds: float
 
 
+class IndexRequest(BaseModel):
+    """``POST /api/v1/index``'s optional body: without one, the index is rebuilt."""
+    model_config = ConfigDict(extra="forbid")
+    model: dict[str, Any] | None = Field(
+        None, description="Re-embed the gallery under this model: fields of the `model` settings that differ from "
+                          "the service's (`name`, `weights`, `pooling`, ...; `lookalike reembed` takes the same from "
+                          "the configuration). The job runs in the cluster; searches keep answering from the "
+                          "current model until the switch, and after it until the service runs the new model.",
+        examples=[{"name": "immich-clip", "weights": "models/ViT-B-32__openai"}])
+
+
+class ReembedResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    state: Literal["staging", "reembedding", "done", "failed"] = Field(
+        description="staging or reembedding (202): the job goes on (`GET /api/v1/status`: `reembed_job`); done or "
+                    "failed: how the last re-embed for this model ended")
+    name: str = Field(description="the model being re-embedded into")
+    done: int = Field(description="images embedded so far")
+    total: int | None = Field(None, description="images to embed (known once staged)")
+
+
 class Status(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: str = Field(description="ok, or degraded when a backend is down")
@@ -406,6 +427,7 @@ def errors(*statuses: int) -> dict:
     """The documented error answers of a route (every error has the same body)."""
     what = {400: "bad input (malformed body, JSON, URL, or a URL that cannot be fetched)",
             401: "the API key is missing or wrong", 403: "a write refused (no API key, or another site's page)",
-            404: "no such image or route", 413: "too many bytes or pixels", 415: "not an image format it reads",
+            404: "no such image or route", 409: "it conflicts with work already done or running",
+            413: "too many bytes or pixels", 415: "not an image format it reads",
             422: "an invalid image or parameter", 503: "a backend is down (see `backend`; retry after Retry-After)"}
     return {s: {"model": ErrorResponse, "description": what[s]} for s in statuses}

@@ -25,7 +25,8 @@ from lookalike.embedding.descriptors import Tagged
 from lookalike.embedding.images import Box, PreparedImage, prepare, prepare_regions
 from lookalike.embedding.models import get_model
 from lookalike.embedding.regions import boxes
-from lookalike.errors import BackendUnavailable, LookalikeError, NotFound, TextSearchUnavailable
+from lookalike.errors import (BackendUnavailable, ConfigurationError, InvalidParameter, LookalikeError, NotFound,
+                              TextSearchUnavailable)
 from lookalike.indexing.writer import NewImage
 from lookalike.query import Query as SearchQuery
 from lookalike.query import QueryPath, ms_since
@@ -161,6 +162,31 @@ class Ingress:
     async def rebuild_index(self) -> dict:
         return await self._remote("searcher", self.searcher.build_index.remote(self.settings.serve.index_wait_s))
 
+    async def start_reembed(self, model: dict) -> dict:
+        """Start (or join) the re-embed under ``model`` (the service's model settings with these
+        fields replaced): checked here, run by the cluster's re-embed actor."""
+        from pydantic import ValidationError
+
+        from ingest.reembed_job import job
+
+        try:
+            settings = self.settings.with_overrides(model=model)
+            await asyncio.to_thread(get_model, settings.model)  # a folder with a broken file: named here
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise InvalidParameter(f"model.{'.'.join(map(str, error['loc'][1:]))}: {error['msg']}") from None
+        except ConfigurationError as exc:
+            raise InvalidParameter(exc.message) from None
+        actor = await asyncio.to_thread(job, True)
+        return await self._remote("reembed", actor.start.remote(settings, self.settings.serve.index_wait_s))
+
+    async def reembed_state(self) -> dict | None:
+        """The cluster's last re-embed started from the API (None: none was)."""
+        from ingest.reembed_job import job
+
+        actor = await asyncio.to_thread(job, False)
+        return None if actor is None else await self._remote("reembed", actor.describe.remote())
+
     async def describe(self, operator: bool) -> dict:
         async def safe(backend, call):
             try:
@@ -183,7 +209,10 @@ class Ingress:
             "store": store,
             "version": VERSION,
         }
-        return status if operator else public_status(status)
+        if not operator:
+            return public_status(status)
+        status["reembed_job"] = await self.reembed_state()  # the operator's: the model and its files
+        return status
 
     # -- search --------------------------------------------------------------------------------
     @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image or words",
@@ -268,15 +297,23 @@ class Ingress:
             group["images"] = [self.public(i, operator) for i in group["images"]]
         return result
 
-    @app.post("/api/v1/index", response_model=m.IndexResponse, tags=["library"],
-              summary="(Re)build the index with the configured type and parameters",
+    @app.post("/api/v1/index", response_model=m.IndexResponse | m.ReembedResponse, tags=["library"],
+              summary="(Re)build the index with the configured type and parameters, or re-embed the gallery",
               description="Builds into a new version of the collection while the current one answers, then "
                           "switches to it: searches and writes go on. Answers 202 (state building) when it "
-                          "takes longer than `serve.index_wait_s`; a second call joins the running rebuild.",
-              responses={**m.errors(401, 403, 503),
-                         202: {"model": m.IndexResponse, "description": "still building"}},
+                          "takes longer than `serve.index_wait_s`; a second call joins the running rebuild. "
+                          "With `{\"model\": {...}}`: re-embeds every stored original under that model into the "
+                          "next version (the job of `lookalike reembed`, in the cluster), 202 while it runs; a "
+                          "second call for the same model joins it, for another is refused (409), as is a model "
+                          "the gallery is already on; a model that does not load is a 422 naming its file.",
+              responses={**m.errors(401, 403, 409, 422, 503),
+                         202: {"model": m.IndexResponse | m.ReembedResponse, "description": "still running"}},
               dependencies=[Depends(writer)])
-    async def build_index(self, response: Response) -> dict:
+    async def build_index(self, response: Response, body: m.IndexRequest | None = None) -> dict:
+        if body is not None and body.model is not None:
+            state = await self.start_reembed(body.model)
+            response.status_code = 202 if state["state"] in ("staging", "reembedding") else 200
+            return state
         started = time.perf_counter()
         result = await self.rebuild_index()
         if result["state"] == "building":

@@ -92,7 +92,26 @@ class WriteActor:
         return self.write(batch)
 
 
-def build_dataset(source: Source, items: list[dict], settings: Settings) -> ray.data.Dataset:
+WRITE_ACTOR_CPUS = 0.25  # a write actor waits on Milvus and the store, mostly
+
+
+def beside_serving(settings: Settings) -> float:
+    """For a job in a cluster that serves (a re-embed the API started): the share of the stages'
+    usual CPU asks that fits in what the cluster has free, at most 1. Serve's replicas hold
+    their CPUs as long as they live (`make run` on two cores leaves 0.5 of 2), so a job asking
+    for its usual amounts (1.5: a read task, an embedding actor, a write actor) would wait for
+    CPUs that never free up; scaled down, its stages run beside the replicas on the cores they
+    share, as the same job from the command line does."""
+    ing = settings.ingest
+    embed_actors, _ = _pool_sizes(settings)
+    wanted = ing.read_task_cpus + ing.embed_actor_cpus * embed_actors + WRITE_ACTOR_CPUS * ing.write_actors
+    free = ray.available_resources().get("CPU", 0.0)
+    return 1.0 if free >= wanted else max(free * 0.9, 0.01) / wanted
+
+
+def build_dataset(source: Source, items: list[dict], settings: Settings, cpu_share: float = 1.0) -> ray.data.Dataset:
+    """The ingest's stages over ``items``; ``cpu_share``: the part of each stage's CPU ask to
+    request (``beside_serving``)."""
     ing = settings.ingest
     embed_actors, embed_gpus = _pool_sizes(settings)
     # A stage's own error (a backend that stayed down, named) reaches the driver as itself,
@@ -103,13 +122,14 @@ def build_dataset(source: Source, items: list[dict], settings: Settings) -> ray.
     context.wait_for_min_actors_s = math.ceil(ing.actors_ready_timeout_s)
     ds = ray.data.from_items(items)
     ds = ds.map_batches(read_prepare, fn_kwargs={"settings": settings, "source": source},
-                        batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus, batch_format="numpy")
+                        batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus * cpu_share,
+                        batch_format="numpy")
     ds = ds.map_batches(Embed, fn_constructor_args=(settings,), batch_size=settings.model.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=embed_actors), num_cpus=ing.embed_actor_cpus,
-                        num_gpus=embed_gpus, batch_format="numpy")
+                        compute=ray.data.ActorPoolStrategy(size=embed_actors),
+                        num_cpus=ing.embed_actor_cpus * cpu_share, num_gpus=embed_gpus, batch_format="numpy")
     return ds.map_batches(WriteActor, fn_constructor_args=(settings, source), batch_size=ing.write_batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=ing.write_actors), num_cpus=0.25,
-                          batch_format="numpy")
+                          compute=ray.data.ActorPoolStrategy(size=ing.write_actors),
+                          num_cpus=WRITE_ACTOR_CPUS * cpu_share, batch_format="numpy")
 
 
 def collect(ds: ray.data.Dataset, report: Report, progress: Callable[[Report], None] | None = None) -> None:
@@ -168,10 +188,13 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
 
 
 def run_reembed(settings: Settings, *, report_path: str | None = None,
-                progress: Callable[[Report, int], None] | None = None) -> Report:
+                progress: Callable[[Report, int], None] | None = None,
+                planned: Callable[[reembed.Plan, int], None] | None = None, in_serving_cluster: bool = False) -> Report:
     """Re-embed the gallery under the configured model (``lookalike.indexing.reembed``): its
     stored originals through the same stages as an ingest into the next version, then the
-    switch. ``progress``: told (the report, the images to embed) after each batch."""
+    switch. ``planned``: told (the plan, the images to embed) once the next version is staged;
+    ``progress``: told (the report, the images to embed) after each batch;
+    ``in_serving_cluster``: the stages ask for the CPUs the replicas leave (``beside_serving``)."""
     started = time.perf_counter()
     report = Report()
     with serving(settings.milvus):
@@ -179,9 +202,12 @@ def run_reembed(settings: Settings, *, report_path: str | None = None,
         todo = [{"path": i.path, "label": i.label, "source": i.source} for i in reembed.items(plan)]
         log.info("re-embedding %d images of %s into %s (%s)", len(todo), plan.staged.current, plan.staged.into,
                  settings.model.name)
+        if planned:
+            planned(plan, len(todo))
         if todo:
             connect_ray()
-            collect(build_dataset(plan.source, todo, plan.settings), report,
+            share = beside_serving(plan.settings) if in_serving_cluster else 1.0
+            collect(build_dataset(plan.source, todo, plan.settings, share), report,
                     progress and (lambda r: progress(r, len(todo))))
         count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, report), log.info)
         report.seconds = time.perf_counter() - started

@@ -64,7 +64,8 @@ def declared(unit: str) -> set[str]:
         return {"lookalike", *BASE, "lookalike.embedding", "lookalike.storage", "lookalike.milvus",
                 "lookalike.indexing", "lookalike.quality", "lookalike.query"}
     if unit in ("deployments", "ingest"):  # the Ray layers, over the core (never its command line)
-        return {unit, *(declared("lookalike.cli") - {"lookalike.cli"})}
+        # The service may start a batch job (a re-embed from the API); a job never imports the service.
+        return {unit, *(declared("lookalike.cli") - {"lookalike.cli"}), *({"ingest"} if unit == "deployments" else ())}
     init = REPO / ("lookalike/__init__.py" if unit in BASE or unit == "lookalike" else unit.replace(".", "/") + "/__init__.py")
     if not init.exists():  # a layer of one module (lookalike/query.py)
         init = REPO / (unit.replace(".", "/") + ".py")

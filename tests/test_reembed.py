@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -28,6 +29,7 @@ from lookalike.errors import Conflict
 from lookalike.indexing.indexer import index_items
 from lookalike.indexing.sources import SourceItem
 from lookalike.milvus.engines import gallery_catalog
+from lookalike.retry import wait_until
 from lookalike.storage.store import make_store
 
 from .conftest import REPO, App, deploy
@@ -169,6 +171,39 @@ def test_a_query_is_routed_to_the_version_of_its_own_model(before, encoder):
     finally:
         catalog.close()
     assert float(np.dot(encoder.encode(pixels)[0], avg_encoder.encode(pixels)[0])) < SELF
+
+
+def test_an_operator_reembeds_through_the_index_route(before):
+    """POST /api/v1/index with a model: the job of `lookalike reembed`, run in the serving
+    cluster by its re-embed actor, its state in the operator's status. (Runs after the re-embed
+    above: the app and the gallery are on average pooling; this goes back to GeM.)"""
+    gem, files = before.settings, before.gallery["indexed"]
+    with before.client() as client:
+        refused = [client.post("/api/v1/index", json={"model": model}) for model in (
+            {"pooling": "avg"}, {"colour": "red"}, {"name": "immich-clip", "weights": "/no/such/export"})]
+        assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [
+            (409, "conflict"), (422, "invalid_parameter"), (422, "invalid_parameter")]
+        assert "model.colour" in refused[1].json()["error"]["message"]
+        assert "/no/such/export is not a folder" in refused[2].json()["error"]["message"]
+        with httpx.Client(base_url=before.url, timeout=60) as anonymous:
+            assert anonymous.post("/api/v1/index", json={"model": {"pooling": "gem"}}).status_code == 401
+            assert "reembed_job" not in anonymous.get("/api/v1/status").json()
+
+        started = client.post("/api/v1/index", json={"model": {"pooling": "gem"}})
+        assert started.status_code == 202 and started.json()["state"] == "reembedding", started.text
+        assert started.json()["total"] == len(files)
+        joined = client.post("/api/v1/index", json={"model": {"pooling": "gem"}})  # the same job, not another
+        assert joined.json()["started"] == started.json()["started"]
+
+        def finished():
+            state = client.get("/api/v1/status").json()["reembed_job"]
+            return state if state["state"] in ("done", "failed") else None
+
+        state = wait_until(finished, 600, "the re-embed started through the API", interval_s=1)
+        assert state["state"] == "done" and state["count"] == len(files), state
+        status = client.get("/api/v1/status").json()["milvus"]
+        assert status["moved_to"] == descriptor_name(gem.model, gem.images)
+        assert _top(client, files[0].read_bytes())[1] >= SELF  # the avg service: from its kept version
 
 
 def test_the_command_refuses_a_gallery_that_is_not_there(tmp_path):
