@@ -178,16 +178,17 @@ def test_lookalike_serve_refuses_a_non_loopback_host_without_a_key(tmp_path, mon
     import yaml
 
     from lookalike import cli
+    from lookalike.cli import processes
 
     started = []
-    monkeypatch.setattr(cli.subprocess, "Popen", lambda *a, **k: started.append(a))  # never reached
+    monkeypatch.setattr(processes.subprocess, "Popen", lambda *a, **k: started.append(a))  # never reached
     config = tmp_path / "serve.yaml"
     for host, key, refused in (("0.0.0.0", "", True), ("10.1.2.3", "", True), ("0.0.0.0", "k3y", False),
                                ("127.0.0.1", "", False), ("::1", "", False)):
         config.write_text(yaml.safe_dump({"http_options": {"host": host, "port": 8000}}))
         monkeypatch.setenv("LOOKALIKE_API__API_KEY", key)
         settings = cli.load_settings()
-        reason = cli.open_writes_refusal(str(config), settings)
+        reason = processes.open_writes_refusal(str(config), settings)
         assert (reason is not None) == refused, host
         if refused:
             assert cli.main(["serve", "--serve-config", str(config)]) == 2
@@ -197,6 +198,6 @@ def test_lookalike_serve_refuses_a_non_loopback_host_without_a_key(tmp_path, mon
     monkeypatch.setenv("LOOKALIKE_API__API_KEY", "")
     assert cli.main(["serve", "--serve-config", str(config), "--http-host", "0.0.0.0"]) == 2
     assert "--http-host" in capsys.readouterr().err and not started
-    copy = cli.serve_config_with_host(str(config), "0.0.0.0")
+    copy = processes.serve_config_with_host(str(config), "0.0.0.0")
     assert yaml.safe_load(open(copy))["http_options"] == {"host": "0.0.0.0", "port": 8000}
     os.unlink(copy)

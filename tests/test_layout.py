@@ -61,7 +61,7 @@ def declared(unit: str) -> set[str]:
     """What a unit may import, as its package's docstring says ("May import: the base modules,
     lookalike.embedding and itself."); the base modules follow lookalike/__init__.py's."""
     if unit == "lookalike.cli":  # the command, over the whole core
-        return {"lookalike", *BASE, "lookalike.embedding", "lookalike.storage", "lookalike.milvus",
+        return {"lookalike", "lookalike.cli", *BASE, "lookalike.embedding", "lookalike.storage", "lookalike.milvus",
                 "lookalike.indexing", "lookalike.quality", "lookalike.query"}
     if unit in ("deployments", "ingest"):  # the Ray layers, over the core (never its command line)
         # The service may start a batch job (a re-embed from the API); a job never imports the service.

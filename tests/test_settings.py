@@ -102,7 +102,7 @@ def test_the_config_file_restates_no_default():
     given = yaml.safe_load(CONFIG.read_text()) or {}
     loaded, default = load_settings(CONFIG).model_dump(mode="json"), defaults().model_dump(mode="json")
     restated = [".".join(path) for path, _ in _leaves(given) if _at(loaded, path) == _at(default, path)]
-    assert restated == [], f"{CONFIG.name} restates defaults of lookalike/settings.py: {restated}"
+    assert restated == [], f"{CONFIG.name} restates defaults of lookalike/settings/sections.py: {restated}"
 
 
 def test_lookalike_config_prints_the_settings_in_effect_as_a_config_file(tmp_path):

@@ -252,7 +252,6 @@ def _export_cut_to_length(model, example, path: Path) -> bool:
 def _gives_encode_text(model, path: Path, context: int) -> bool:
     """Texts of 3, 5 and 9 tokens (start, words, end: the end token the highest id, or the
     model's eos id), padded to the context for ``encode_text``, cut to the longest for the graph."""
-    import numpy as np
     import onnxruntime as ort
     import torch
 

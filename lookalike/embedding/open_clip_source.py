@@ -118,7 +118,8 @@ class TorchText:
     def check(self, text: str) -> None:
         """Any text will do (the API bounds its length)."""
 
-    def __call__(self, texts) -> "np.ndarray":
+    def __call__(self, texts):
+        """(N,) texts -> (N, dim) float32, unit length."""
         import numpy as np
         import torch
 
