@@ -232,11 +232,12 @@ def _text_length(folder: Path):
 
 
 def test_a_text_tower_is_cut_to_its_length_only_where_that_gives_the_same_vectors(open_clip_checkpoint, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, caplog):
     """Causal and pooled at the end token: cut (the export checks it against encode_text). A
-    tower without the causal mask (as SigLIP's), or an export that would not match, keeps the
-    context's length and says nothing."""
+    tower without the causal mask (as SigLIP's), or an export that would not match or fails,
+    keeps the context's length and says nothing."""
     import open_clip
+    import torch
 
     from lookalike.embedding import clip_export
 
@@ -248,6 +249,17 @@ def test_a_text_tower_is_cut_to_its_length_only_where_that_gives_the_same_vector
     bidirectional.attn_mask = None
     assert not clip_export.cuts_to_length(bidirectional)
     assert _text_length(clip_export.write_layout(bidirectional, config, tmp_path / "bidirectional")) == (77, {})
+    export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=False, **kwargs):  # as the dynamo exporter does on what it cannot trace
+        if dynamo:
+            raise RuntimeError("torch.export could not trace the model")
+        return export(*args, dynamo=dynamo, **kwargs)
+
+    with monkeypatch.context() as patched:  # an export that fails: the fixed length, not no model
+        patched.setattr(torch.onnx, "export", dynamo_fails)
+        assert _text_length(clip_export.write_layout(model, config, tmp_path / "failed")) == (77, {})
+        assert "cannot be exported at any length" in caplog.text
     monkeypatch.setattr(clip_export, "_gives_encode_text", lambda *args: False)
     assert _text_length(clip_export.write_layout(model, config, tmp_path / "mismatch")) == (77, {})
 

@@ -227,10 +227,17 @@ def _export_cut_to_length(model, example, path: Path) -> bool:
     # One file, as the legacy exporter writes, unless past protobuf's 2 GB (then model.onnx.data beside it).
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5e9
     dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("length", min=2, max=example.shape[1])}
-    with _exporting():
-        torch.onnx.export(TextToItsLength().eval(), (example,), str(path), input_names=["text"],
-                          output_names=["vector"], opset_version=DYNAMO_OPSET, dynamo=True,
-                          dynamic_shapes={"text": dims}, verbose=False, external_data=big)
+    try:
+        with _exporting():
+            torch.onnx.export(TextToItsLength().eval(), (example,), str(path), input_names=["text"],
+                              output_names=["vector"], opset_version=DYNAMO_OPSET, dynamo=True,
+                              dynamic_shapes={"text": dims}, verbose=False, external_data=big)
+    except Exception as exc:  # noqa: BLE001 - an architecture the dynamo exporter cannot trace: the fixed length
+        log.warning("the text tower cannot be exported at any length (%s): exported at its full length",
+                    str(exc)[:200])
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+        return False
     # dynamo names the token lookup's output "embedding": give that name to the graph's output.
     graph = onnx.load(str(path), load_external_data=False)
     names = {"embedding": "token_embedding", "vector": "embedding"}
