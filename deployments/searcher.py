@@ -51,7 +51,7 @@ class Searcher:
         self.milvus_histogram = metrics.milvus_search_seconds()  # the same for Prometheus
         try:
             self.catalog.ensure_ready()
-            warning = self.catalog.scale_warning(self.catalog.count())
+            warning = self.catalog.describe().get("warning")
             if warning:
                 log.warning(warning)
         except BackendUnavailable as exc:

@@ -179,7 +179,7 @@ def run_ingest(spec: str, settings: Settings, *, report_path: str | None = None,
         report.run.update({"source": str(source), "milvus": settings.milvus.uri,
                              "collection": settings.milvus.collection, "count": count, "index": index,
                              "model": settings.model.name, "nodes": sum(1 for n in ray.nodes() if n["Alive"])})
-        warning = catalog.scale_warning(count)
+        warning = catalog.describe().get("warning")
         if warning:
             report.run["warning"] = warning
             log.warning(warning)

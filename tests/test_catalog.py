@@ -268,7 +268,7 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     assert len(answers) > 10 and all(answers)
     assert info["type"] == milvus.index.type
     after = catalog.versions.physical()
-    assert after != before and not catalog.client.has_collection(before)  # the old version is gone
+    assert after != before and not catalog.connection.client.has_collection(before)  # the old version is gone
     assert catalog.count() == 2000 + 30 - 10
     assert catalog.existing_ids([1000, 1011, 5029]) == {1011, 5029}
     reader.close()
@@ -304,7 +304,7 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     catalog.delete([1007])
     assert 1007 not in {h.id for h in catalog.search(parts[7, 1], 5)[0]}
     # Its region rows went too (read at Strong: a 2.3 server's Session read lags a delete).
-    assert not catalog.client.query(catalog.regions_name, filter="image in [1007]", output_fields=["rid"],
+    assert not catalog.connection.client.query(catalog.regions_name, filter="image in [1007]", output_fields=["rid"],
                                     consistency_level="Strong")
     copied = {e.id: e for batch in catalog.rows.entries(with_vectors=True, with_regions=True) for e in batch}
     assert len(copied) == 49 and np.allclose(copied[1003].regions, parts[3], atol=1e-5)
@@ -348,5 +348,5 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     with pytest.raises(SchemaMismatch):
         open_catalog(milvus, DIM, descriptor="m/gem3/pad").ensure_ready()
     catalog.versions.drop()
-    assert not catalog.client.has_collection(catalog.regions_name) and not catalog.exists()
+    assert not catalog.connection.client.has_collection(catalog.regions_name) and not catalog.exists()
     catalog.close()

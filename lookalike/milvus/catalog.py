@@ -63,10 +63,6 @@ class Catalog:
     def uri(self) -> str:
         return self.connection.uri
 
-    @property
-    def client(self):
-        return self.connection.client
-
     def ensure_ready(self) -> "Catalog":
         """Create the collections and their indexes if missing, check them, load them (once)."""
         self.versions.ensure_ready()
@@ -126,7 +122,7 @@ class Catalog:
     def count(self, *, expr: str = "") -> int:
         return self.rows.count(expr=expr)
 
-    def scale_warning(self, count: int) -> str | None:
+    def _scale_warning(self, count: int) -> str | None:
         """Advice when an embedded Milvus Lite collection has outgrown it, else None."""
         limit = self.settings.lite_fast_max_rows
         if not self.embedded or count <= limit:
@@ -136,7 +132,8 @@ class Catalog:
                 "(see the README's scale section).")
 
     def describe(self) -> dict[str, Any]:
-        """Health and shape, for the status route: never raises for a down backend."""
+        """Health and shape, for the status route: never raises for a down backend. ``warning``:
+        advice when an embedded Milvus Lite collection has outgrown it."""
         base = {"uri": self.uri, "collection": self.name, "metric": self.settings.metric, "dim": self.dim,
                 "descriptor": self.descriptor or None}
         if self.regions:
@@ -148,7 +145,7 @@ class Catalog:
                    **self.versions.describe_reembed()}
         except BackendUnavailable as exc:
             return {**base, "healthy": False, "error": exc.message}
-        warning = self.scale_warning(count)
+        warning = self._scale_warning(count)
         if warning:
             out["warning"] = warning
         return out
