@@ -5,10 +5,11 @@ DeploymentHandles. The Ingress is also the service the original server's routes
 ``rebuild_index``, ``describe``.
 
 It decodes and validates uploads itself (no torch here), so bad input is answered with a 4xx
-before it reaches a GPU batch. The models in ``api_models.py`` check every request and give
-/openapi.json and /docs; ``inputs.py`` reads the image in its four forms; ``access.py`` decides
-who may write and which origins may read; ``disclosure.py`` what anonymous readers see. A search
-runs the one query path (``lookalike.query``).
+before it reaches a GPU batch. The models in ``api_models.py`` check every request and, with
+those of ``api_responses.py``, give /openapi.json and /docs; ``inputs.py`` reads the image in
+its four forms; ``access.py`` decides who may write and which origins may read;
+``disclosure.py`` what anonymous readers see. A search runs the one query path
+(``lookalike.query``).
 """
 
 import asyncio
@@ -35,6 +36,7 @@ from lookalike.storage import url_fetch
 from lookalike.storage.store import LocalStore, make_store
 
 from . import api_models as m
+from . import api_responses as r
 from . import metrics
 from .access import WritePolicy, parse_networks, writer
 from .disclosure import public_source, public_status
@@ -215,13 +217,13 @@ class Ingress:
         return status
 
     # -- search --------------------------------------------------------------------------------
-    @app.post("/api/v1/search", response_model=m.SearchResponse, tags=["search"], summary="Search by image or words",
+    @app.post("/api/v1/search", response_model=r.SearchResponse, tags=["search"], summary="Search by image or words",
               description="The image as a multipart file field `image`, JSON `{\"image\": base64}` or "
                           "`{\"url\": ...}`, or a raw `image/*` body; or words as `text` (a query, form or JSON "
                           "field), where the model has a text tower (else 422 `text_search_unavailable`); `k`, "
                           "`filter`, `min_score`, `box` as query or body fields (`box`: search by that part of the "
                           "image). Timings also come as a `Server-Timing` header.",
-              openapi_extra=m.image_body(m.ImageJson), responses=m.errors(400, 413, 415, 422, 503))
+              openapi_extra=m.image_body(m.ImageJson), responses=r.errors(400, 413, 415, 422, 503))
     async def search(self, request: Request, response: Response,
                      body: Annotated[m.ImageJson, Depends(SEARCH_BODY)]) -> dict:
         started = time.perf_counter()
@@ -232,8 +234,8 @@ class Ingress:
                                                       for name, value in timings.items())
         return {"results": results, "timings": timings}
 
-    @app.get("/api/v1/images/{image_id}/similar", response_model=m.SimilarResponse, tags=["search"],
-             summary="More like this: search with a stored image", responses=m.errors(404, 422, 503))
+    @app.get("/api/v1/images/{image_id}/similar", response_model=r.SimilarResponse, tags=["search"],
+             summary="More like this: search with a stored image", responses=r.errors(404, 422, 503))
     async def similar(self, request: Request, image_id: ImageId,
                       params: Annotated[m.SearchParams, Query()]) -> dict:
         vector = await self._remote("searcher", self.searcher.vector.remote(image_id))
@@ -244,45 +246,45 @@ class Ingress:
                 "timings": answer.timings}
 
     # -- the library ---------------------------------------------------------------------------
-    @app.post("/api/v1/images", response_model=m.AddResponse, status_code=201, tags=["library"],
+    @app.post("/api/v1/images", response_model=r.AddResponse, status_code=201, tags=["library"],
               summary="Add an image", openapi_extra=m.image_body(m.AddJson),
-              responses={200: {"model": m.AddResponse, "description": "it was there already"},
-                         **m.errors(400, 401, 403, 413, 415, 422, 503)}, dependencies=[Depends(writer)])
+              responses={200: {"model": r.AddResponse, "description": "it was there already"},
+                         **r.errors(400, 401, 403, 413, 415, 422, 503)}, dependencies=[Depends(writer)])
     async def add_image(self, response: Response, body: Annotated[m.AddJson, Depends(ADD_BODY)]) -> dict:
         item, created = await self.store_image(body, body.label)
         if not created:
             response.status_code = 200
         return {**item, "created": created}
 
-    @app.get("/api/v1/images", response_model=m.ImagePage, tags=["library"], summary="List images, paged")
+    @app.get("/api/v1/images", response_model=r.ImagePage, tags=["library"], summary="List images, paged")
     async def list_images(self, request: Request, page: Annotated[m.PageParams, Query()]) -> dict:
         found = await self._remote("searcher", self.searcher.list.remote(page.offset, page.limit, page.filter))
         operator = self.is_operator(request)
         return {**found, "items": [self.public(i, operator) for i in found["items"]]}
 
-    @app.get("/api/v1/images/{image_id}", response_model=m.ImageEntry, tags=["library"], summary="One image",
-             responses=m.errors(404, 422, 503))
+    @app.get("/api/v1/images/{image_id}", response_model=r.ImageEntry, tags=["library"], summary="One image",
+             responses=r.errors(404, 422, 503))
     async def get_image(self, request: Request, image_id: ImageId) -> dict:
         entry = await self._remote("searcher", self.searcher.get.remote(image_id))
         return self.public(entry, self.is_operator(request))
 
-    @app.delete("/api/v1/images/{image_id}", response_model=m.DeleteResponse, tags=["library"],
+    @app.delete("/api/v1/images/{image_id}", response_model=r.DeleteResponse, tags=["library"],
                 summary="Delete an image: its entry, then the file the service stored for it",
                 description="An image indexed in place (the original is the source bucket's own object) is "
                             "only unlinked: its object stays unless `store.delete_foreign_originals` is set.",
-                responses=m.errors(401, 403, 404, 422, 503), dependencies=[Depends(writer)])
+                responses=r.errors(401, 403, 404, 422, 503), dependencies=[Depends(writer)])
     async def delete_image(self, image_id: ImageId) -> dict:
         entry = await self._remote("searcher", self.searcher.delete.remote(image_id))
         return {"deleted": str(entry["id"]), "key": entry["key"], "object_deleted": entry["object_deleted"]}
 
-    @app.get("/api/v1/duplicates", response_model=m.DuplicatesResponse, tags=["library"],
+    @app.get("/api/v1/duplicates", response_model=r.DuplicatesResponse, tags=["library"],
              summary="Groups of near-duplicate images, largest first, paged",
              description="Every image's nearest neighbours from the index (batched searches); images at "
                          "`threshold` or more are grouped. The scan is a job: past `serve.index_wait_s` the answer "
                          "is 202 with its progress; ask again. Its result is kept until the library's count "
                          "changes, and anyone may read it; starting a scan (none kept for this threshold, or "
                          "`refresh`) needs what a write needs. Delete the extras with `DELETE /api/v1/images/{id}`.",
-             responses={**m.errors(401, 403, 422, 503), 202: {"model": m.DuplicatesResponse, "description": "scanning"}})
+             responses={**r.errors(401, 403, 422, 503), 202: {"model": r.DuplicatesResponse, "description": "scanning"}})
     async def list_duplicates(self, request: Request, response: Response,
                               params: Annotated[m.DuplicateParams, Query()]) -> dict:
         operator = self.is_operator(request)
@@ -297,7 +299,7 @@ class Ingress:
             group["images"] = [self.public(i, operator) for i in group["images"]]
         return result
 
-    @app.post("/api/v1/index", response_model=m.IndexResponse | m.ReembedResponse, tags=["library"],
+    @app.post("/api/v1/index", response_model=r.IndexResponse | r.ReembedResponse, tags=["library"],
               summary="(Re)build the index with the configured type and parameters, or re-embed the gallery",
               description="Builds into a new version of the collection while the current one answers, then "
                           "switches to it: searches and writes go on. Answers 202 (state building) when it "
@@ -306,8 +308,8 @@ class Ingress:
                           "next version (the job of `lookalike reembed`, in the cluster), 202 while it runs; a "
                           "second call for the same model joins it, for another is refused (409), as is a model "
                           "the gallery is already on; a model that does not load is a 422 naming its file.",
-              responses={**m.errors(401, 403, 409, 422, 503),
-                         202: {"model": m.IndexResponse | m.ReembedResponse, "description": "still running"}},
+              responses={**r.errors(401, 403, 409, 422, 503),
+                         202: {"model": r.IndexResponse | r.ReembedResponse, "description": "still running"}},
               dependencies=[Depends(writer)])
     async def build_index(self, response: Response, body: m.IndexRequest | None = None) -> dict:
         if body is not None and body.model is not None:
@@ -320,14 +322,14 @@ class Ingress:
             response.status_code = 202  # it goes on; searches keep answering meanwhile
         return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
-    @app.get("/api/v1/status", response_model=m.Status, tags=["service"],
+    @app.get("/api/v1/status", response_model=r.Status, tags=["service"],
              summary="Health of Milvus, the store and the model; count; index")
     async def status(self, request: Request) -> dict:
         return await self.describe(self.is_operator(request))
 
     @app.head("/images/{key:path}", include_in_schema=False, tags=["library"])
     @app.get("/images/{key:path}", tags=["library"], summary="A stored image (local store), or a redirect to it",
-             response_class=Response, responses={200: {"content": {"image/*": {}}}, **m.errors(404)})
+             response_class=Response, responses={200: {"content": {"image/*": {}}}, **r.errors(404)})
     async def image_file(self, key: str) -> Response:
         if isinstance(self.store, LocalStore):
             path = self.store.path(key)

@@ -14,6 +14,7 @@ from lookalike import machine
 from lookalike.errors import Unauthorized
 
 from . import api_models as m
+from . import api_responses as r
 from .access import API_KEY_HEADER, BEARER, key_matches, local_base_url, presented_key
 
 ORIGINAL_K = 5  # the original front end shows image1 ... image5
@@ -51,9 +52,9 @@ def _absolute(service: Any, request: Request, url: str) -> str:
     return (service.settings.api.public_url or local_base_url(request)) + url
 
 
-@router.post("/search/", response_model=m.OriginalSearchResponse, openapi_extra=DOCUMENTED_BODY,
+@router.post("/search/", response_model=r.OriginalSearchResponse, openapi_extra=DOCUMENTED_BODY,
              summary="Search, as the original server answered its front end",
-             responses=m.errors(400, 401, 413, 415, 422, 503))
+             responses=r.errors(400, 401, 413, 415, 422, 503))
 async def original_search(request: Request, body: Annotated[m.OriginalSearchJson, Depends(IMAGE_BODY)],
                           service: Service) -> dict:
     expected = service.settings.api.api_key.get_secret_value()
@@ -67,21 +68,21 @@ async def original_search(request: Request, body: Annotated[m.OriginalSearchJson
     return answer
 
 
-@router.post("/insert/", response_model=m.OriginalOk, summary="Add an image", openapi_extra=DOCUMENTED_BODY,
-             responses=m.errors(400, 401, 403, 413, 415, 422, 503), dependencies=[Depends(image_writer)])
+@router.post("/insert/", response_model=r.OriginalOk, summary="Add an image", openapi_extra=DOCUMENTED_BODY,
+             responses=r.errors(400, 401, 403, 413, 415, 422, 503), dependencies=[Depends(image_writer)])
 async def original_insert(request: Request, body: Annotated[m.OriginalSearchJson, Depends(IMAGE_BODY)],
                           service: Service) -> dict:
     item, created = await service.store_image(body, body.label)
     return {"ok": True, "id": item["id"], "url": _absolute(service, request, item["url"]), "created": created}
 
 
-@router.post("/indexing/", response_model=m.OriginalOk, summary="Build the index",
-             responses=m.errors(401, 403, 503), dependencies=[Depends(key_writer)])
+@router.post("/indexing/", response_model=r.OriginalOk, summary="Build the index",
+             responses=r.errors(401, 403, 503), dependencies=[Depends(key_writer)])
 async def original_indexing(service: Service) -> dict:
     return {"ok": True, **await service.rebuild_index()}
 
 
-@router.get("/status/", response_model=m.OriginalStatus, summary="Status, with the original's fields")
+@router.get("/status/", response_model=r.OriginalStatus, summary="Status, with the original's fields")
 async def original_status(request: Request, service: Service) -> dict:
     status = await service.describe(service.is_operator(request))
     return {"ok": status["status"] == "ok", "entities_num": status["count"], "cpu": machine.cpu_percent(),

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from lookalike.errors import BackendUnavailable, LookalikeError, NotFound
 
 from . import api_models as m
+from . import api_responses as r
 from . import original_routes
 from .access import ReadCors
 from .middleware import RequestContext, request_id
@@ -133,6 +134,6 @@ async def docs() -> HTMLResponse:
         '</body></html>')
 
 
-@app.get("/healthz", response_model=m.Health, tags=["service"], summary="Liveness")
+@app.get("/healthz", response_model=r.Health, tags=["service"], summary="Liveness")
 async def healthz() -> dict:
     return {"ok": True}
