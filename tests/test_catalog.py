@@ -350,3 +350,39 @@ def test_region_rows_find_the_whole_one_result_per_image(milvus):
     catalog.versions.drop()
     assert not catalog.connection.client.has_collection(catalog.regions_name) and not catalog.exists()
     catalog.close()
+
+
+@pytest.mark.parametrize("milvus", ["lite"], indirect=True)
+def test_the_previous_models_reads_stay_on_its_version_while_the_aliases_move(milvus):
+    """A router's check reads two things: whether a re-embed stages, and what the alias holds.
+    Here a re-embed's switch lands between the two reads of the previous model's check; its
+    read must still go to its own version (kept), never to the new model's vectors. (Read in
+    the other order, the check saw the previous model's alias and no staging alias at once: a
+    busy CI run's searches met the new vectors until the next check.)"""
+    settings = milvus.model_copy(update={"route_check_s": 0.001})  # every read checks again
+    old = open_catalog(settings, DIM, descriptor="m/gem3/pad").ensure_ready()
+    vectors = unit(np.random.default_rng(5), 40)
+    old.upsert(entries(vectors))
+    old.versions.build_index()  # a gallery in versions, as a re-embed needs
+    new = open_catalog(settings, DIM, descriptor="m/avg/pad")  # the next model: its versions only
+    staged = new.versions.stage(lambda message: None)
+    target = open_catalog(settings.model_copy(update={"collection": staged.alias}), DIM,
+                          descriptor="m/avg/pad").ensure_ready()
+    target.upsert(entries(-vectors))  # the same images under the other model: other vectors
+    assert old.search(vectors[:1], 1)[0][0].score > 0.999  # while staging: pinned to its version
+
+    call, switched = old.router._call, []
+
+    def switch_between_the_reads(name, *args, **kwargs):
+        answer = call(name, *args, **kwargs)
+        if not switched and name in ("has_collection", "describe_collection"):  # the check's first read
+            switched.append(new.versions.switch(staged, lambda ids: None, lambda message: None))
+        return answer
+
+    old.router._call = switch_between_the_reads
+    hit = old.search(vectors[:1], 1)[0][0]
+    assert switched == [len(vectors)]
+    assert hit.id == 1000 and hit.score > 0.999  # its own version, not the new model's
+    old.router._call = call
+    assert old.search(vectors[1:2], 1)[0][0].score > 0.999  # and after, from the kept version
+    assert new.search(-vectors[:1], 1, descriptor="m/avg/pad")[0][0].score > 0.999  # the new model: the alias

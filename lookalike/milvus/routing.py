@@ -96,19 +96,34 @@ class Router:
             return self._routes
 
     def _check(self, previous: Routes) -> Routes:
-        info = self._call("describe_collection", self.gallery)
-        now = Routes(physical=info["collection_name"],
-                     recorded=(info.get("properties") or {}).get(DESCRIPTOR_PROPERTY),
-                     staging=bool(self._call("has_collection", staging_alias(self.gallery))),
-                     checked_at=time.monotonic(), generation=self.connection.generation)
+        # The staging alias first: a re-embed moves every alias of the gallery before it drops
+        # the staging ones, so a check that finds no staging alias finds the aliases moved too.
+        # (In the other order a check could see the previous model's alias and no staging alias
+        # at once, and send that model's reads to the new version until the next check: a busy
+        # CI run saw it.) Each alias's collection and descriptor come from one call, so a pin
+        # names a collection that holds the descriptor, even while the aliases move.
+        # Its time is when it starts: on a busy machine the calls may take longer than the
+        # interval, and what they saw must not be trusted past when the first was made.
+        started = time.monotonic()
+        staging = bool(self._call("has_collection", staging_alias(self.gallery)))
+        described = {t.alias: self._describe(t.alias) for t in self.tables}
+        physical, recorded = described[self.gallery]
+        now = Routes(physical=physical, recorded=recorded, staging=staging, checked_at=started,
+                     generation=self.connection.generation)
         if previous.generation == now.generation:
             now.pinned = dict(previous.pinned)  # a version's descriptor never changes
         if now.staging:  # the current version, by name, for the switch to come
-            current = {t.alias: self._physical(t.alias) for t in self.tables}
-            for descriptor in {now.recorded, self.descriptor}:
-                if descriptor and holds(now.recorded, descriptor):
-                    now.pinned[descriptor] = current
+            for descriptor in {recorded, self.descriptor}:
+                if descriptor and all(holds(held, descriptor) for _, held in described.values()):
+                    now.pinned[descriptor] = {alias: name for alias, (name, _) in described.items()}
         return now
+
+    def _describe(self, alias: str) -> tuple[str, str | None]:
+        """The collection behind ``alias`` and the descriptor it records (from one call)."""
+        if alias != self.gallery and not self._call("has_collection", alias):
+            return alias, None
+        info = self._call("describe_collection", alias)
+        return info["collection_name"], (info.get("properties") or {}).get(DESCRIPTOR_PROPERTY)
 
     def _physical(self, alias: str) -> str:
         return self._call("describe_collection", alias)["collection_name"] if \

@@ -248,9 +248,12 @@ class Versions:
                     if there - now:  # deleted from the gallery meanwhile
                         self.rows.delete_images(self.physical(stage.alias), table, sorted(there - now),
                                                 write_locked=True)
+                # Every alias moves before any staging alias goes: a replica that finds no staging
+                # alias must find the gallery moved (routing.Router._check reads in that order).
                 for table, stage in pairs:
                     verb = "alter_alias" if self._call("has_collection", table.alias) else "create_alias"
                     self._call(verb, self.physical(stage.alias), table.alias, write_locked=True)
+                for _, stage in pairs:
                     self._call("drop_alias", stage.alias, write_locked=True)
             say(f"{gallery} now points at {staged.into} ({len(now)} images of {self.descriptor}); "
                 f"{staged.current} ({staged.recorded}) is kept for replicas of that model until the next re-embed")
