@@ -235,9 +235,7 @@ def _export_cut_to_length(model, example, path: Path) -> bool:
     except Exception as exc:  # noqa: BLE001 - an architecture the dynamo exporter cannot trace: the fixed length
         log.warning("the text tower cannot be exported at any length (%s): exported at its full length",
                     str(exc)[:200])
-        for leftover in path.parent.glob(path.name + "*"):
-            leftover.unlink()
-        return False
+        return _discarded(path)
     # dynamo names the token lookup's output "embedding": give that name to the graph's output.
     graph = onnx.load(str(path), load_external_data=False)
     names = {"embedding": "token_embedding", "vector": "embedding"}
@@ -251,6 +249,11 @@ def _export_cut_to_length(model, example, path: Path) -> bool:
     if _gives_encode_text(model, path, example.shape[1]):
         return True
     log.warning("the text tower cut to its length does not match encode_text: exported at its full length")
+    return _discarded(path)
+
+
+def _discarded(path: Path) -> bool:
+    """False, the graph at ``path`` (and its external data, if any) removed."""
     for leftover in path.parent.glob(path.name + "*"):
         leftover.unlink()
     return False

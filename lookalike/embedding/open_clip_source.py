@@ -120,16 +120,10 @@ class TorchText:
 
     def __call__(self, texts):
         """(N,) texts -> (N, dim) float32, unit length."""
-        import numpy as np
         import torch
+
+        from lookalike.embedding.torch_runtime import unit_vectors
 
         ids = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode():
-            if self.precision == "fp32":
-                vectors = self.model.encode_text(ids)
-            else:
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=self.device, dtype=dtype):
-                    vectors = self.model.encode_text(ids)
-            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-        return vectors.cpu().numpy().astype(np.float32, copy=False)
+            return unit_vectors(self.model.encode_text, ids, device=self.device, precision=self.precision)

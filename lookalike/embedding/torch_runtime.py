@@ -5,6 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def unit_vectors(forward, x, *, device: str, precision: str) -> np.ndarray:
+    """``forward(x)`` in the precision (bf16 / fp16 under autocast), L2-normalised, as float32
+    NumPy; called under ``torch.inference_mode``."""
+    import torch
+
+    if precision == "fp32":
+        features = forward(x)
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(device_type=device, dtype=dtype):
+            features = forward(x)
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+
 class TorchRuntime:
     """uint8 NHWC images -> unit vectors, through the torch module itself."""
 
@@ -33,11 +47,4 @@ class TorchRuntime:
             x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.precision == "fp32":
-                features = self.model(x)
-            else:
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=self.device, dtype=dtype):
-                    features = self.model(x)
-            features = torch.nn.functional.normalize(features.float(), dim=1)
-            return features.cpu().numpy().astype(np.float32, copy=False)
+            return unit_vectors(self.model, x, device=self.device, precision=self.precision)

@@ -125,10 +125,6 @@ class Router:
         info = self._call("describe_collection", alias)
         return info["collection_name"], (info.get("properties") or {}).get(DESCRIPTOR_PROPERTY)
 
-    def _physical(self, alias: str) -> str:
-        return self._call("describe_collection", alias)["collection_name"] if \
-            self._call("has_collection", alias) else alias
-
     def read(self, table: Table, descriptor: str = "") -> str:
         """The collection a read of ``table`` with vectors of ``descriptor`` (default: this
         process's) goes to."""
@@ -144,7 +140,7 @@ class Router:
     def _find(self, descriptor: str, routes: Routes) -> dict[str, str]:
         """The newest complete version of each table whose vectors are ``descriptor``'s (kept
         after a re-embed for the replicas of the previous model); {} if there is none."""
-        staged = {self._physical(t.alias) for t in staging_tables(self.gallery)} if routes.staging else set()
+        staged = {self._describe(t.alias)[0] for t in staging_tables(self.gallery)} if routes.staging else set()
         collections = self._call("list_collections")
         found: dict[str, str] = {}
         for table in self.tables:
