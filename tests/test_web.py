@@ -219,7 +219,9 @@ def test_backend_down_is_reported(browser, api_s3, lite_process):
                                timeout=60_000)
         text = page.locator("#message").inner_text()
         assert "backend: milvus" in text and "down" in text
-        page.wait_for_function("() => document.querySelector('#status-health').textContent.includes('milvus down')")
+        # The panel refreshes after the failed search, not at its next 30 s tick.
+        page.wait_for_function("() => document.querySelector('#status-health').textContent.includes('milvus down')",
+                               timeout=15_000)
     finally:
         lite_process.start()
         context.close()

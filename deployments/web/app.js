@@ -50,11 +50,11 @@ async function run(query) {
     }
     if (mine !== runs) return;  // a later search was started meanwhile: its answer counts
     render(body, query);
-    refreshStatus();
   } catch (e) {
     if (mine === runs) showError(e);
   } finally {
-    if (mine === runs) document.body.classList.remove("busy");
+    // The panel follows every search, a failed one above all (a backend down shows at once).
+    if (mine === runs) { document.body.classList.remove("busy"); refreshStatus(); }
   }
 }
 
