@@ -30,6 +30,8 @@ generator).
     python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20] [--targets "lookalike,no batching"]
     python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 --seconds 15 \
         --name http-load-words      # search by words against by image, kept beside the full run
+    python -m benchmarks.http_load --targets lookalike --clients 8 --profile DIR
+                                    # and where each process's CPU goes (py-spy: benchmarks/profile.py)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from lookalike.ray_env import use_local_ray_env
 # cluster environment runs in a child process with a cluster of its own.
 use_local_ray_env()
 
+from benchmarks import profile  # noqa: E402
 from benchmarks.common import REPO, Results, markdown_table, openclipart_set  # noqa: E402
 from harness.load import payloads, run_load  # noqa: E402
 from harness.processes import cpu_seconds_by_process, cpu_spent  # noqa: E402
@@ -62,6 +65,7 @@ from harness.servers import HOST, free_port  # noqa: E402
 
 
 K = 5
+PROFILE: Path | None = None  # --profile: py-spy each process of the service during each load, into here
 
 
 def prepare_gallery(settings, gallery: Path) -> None:
@@ -99,15 +103,28 @@ def process_role(pid: int, cmdline: str) -> str:
 CPU_ROLES = ["original server", "Ingress", "Embedder", "Searcher", "proxy", "Milvus Lite", "load generator", "rest"]
 
 
-def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, counters=None) -> list[dict]:
+def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float, counters=None,
+                label: str = "") -> list[dict]:
     """``counters()``: the service's own counters (see ``service_counters``), read before and after
     each load: the Embedder's batches and time in the model, the Searcher's time in Milvus. Every
-    row also says where the machine's CPU went (ms per answered request, by ``process_role``)."""
+    row also says where the machine's CPU went (ms per answered request, by ``process_role``), and
+    with ``--profile`` where in each process (``row["profile"]``: role -> py-spy summary)."""
     rows = []
     for c in clients:
         before = counters() if counters else None
         cpu_before = cpu_seconds_by_process()
+        recording = None
+        if PROFILE is not None:
+            roles: dict[str, list[int]] = {}
+            for pid, (cmdline, _) in cpu_before.items():
+                role = process_role(pid, cmdline)
+                if role not in ("load generator", "rest"):
+                    roles.setdefault(role, []).append(pid)
+            name = f"{label or 'run'}-{c}c".replace(" ", "_")
+            recording = profile.Recording(PROFILE, name, seconds).start(roles)
         row = run_load(url, bodies, c, seconds)
+        if recording is not None:
+            row["profile"] = {role: profile.summarize(stacks) for role, stacks in recording.finish().items()}
         spent = cpu_spent(cpu_before, cpu_seconds_by_process(), process_role)
         row["cpu_ms"] = {role: round(sec * 1000 / max(row["ok"], 1), 2) for role, sec in sorted(spent.items())}
         row["cpu_cores"] = round(sum(spent.values()) / seconds, 2)
@@ -138,7 +155,7 @@ def run_baseline(env: dict, bodies, clients, seconds) -> list[dict]:
         wait_healthy(f"http://{HOST}:{port}/healthz", 120, proc)
         url = f"http://{HOST}:{port}/search/"
         run_load(url, bodies, 1, 2.0)  # warm-up
-        return load_series(url, bodies, clients, seconds)
+        return load_series(url, bodies, clients, seconds, label="original design")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -156,11 +173,11 @@ def service_counters(base: str) -> dict:
             "search_seconds": milvus.get("search_seconds", 0.0)}
 
 
-def measure_lookalike(base: str, bodies, clients, seconds) -> list[dict]:
+def measure_lookalike(base: str, bodies, clients, seconds, label: str = "lookalike") -> list[dict]:
     """Load on a running Lookalike at ``base`` (route prefix included)."""
     url = f"{base}/api/v1/search"
     run_load(url, bodies, 2, 3.0)  # warm-up: model, handles, Milvus connection
-    return load_series(url, bodies, clients, seconds, lambda: service_counters(base))
+    return load_series(url, bodies, clients, seconds, lambda: service_counters(base), label)
 
 
 def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> list[dict]:
@@ -169,7 +186,7 @@ def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> 
 
     deploy(settings, base)
     print(f"{label}:", flush=True)
-    rows = measure_lookalike(base, bodies, clients, seconds)
+    rows = measure_lookalike(base, bodies, clients, seconds, label)
     serve.delete("lookalike")
     return rows
 
@@ -239,8 +256,12 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--queries", type=int, default=64, help="distinct images the clients send")
     parser.add_argument("--out", default=None)
     parser.add_argument("--name", default="http-load", help="the results' file name (a partial run kept apart)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="sample each process with py-spy during each load; stacks and profile.md go here")
     parser.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a child: measure, write rows here
     args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = Path(args.profile).resolve() if args.profile else None
     clients = [int(c) for c in args.clients.split(",")]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(targets) - set(TARGETS)
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> Results:
             out = work / "rows.json"
             subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", ",".join(there),
                             "--clients", args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery),
-                            "--queries", str(args.queries), "--rows-to", str(out)],
+                            "--queries", str(args.queries), "--rows-to", str(out),
+                            *(["--profile", str(PROFILE)] if PROFILE else [])],
                            env={**env, **json.loads(cluster_env)}, cwd=REPO, check=True)
             rows.update(json.loads(out.read_text()))
             results.add("rows", rows)
@@ -290,6 +312,11 @@ def main(argv: list[str] | None = None) -> Results:
         shutil.rmtree(work, ignore_errors=True)
     report(results, rows)
     results.write()
+    if PROFILE is not None:
+        profiles = {f"{target}, {row['clients']} clients": row["profile"]
+                    for target, series in rows.items() for row in series if row.get("profile")}
+        (PROFILE / "profile.md").write_text(profile.report(profiles))
+        print(f"profiles: {PROFILE / 'profile.md'}", flush=True)
     return results
 
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import duplicate_scan, embedding, http_load, quality, summary, vector_search
+from benchmarks import duplicate_scan, embedding, http_load, profile, quality, summary, vector_search
 from benchmarks.common import Results, markdown_table
 from harness import mixed_load
 from harness.load import latency_stats, payloads, require_loopback, run_load
@@ -165,7 +165,8 @@ def api_env(api, monkeypatch):
     return env
 
 
-def test_http_benchmark_against_the_service_and_the_original_design(out, api, api_env, gallery):
+def test_http_benchmark_against_the_service_and_the_original_design(out, api, api_env, gallery, tmp_path,
+                                                                    monkeypatch):
     import os
 
     bodies = payloads([p.read_bytes() for p in gallery["circles"][:3]], k=5)
@@ -188,6 +189,15 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
     text = (out / "http-load.md").read_text()
     assert "| original design | 1 |" in text and "| lookalike | 4 |" in text
     assert (out / "http-load-qps.png").exists()
+    # --profile: py-spy samples each process of the service during the load.
+    monkeypatch.setattr(http_load, "PROFILE", tmp_path / "profile")
+    profiled = http_load.measure_lookalike(api.url, bodies, [2], 2.0)[0]["profile"]
+    assert {"Ingress", "Embedder", "Searcher", "proxy"} <= set(profiled), profiled
+    assert all(summary["samples"] > 0 and summary["self"] for summary in profiled.values())
+    assert any(layer["layer"] == "lookalike" for layer in profiled["Ingress"]["layers"])
+    assert any(layer["layer"] == "onnxruntime" for layer in profiled["Embedder"]["layers"])
+    assert (tmp_path / "profile" / "lookalike-2c-Ingress.txt").read_text().strip()
+    assert "## lookalike, 2 clients: Embedder" in profile.report({"lookalike, 2 clients": profiled})
     # The load generator counts failures instead of stopping.
     bad = run_load(f"{api.url}/api/v1/search", [{"image": "bm90IGFuIGltYWdl"}], 1, 0.3)
     assert bad["ok"] == 0 and bad["errors"] > 0 and set(bad["statuses"]) == {"415"}
