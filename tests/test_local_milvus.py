@@ -94,7 +94,7 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         wait_until(lambda: not any(pid_alive(p) for p in processes), 30, "the local server's processes to end")
         catalog.close()
         fresh = open_catalog(settings, DIM, shared=True)
-        wait_until(lambda: fresh.count() == 300, 120, "the restarted local server's rows")
+        wait_until(lambda: fresh.count() == 300, 90, "the restarted local server's rows")
         fresh.close()
     finally:
         catalog.close()
