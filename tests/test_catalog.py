@@ -238,7 +238,8 @@ def test_long_unicode_fields_are_clipped_to_the_varchar_byte_limits(milvus):
 
 def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     """The rebuild fills the next version of the collection and moves the alias: searches all
-    answer meanwhile, and rows written or deleted meanwhile are carried over."""
+    answer meanwhile, and rows written or deleted meanwhile are carried over, as are rows not
+    flushed yet when it starts."""
     import threading
 
     rng = np.random.default_rng(9)
@@ -246,6 +247,8 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     catalog = open_catalog(milvus, DIM)
     catalog.upsert(entries(vectors))
     catalog.flush()
+    unflushed = unit(np.random.default_rng(8), 20)
+    catalog.upsert(Entry(id=6000 + i, key="late", label="l", source="", embedding=v) for i, v in enumerate(unflushed))
     before = catalog.versions.physical()
     reader, stop, answers, failures = open_catalog(milvus, DIM), threading.Event(), [], []
 
@@ -276,8 +279,8 @@ def test_an_index_rebuild_keeps_search_and_writes_going(milvus):
     assert info["type"] == milvus.index.type
     after = catalog.versions.physical()
     assert after != before and not catalog.connection.client.has_collection(before)  # the old version is gone
-    assert catalog.count() == 2000 + 30 - 10
-    assert catalog.existing_ids([1000, 1011, 5029]) == {1011, 5029}
+    assert catalog.count() == 2000 + 20 + 30 - 10
+    assert catalog.existing_ids([1000, 1011, 5029, 6019]) == {1011, 5029, 6019}
     reader.close()
     catalog.close()
 

@@ -122,9 +122,9 @@ class Versions:
             raise GalleryMoved(self.descriptor, routes.recorded, writing=True)
         versions = [(table, *self._next_version(table, say)) for table in self.rows.tables()]
         with self.rows.held():
-            for table, old, new in versions:
+            for table, old, new, there in versions:
                 alias = table.alias
-                now, there = self.rows.image_ids(old, table), self.rows.image_ids(new, table)
+                now = self.rows.image_ids(old, table)
                 self.rows.copy(old, table, lambda rows: self.rows.write(new, rows, write_locked=True),
                                sorted(now - there))
                 if there - now:
@@ -136,7 +136,7 @@ class Versions:
                     self._call("alter_alias", new, alias, write_locked=True)
                 say(f"{alias} now points at {new} ({len(now - there)} images written meanwhile, "
                     f"{len(there - now)} deleted meanwhile)")
-        retiring = [old for table, old, _ in versions if old != table.alias]
+        retiring = [old for table, old, _, _ in versions if old != table.alias]
         if retiring:
             time.sleep(self.settings.index.retire_after_s)  # searches sent to them before the move
         for old in retiring:
@@ -144,11 +144,11 @@ class Versions:
             self._call("drop_collection", old)
         return self.index_info()
 
-    def _next_version(self, table: Table, say: Callable[[str], None]) -> tuple[str, str]:
+    def _next_version(self, table: Table, say: Callable[[str], None]) -> tuple[str, str, set[int]]:
         """The collection behind ``table``'s alias copied into its next version, indexed and
-        loaded (writes go on meanwhile); (the current version, the next)."""
-        self._call("flush", table.alias)
-        old = self.physical(table.alias)
+        loaded (writes go on meanwhile); (the current version, the next, the images copied:
+        what the next holds, as nothing else writes there)."""
+        old = self.physical(table.alias)  # unflushed rows too: a query reads growing segments
         base, _, version = old.rpartition("__")
         new = f"{base}__{int(version) + 1}" if version.isdigit() and base else f"{old}__1"
         if self._call("has_collection", new):  # left by a rebuild that died half-way
@@ -156,13 +156,19 @@ class Versions:
         schema.create(self.connection, new, table, self.dim, self.descriptor)
         schema.create_index(self.connection, new)
         say(f"copying {old} into {new}")
-        copied = self.rows.copy(old, table, lambda rows: self.rows.write(new, rows, method="insert"))
+        images: set[int] = set()
+
+        def write(rows: list[dict]) -> None:
+            images.update(int(row[table.image_field]) for row in rows)
+            self.rows.write(new, rows, method="insert")
+
+        copied = self.rows.copy(old, table, write)
         self._call("flush", new)
         say(f"copied {copied} rows; building the index")
         self.wait_for_index(self.settings.index.build_timeout_s, collection=new)
         self._call("load_collection", new, timeout=self.settings.index.build_timeout_s)
         self._wait_until_searchable(new)
-        return old, new
+        return old, new, images
 
     def _wait_until_searchable(self, collection: str) -> None:
         """Until a search of ``collection`` answers (a loaded collection's shards may still be
