@@ -176,7 +176,7 @@ def service_counters(base: str) -> dict:
 def measure_lookalike(base: str, bodies, clients, seconds, label: str = "lookalike") -> list[dict]:
     """Load on a running Lookalike at ``base`` (route prefix included)."""
     url = f"{base}/api/v1/search"
-    run_load(url, bodies, 2, 3.0)  # warm-up: model, handles, Milvus connection
+    run_load(url, bodies, 2, min(3.0, seconds))  # warm-up: model, handles, Milvus connection
     return load_series(url, bodies, clients, seconds, lambda: service_counters(base), label)
 
 
