@@ -201,7 +201,13 @@ def test_an_operator_reembeds_through_the_index_route(before):
 
         state = wait_until(finished, 600, "the re-embed started through the API", interval_s=1)
         assert state["state"] == "done" and state["count"] == len(files), state
-        status = client.get("/api/v1/status").json()["milvus"]
+        # The avg service notices the move at its next check of the routes (milvus.route_check_s):
+        # a status read at once may still come from the check made just before the switch.
+        def moved():
+            milvus = client.get("/api/v1/status").json()["milvus"]
+            return milvus if "moved_to" in milvus else None
+
+        status = wait_until(moved, 30, "the service to see the gallery moved", interval_s=0.2)
         assert status["moved_to"] == descriptor_name(gem.model, gem.images)
         assert _top(client, files[0].read_bytes())[1] >= SELF  # the avg service: from its kept version
 
