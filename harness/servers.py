@@ -151,8 +151,8 @@ class SeaweedS3:
         return ok and status.status_code == 200
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 3 s: its data is the test's, thrown away. Idle it stops in
-        ~2 s; with clients' keep-alive connections still open it waited 12 s (the session's end)."""
+        """SIGTERM, then SIGKILL after 3 s: its data is the test's, thrown away. Started and
+        stopped alone it stops in ~2 s; at the end of a test session it took 12 s."""
         if self.proc is not None:
             stop_process(self.proc, timeout=3.0)
             self.proc = None
