@@ -111,24 +111,39 @@ def test_onnx_threads_do_not_spin_unless_asked(encoder):
     assert spinning(ImageEncoder(ModelSettings(spin_wait=True)).load()) == "1"
 
 
-def test_the_onnx_graph_is_exported_once_per_weights(tmp_path):
-    from lookalike.embedding import onnx_runtime
+def test_the_onnx_graph_is_exported_once_per_weights_and_loads_without_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
 
     ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()
     files = list(tmp_path.glob("*.onnx"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.part"))
+    assert len(files) == 1 and len(list(tmp_path.glob("*-classes-*.npy"))) == 1 and not list(tmp_path.glob("*.part"))
     stamp = files[0].stat().st_mtime_ns
-    ImageEncoder(ModelSettings(runtime="onnx", cache_dir=str(tmp_path))).load()  # from the cache
+    # From the cache, in a fresh process: neither the network is built nor torch imported.
+    code = ("import sys; from lookalike.embedding.encoder import ImageEncoder; from lookalike.settings import "
+            f"ModelSettings; e = ImageEncoder(ModelSettings(runtime='onnx', cache_dir={str(tmp_path)!r})).load(); "
+            "e.encode_text(['bird']); print(sorted(m for m in ('torch', 'efficientnet_lite_pytorch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
     assert files[0].stat().st_mtime_ns == stamp
-    # Other weights, another key: a stale graph is never used for new weights.
-    import torch
-    from lookalike.embedding.models import get_model
-
-    model = get_model(ModelSettings()).build("")
-    key = onnx_runtime.weights_key(model)
+    # Other weights, pooling or builder code: another key, so a stale graph is never used.
+    key = ImageEncoder(ModelSettings())._network_key()
+    weights = tmp_path / "other.pth"
+    model = ImageEncoder(ModelSettings())._network()
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    assert onnx_runtime.weights_key(model) != key
+    torch.save(model.trunk.net.state_dict(), weights)
+    other = ImageEncoder(ModelSettings(weights=str(weights)))._network_key()
+    assert len({key, other, ImageEncoder(ModelSettings(pooling="avg"))._network_key()}) == 3
+    later = weights.stat().st_mtime_ns + 10**9  # the same path, written again
+    os.utime(weights, ns=(later, later))
+    assert ImageEncoder(ModelSettings(weights=str(weights)))._network_key() != other
+    from lookalike.embedding.cache_keys import network_key
+
+    assert network_key("m", "") != network_key("m", "", code=(__file__,))
 
 
 def test_onnx_runtime_without_onnxruntime_is_a_clear_error(monkeypatch):

@@ -71,7 +71,7 @@ def pooled(trunk: "torch.nn.Module", pooling: str, gem_p: float) -> "torch.nn.Mo
             super().__init__()
             self.trunk = trunk
             if pooling == "gem":
-                # A buffer: the exported graph's cache key (onnx_runtime.weights_key) covers p.
+                # A buffer: saved with the weights; the export's cache key (cache_keys) names p.
                 self.register_buffer("p", torch.tensor(float(gem_p)))
 
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":

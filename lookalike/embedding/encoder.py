@@ -16,15 +16,19 @@ the Ray Data ingest actors and the in-process CLI indexer.
 from __future__ import annotations
 
 import contextlib
+import glob
+import inspect
 import logging
 import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from lookalike.embedding.cache_keys import cached_array, network_key
 from lookalike.embedding.descriptors import pooled
 from lookalike.embedding.models import ModelSpec, get_model
 from lookalike.embedding.open_clip_source import PREFIX as OPEN_CLIP
@@ -42,6 +46,17 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cuda_visible() -> bool:
+    """Whether torch would see a CUDA device, asked only where the NVIDIA driver is loaded:
+    importing torch costs 2.5 s per process, and a CPU-only process never needs it (an
+    export runs on onnxruntime)."""
+    if not (Path("/proc/driver/nvidia").exists() or glob.glob("/dev/nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def available_cpus() -> int:
@@ -84,25 +99,23 @@ class ImageEncoder:
         return self
 
     def _load(self) -> None:
-        import torch
-
         started = time.perf_counter()
         want = self.settings.device
-        if want == "cuda" and not torch.cuda.is_available():
+        if want == "cuda" and not cuda_visible():
             from lookalike.errors import ConfigurationError
 
             raise ConfigurationError("model.device is cuda but no CUDA device is visible")
-        self.device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+        self.device = "cuda" if want == "cuda" or (want == "auto" and cuda_visible()) else "cpu"
         self.runtime = self._pick_runtime()
         threads = self.settings.num_threads or available_cpus()
-        if self.device == "cpu":
+        if self.runtime == "torch" and self.device == "cpu":
+            import torch
+
             torch.set_num_threads(threads)
         if not self.spec.exported:
             self._load_network(threads)
             if self.spec.has_text:  # the bundled classifier: words along its rows
-                from lookalike.embedding.class_words import ClassWords, efficientnet_lite0_rows
-
-                self.text_engine = ClassWords(efficientnet_lite0_rows(self.settings.weights))
+                self.text_engine = self._class_words()
         elif self.runtime == "torch":  # open-clip on torch (a GPU): the library's own model
             self._load_open_clip_torch()
         else:  # an export: its ONNX towers as they are
@@ -140,10 +153,11 @@ class ImageEncoder:
         self.engine = TorchRuntime(image, self.spec, device=self.device, precision=precision)
 
     def _load_network(self, threads: int) -> None:
-        if self.runtime == "onnx":
+        if self.runtime == "onnx":  # a cached export loads without the network (and torch)
             from lookalike.embedding.onnx_runtime import OnnxRuntime, exported
 
-            path = exported(self._network(), self.spec.name, self.spec.input_size, self.settings.cache_dir)
+            path = exported(self._network, self.spec.name, self._network_key(), self.spec.input_size,
+                            self.settings.cache_dir)
             self.engine = OnnxRuntime(path, self.spec, device=self.device, threads=threads,
                                       spin_wait=self.settings.spin_wait)
         else:
@@ -151,6 +165,22 @@ class ImageEncoder:
 
             self.engine = TorchRuntime(self._network(), self.spec, device=self.device,
                                        precision=self._torch_precision())
+
+    def _network_key(self) -> str:
+        from lookalike.embedding import descriptors
+
+        pooling = (self.settings.pooling, f"p={self.settings.gem_p}") if self.spec.pooled else ()
+        return network_key(self.spec.name, self.settings.weights, *pooling,
+                           code=(inspect.getsourcefile(self.spec.build), descriptors.__file__))
+
+    def _class_words(self):
+        """The bundled classifier's rows as words' directions, kept beside the export."""
+        from lookalike.embedding import class_words
+
+        key = network_key(f"{self.spec.name}-classes", self.settings.weights, code=(class_words.__file__,))
+        rows = cached_array(Path(self.settings.cache_dir) / f"{self.spec.name}-classes-{key}.npy",
+                            lambda: class_words.efficientnet_lite0_rows(self.settings.weights))
+        return class_words.ClassWords(rows)
 
     def _network(self):
         with contextlib.redirect_stdout(sys.stderr):  # some model packages print while loading

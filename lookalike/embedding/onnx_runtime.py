@@ -1,5 +1,5 @@
 """The encoder's network on onnxruntime: exported once from the torch model definition and its
-weights, cached on disk under a key made of the weights' hash, then run by an
+weights, cached on disk under a key made of what builds it (``cache_keys``), then run by an
 ``InferenceSession`` (as is an export's own graph, ``clip_folder.py``, whose batch dimension may
 be fixed: ``run_in_batches``).
 
@@ -10,14 +10,18 @@ around it (both cheap in NumPy), the same arithmetic as its torch path.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+from lookalike.embedding.cache_keys import cached_file
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -31,43 +35,23 @@ def available() -> bool:
     return True
 
 
-def weights_key(model) -> str:
-    """A hash of the module's parameters and buffers (names, shapes, values) and of the torch
-    version that exports them (another exporter may write another graph)."""
-    import torch
+def exported(build: Callable[[], "torch.nn.Module"], name: str, key: str, input_size: int,
+             cache_dir: str | os.PathLike) -> Path:
+    """The ONNX file of this network (``key``: ``cache_keys.network_key``, made without building
+    it), exported now from ``build()`` unless already cached."""
 
-    digest = hashlib.sha256(f"torch {torch.__version__};".encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
+    def export(tmp: str) -> None:
+        import torch
 
-
-def exported(model, name: str, input_size: int, cache_dir: str | os.PathLike) -> Path:
-    """The ONNX file for this model and these weights, exported now unless already cached.
-    Safe when several processes load at once: each writes its own file, then renames it."""
-    import torch
-
-    cache = Path(cache_dir)
-    path = cache / f"{name}-{weights_key(model)}-opset{OPSET}.onnx"
-    if path.is_file():
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".onnx.part")
-    os.close(fd)
-    try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # the exporter's notes on constant folding and its own future
-            torch.onnx.export(model.eval().float().cpu(), torch.zeros(1, 3, input_size, input_size), tmp,
+            torch.onnx.export(build().eval().float().cpu(), torch.zeros(1, 3, input_size, input_size), tmp,
                               dynamo=False, opset_version=OPSET, input_names=["images"],
                               output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    log.info("exported %s to %s", name, path)
-    return path
+        log.info("exported %s to %s", name, cache_dir)
+
+    return cached_file(Path(cache_dir) / f"{name}-{key}-opset{OPSET}.onnx", export)
 
 
 def session(path: str | os.PathLike, *, device: str, threads: int, spin_wait: bool = False):

@@ -14,7 +14,6 @@ model config without importing torch, so the HTTP ingress can know it without lo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lookalike.embedding import clip_folder
+from lookalike.embedding.cache_keys import digest, weights_identity
 from lookalike.errors import ConfigurationError
 
 PREFIX = "open-clip:"
@@ -56,15 +56,10 @@ def weights_label(weights: str) -> str:
 
 
 def cache_folder(name: str, weights: str, cache_dir: str) -> Path:
-    if weights and Path(weights).is_file():
-        stat = Path(weights).stat()
-        key = f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    else:
-        key = f"tag:{weights}"
     from lookalike.embedding.clip_export import LAYOUT
 
-    digest = hashlib.sha256(f"{architecture(name)};{key};layout {LAYOUT}".encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"open-clip-{architecture(name)}-{digest}"
+    key = digest(architecture(name), weights_identity(weights), f"layout {LAYOUT}")
+    return Path(cache_dir) / f"open-clip-{architecture(name)}-{key}"
 
 
 def exported(name: str, weights: str, cache_dir: str) -> clip_folder.ClipFolder:
