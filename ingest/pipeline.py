@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -59,13 +60,47 @@ def connect_ray() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
-def _pool_sizes(settings: Settings) -> tuple[int, float]:
-    gpus = ray.cluster_resources().get("GPU", 0)
-    per_actor_gpus = settings.ingest.embed_actor_gpus
+WRITE_ACTOR_CPUS = 0.25  # a write actor waits on Milvus and the store, mostly
+# Without GPUs, the forward pass is about 3/4 of an image's CPU and decoding the rest (lite0:
+# 14 ms against 4.5 ms per ImageNet-like JPEG, one thread each).
+CPU_EMBED_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class EmbedPool:
+    """The embedding stage's actors and what each asks for."""
+
+    actors: int
+    cpus: float  # per actor
+    gpus: float  # per actor
+    threads: int  # model.num_threads in each actor (0: the CPUs it may use)
+
+
+def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float) -> EmbedPool:
+    """One actor per GPU. Without GPUs, one actor for every ~4/3 free CPUs (the ``ingest``
+    settings may name both), each on one inference thread: a thread uses its core best, and
+    the actors overlap each other's hand-offs (2,000 JPEGs on two cores: 62 and 67 img/s against
+    49 and 53 for one actor on both, benchmarks/ingest_throughput.py); each asks for no more CPU than
+    leaves a read task and the writers room beside them; never more actors than the ``images``
+    fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free now (``cluster_pool``)."""
+    ing = settings.ingest
+    per_actor_gpus = ing.embed_actor_gpus
     if per_actor_gpus < 0:
         per_actor_gpus = 1.0 if gpus > 0 else 0.0
-    actors = settings.ingest.embed_actors or (max(1, int(gpus // per_actor_gpus)) if per_actor_gpus else 1)
-    return actors, per_actor_gpus
+    if per_actor_gpus:
+        return EmbedPool(ing.embed_actors or max(1, int(gpus // per_actor_gpus)), ing.embed_actor_cpus,
+                         per_actor_gpus, settings.model.num_threads)
+    if ing.embed_actors:
+        return EmbedPool(ing.embed_actors, ing.embed_actor_cpus, 0.0, settings.model.num_threads)
+    actors = max(1, min(int(free_cpus * CPU_EMBED_SHARE + 0.5), math.ceil(images / settings.model.batch_size)))
+    room = (free_cpus - ing.read_task_cpus - WRITE_ACTOR_CPUS * ing.write_actors) / actors
+    return EmbedPool(actors, max(min(ing.embed_actor_cpus, room), ing.read_task_cpus), 0.0,
+                     settings.model.num_threads or 1)
+
+
+def cluster_pool(settings: Settings, images: int) -> EmbedPool:
+    return embed_pool(settings, images, gpus=ray.cluster_resources().get("GPU", 0),
+                      free_cpus=ray.available_resources().get("CPU", 0.0))
 
 
 # Per worker process: one read stage (its reader and Milvus client) per job's settings.
@@ -92,10 +127,7 @@ class WriteActor:
         return self.write(batch)
 
 
-WRITE_ACTOR_CPUS = 0.25  # a write actor waits on Milvus and the store, mostly
-
-
-def beside_serving(settings: Settings) -> float:
+def beside_serving(settings: Settings, images: int) -> float:
     """For a job in a cluster that serves (a re-embed the API started): the share of the stages'
     usual CPU asks that fits in what the cluster has free, at most 1. Serve's replicas hold
     their CPUs as long as they live (`make run` on two cores leaves 0.5 of 2), so a job asking
@@ -103,8 +135,8 @@ def beside_serving(settings: Settings) -> float:
     CPUs that never free up; scaled down, its stages run beside the replicas on the cores they
     share, as the same job from the command line does."""
     ing = settings.ingest
-    embed_actors, _ = _pool_sizes(settings)
-    wanted = ing.read_task_cpus + ing.embed_actor_cpus * embed_actors + WRITE_ACTOR_CPUS * ing.write_actors
+    pool = cluster_pool(settings, images)
+    wanted = ing.read_task_cpus + pool.cpus * pool.actors + WRITE_ACTOR_CPUS * ing.write_actors
     free = ray.available_resources().get("CPU", 0.0)
     return 1.0 if free >= wanted else max(free * 0.9, 0.01) / wanted
 
@@ -113,7 +145,7 @@ def build_dataset(source: Source, items: list[dict], settings: Settings, cpu_sha
     """The ingest's stages over ``items``; ``cpu_share``: the part of each stage's CPU ask to
     request (``beside_serving``)."""
     ing = settings.ingest
-    embed_actors, embed_gpus = _pool_sizes(settings)
+    pool = cluster_pool(settings, len(items))
     # A stage's own error (a backend that stayed down, named) reaches the driver as itself,
     # not as Ray Data's generic UserCodeException.
     context = ray.data.DataContext.get_current()
@@ -124,9 +156,9 @@ def build_dataset(source: Source, items: list[dict], settings: Settings, cpu_sha
     ds = ds.map_batches(read_prepare, fn_kwargs={"settings": settings, "source": source},
                         batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus * cpu_share,
                         batch_format="numpy")
-    ds = ds.map_batches(Embed, fn_constructor_args=(settings,), batch_size=settings.model.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=embed_actors),
-                        num_cpus=ing.embed_actor_cpus * cpu_share, num_gpus=embed_gpus, batch_format="numpy")
+    ds = ds.map_batches(Embed, fn_constructor_args=(settings.with_overrides(model={"num_threads": pool.threads}),),
+                        batch_size=settings.model.batch_size, compute=ray.data.ActorPoolStrategy(size=pool.actors),
+                        num_cpus=pool.cpus * cpu_share, num_gpus=pool.gpus, batch_format="numpy")
     return ds.map_batches(WriteActor, fn_constructor_args=(settings, source), batch_size=ing.write_batch_size,
                           compute=ray.data.ActorPoolStrategy(size=ing.write_actors),
                           num_cpus=WRITE_ACTOR_CPUS * cpu_share, batch_format="numpy")
@@ -206,7 +238,7 @@ def run_reembed(settings: Settings, *, report_path: str | None = None,
             planned(plan, len(todo))
         if todo:
             connect_ray()
-            share = beside_serving(plan.settings) if in_serving_cluster else 1.0
+            share = beside_serving(plan.settings, len(todo)) if in_serving_cluster else 1.0
             collect(build_dataset(plan.source, todo, plan.settings, share), report,
                     progress and (lambda r: progress(r, len(todo))))
         count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, report), log.info)

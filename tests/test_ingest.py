@@ -276,3 +276,23 @@ def test_without_ray_address_the_job_starts_its_own_cluster(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     pipeline.connect_ray()
     assert [c["address"] for c in calls] == ["local", "ray://head:10001"]
+
+
+def test_the_embedding_pool_fits_the_cluster():
+    """One actor per GPU; on CPUs alone, about three for every four free CPUs, each on one
+    inference thread and asking no more than leaves a read task and a writer room; never more
+    actors than the images fill batches for; what the settings name, as named."""
+    from ingest.pipeline import WRITE_ACTOR_CPUS, EmbedPool, embed_pool
+    from lookalike.settings import Settings
+
+    settings = Settings()
+    batch, ing = settings.model.batch_size, settings.ingest
+    assert embed_pool(settings, 10_000, gpus=0, free_cpus=2) == EmbedPool(2, 0.75, 0.0, 1)
+    two = embed_pool(settings, 10_000, gpus=0, free_cpus=2)
+    assert ing.read_task_cpus + two.actors * two.cpus + WRITE_ACTOR_CPUS * ing.write_actors <= 2
+    assert embed_pool(settings, 10_000, gpus=0, free_cpus=16) == EmbedPool(12, 1.0, 0.0, 1)
+    assert embed_pool(settings, batch, gpus=0, free_cpus=16).actors == 1  # one batch: one model loaded
+    assert embed_pool(settings, 10_000, gpus=0, free_cpus=0.5).actors == 1
+    assert embed_pool(settings, 10_000, gpus=4, free_cpus=16) == EmbedPool(4, ing.embed_actor_cpus, 1.0, 0)
+    named = settings.with_overrides(ingest={"embed_actors": 3, "embed_actor_cpus": 0.5}, model={"num_threads": 2})
+    assert embed_pool(named, 10, gpus=0, free_cpus=16) == EmbedPool(3, 0.5, 0.0, 2)

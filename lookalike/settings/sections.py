@@ -186,7 +186,8 @@ class ModelSettings(_Section):
     weights: LocalPath = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # onnx: onnxruntime on the network exported from the torch model and its weights (cached
-    # under cache_dir, keyed by the weights' hash); torch: PyTorch. auto: onnx on the CPU (the
+    # under cache_dir, keyed by the weights file and the packages that build it: a process that
+    # finds it loads without torch); torch: PyTorch. auto: onnx on the CPU (the
     # faster there, benchmarks/embedding.py) unless precision asks for bf16/fp16; torch on CUDA.
     # Every runtime gives the same vectors (cosine >= 0.995): one collection takes them all.
     runtime: Literal["auto", "torch", "onnx"] = "auto"
@@ -331,8 +332,10 @@ class IngestSettings(_Section):
     # Read tasks and embedding actors must differ in resources, or Ray Data fuses decoding into
     # the embedding actors and loses the parallel decode.
     read_task_cpus: float = Field(default=0.25, gt=0)
-    embed_actors: int = Field(default=0, ge=0)  # 0: one per GPU, or 1 without GPUs
-    embed_actor_cpus: float = Field(default=1.0, ge=0)
+    # 0: one per GPU; without GPUs, one for every ~4/3 free CPUs, each on one inference thread
+    # (ingest/pipeline.py: embed_pool)
+    embed_actors: int = Field(default=0, ge=0)
+    embed_actor_cpus: float = Field(default=1.0, ge=0)  # at most (without GPUs: what leaves room)
     embed_actor_gpus: float = Field(default=-1, ge=-1)  # -1: 1 when the cluster has GPUs, else 0
     write_actors: int = Field(default=1, ge=1)
     write_batch_size: int = Field(default=128, ge=1)
