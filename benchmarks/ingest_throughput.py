@@ -6,20 +6,18 @@ the ratios, not the absolute numbers):
   sequential   written like the seed's scripts: per image decode -> embed one image -> store
                the original -> insert one row (Milvus Lite, in-process)
   ray-data     python -m ingest's pipeline (read/decode tasks -> embedding actors -> writers),
-               Ray already started
+               Ray already started: the pool sized for the CPUs it finds, and one actor on
+               every thread (the default before it)
 
 Images: N (default 2000) from Debian's openclipart-png, either as they are (PNG) or converted
 once to ImageNet-like JPEGs (longest side 500 px, quality 90; the seed's data set is ImageNet).
 
-    python -m benchmarks.ingest_throughput [--n 2000] [--format jpeg|png] [--out benchmarks/results]
+    python -m benchmarks.ingest_throughput [--n 2000] [--format jpeg|png] [--rounds 2] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import random_weights
+from benchmarks.common import Results, markdown_table, random_weights
 from lookalike.milvus.catalog import Catalog, Entry
 from lookalike.embedding.encoder import ImageEncoder
 from lookalike.quality.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
@@ -109,58 +107,71 @@ def ray_data(folder: Path, settings, work: Path) -> dict:
     processed = report.indexed + len(report.duplicates)
     return {"images": report.total, "indexed": report.indexed, "duplicates": len(report.duplicates),
             "seconds": report.seconds, "images_per_s": processed / report.seconds,
-            # The embedding actor's busy time is the pipeline's critical path on one machine;
-            # the rest of the wall time is start-up (Ray Data, actors, model load) and the tail.
-            "embed_stage_images_per_s": processed / report.stage_seconds["embed"],
-            "overhead_s": report.seconds - report.stage_seconds["embed"],
             "stage_seconds": dict(report.stage_seconds)}
 
 
-def main() -> None:
+# The pools compared: the one Lookalike sizes for the CPUs it finds (ingest/pipeline.py:
+# embed_pool), and one actor on every CPU's thread (the default before it).
+POOLS = {"sized pool": {}, "one actor, all threads": {"ingest": {"embed_actors": 1}}}
+
+
+def measure(folder: Path, settings, files: list[Path], rounds: int) -> list[dict]:
+    """Each way ``rounds`` times in ABBA order (the machine drifts within a run), Ray started
+    once before (its start-up is not any one's); the model-only bound first."""
+    from ingest.pipeline import connect_ray
+
+    connect_ray()
+    runs = [("model-only", model_only(files, settings))]
+    order = ["sequential", *POOLS]
+    for i in range(rounds):
+        for way in order if i % 2 == 0 else order[::-1]:
+            work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
+            try:
+                if way == "sequential":
+                    result = sequential(files, settings, work)
+                else:
+                    result = ray_data(folder, settings.with_overrides(**POOLS[way]), work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"{way:24}{result['images_per_s']:8.1f} img/s", flush=True)
+            runs.append((way, result))
+    rows = []
+    bound = runs[0][1]["images_per_s"]
+    loop = np.mean([r["images_per_s"] for way, r in runs if way == "sequential"])
+    for way in ["model-only", *order]:
+        rates = [r["images_per_s"] for w, r in runs if w == way]
+        rows.append({"way": way, "runs": ", ".join(f"{x:.1f}" for x in rates), "images_per_s": float(np.mean(rates)),
+                     "vs_bound": float(np.mean(rates)) / bound, "vs_sequential": float(np.mean(rates)) / loop})
+    return rows
+
+
+def report(results: Results, rows: list[dict], images: int, fmt: str) -> None:
+    results.section(f"{images:,} {fmt.upper()} files, each way in ABBA order", markdown_table(
+        rows, ["way", "runs", "images_per_s", "vs_bound", "vs_sequential"],
+        ["", "img/s, each run", "img/s, mean", "÷ model-only", "÷ sequential"]))
+
+
+def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cache", default="data/bench-images")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=None)
     parser.add_argument("--model", default="efficientnet-lite0",
                         help="resnet50: the seed's model, with random-init weights (throughput only)")
-    args = parser.parse_args()
-
+    args = parser.parse_args(argv)
+    results = Results("ingest-throughput", args.out, **{k: v for k, v in vars(args).items() if k != "out"})
     settings = load_settings()
     if args.model != settings.model.name:
         settings = settings.with_overrides(model={"name": args.model, "weights": random_weights(args.model)})
     folder = build_images(Path(args.cache) / f"{args.format}-{args.n}", args.n, args.format)
     files = [Path(i.path) for i in iter_folder(folder)]
-    work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
-    from ingest.pipeline import connect_ray
-
-    connect_ray()  # Ray's own start-up is not part of any measurement; it idles during the others
-    try:
-        results = {"model_only": model_only(files, settings)}
-        print("model-only  ", json.dumps(results["model_only"]))
-        results["sequential"] = sequential(files, settings, work)
-        print("sequential  ", json.dumps(results["sequential"]))
-        results["ray_data"] = ray_data(folder, settings, work)
-        print("ray-data    ", json.dumps(results["ray_data"]))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    bound, seq, ray_ = (results[k]["images_per_s"] for k in ("model_only", "sequential", "ray_data"))
-    embed_rate = results["ray_data"]["embed_stage_images_per_s"]
-    results["ratios"] = {"ray_data_vs_model_only": ray_ / bound, "ray_data_vs_sequential": ray_ / seq,
-                         "embed_stage_vs_model_only": embed_rate / bound,
-                         "sequential_vs_model_only": seq / bound}
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "images": args.n,
-                          "format": args.format, "model": settings.model.name}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ingest-{settings.model.name}-{args.format}-{args.n}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\n{'':12}{'img/s':>10}\n{'model-only':12}{bound:10.1f}\n{'sequential':12}{seq:10.1f}\n"
-          f"{'ray-data':12}{ray_:10.1f}   (embedding stage alone: {embed_rate:.1f}; start-up and tail: "
-          f"{results['ray_data']['overhead_s']:.1f}s)\n"
-          f"ray-data / model-only = {ray_ / bound:.2f}   "
-          f"ray-data / sequential = {ray_ / seq:.2f}   sequential / model-only = {seq / bound:.2f}"
-          f"\nwritten to {path}")
+    rows = measure(folder, settings, files, args.rounds)
+    results.add("rows", rows)
+    report(results, rows, len(files), args.format)
+    results.write()
+    return results
 
 
 if __name__ == "__main__":

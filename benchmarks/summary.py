@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks.common import REPO, machine_line, markdown_table
 
 ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "http-load-words", "replica-kill", "quality", "duplicate-scan",
-         "scale", "rebuild-load", "reembed-load"]
+         "scale", "ingest-throughput", "rebuild-load", "reembed-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
             "words": "python -m benchmarks.words",
             "vector-search": "python -m benchmarks.vector_search",
@@ -23,6 +23,7 @@ COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "pytho
                                "--seconds 15 --name http-load-words",
             "replica-kill": "python -m benchmarks.replica_kill",
             "quality": "python -m benchmarks.quality", "scale": "python -m benchmarks.scale",
+            "ingest-throughput": "python -m benchmarks.ingest_throughput",
             "duplicate-scan": "python -m benchmarks.duplicate_scan",
             "rebuild-load": "python -m benchmarks.rebuild_load", "reembed-load": "python -m benchmarks.reembed_load"}
 
