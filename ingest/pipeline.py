@@ -79,8 +79,8 @@ class EmbedPool:
 def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float) -> EmbedPool:
     """One actor per GPU. Without GPUs, one actor for every ~4/3 free CPUs (the ``ingest``
     settings may name both), each on one inference thread: a thread uses its core best, and
-    the actors overlap each other's hand-offs (2,000 JPEGs on two cores: 62 and 67 img/s against
-    49 and 53 for one actor on both, benchmarks/ingest_throughput.py); each asks for no more CPU than
+    the actors overlap each other's hand-offs (2,000 JPEGs on two cores: 72.7 img/s against 58.8
+    for one actor on both, docs/benchmarks.md's ingest-throughput); each asks for no more CPU than
     leaves a read task and the writers room beside them; never more actors than the ``images``
     fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free now (``cluster_pool``)."""
     ing = settings.ingest
