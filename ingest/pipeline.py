@@ -127,7 +127,7 @@ class WriteActor:
         return self.write(batch)
 
 
-def beside_serving(settings: Settings, images: int) -> float:
+def beside_serving(settings: Settings, pool: EmbedPool) -> float:
     """For a job in a cluster that serves (a re-embed the API started): the share of the stages'
     usual CPU asks that fits in what the cluster has free, at most 1. Serve's replicas hold
     their CPUs as long as they live (`make run` on two cores leaves 0.5 of 2), so a job asking
@@ -135,17 +135,18 @@ def beside_serving(settings: Settings, images: int) -> float:
     CPUs that never free up; scaled down, its stages run beside the replicas on the cores they
     share, as the same job from the command line does."""
     ing = settings.ingest
-    pool = cluster_pool(settings, images)
     wanted = ing.read_task_cpus + pool.cpus * pool.actors + WRITE_ACTOR_CPUS * ing.write_actors
     free = ray.available_resources().get("CPU", 0.0)
     return 1.0 if free >= wanted else max(free * 0.9, 0.01) / wanted
 
 
-def build_dataset(source: Source, items: list[dict], settings: Settings, cpu_share: float = 1.0) -> ray.data.Dataset:
-    """The ingest's stages over ``items``; ``cpu_share``: the part of each stage's CPU ask to
-    request (``beside_serving``)."""
+def build_dataset(source: Source, items: list[dict], settings: Settings, *,
+                  in_serving_cluster: bool = False) -> ray.data.Dataset:
+    """The ingest's stages over ``items``; ``in_serving_cluster``: each stage asks for its share
+    of the CPUs the replicas leave (``beside_serving``)."""
     ing = settings.ingest
     pool = cluster_pool(settings, len(items))
+    cpu_share = beside_serving(settings, pool) if in_serving_cluster else 1.0
     # A stage's own error (a backend that stayed down, named) reaches the driver as itself,
     # not as Ray Data's generic UserCodeException.
     context = ray.data.DataContext.get_current()
@@ -238,8 +239,7 @@ def run_reembed(settings: Settings, *, report_path: str | None = None,
             planned(plan, len(todo))
         if todo:
             connect_ray()
-            share = beside_serving(plan.settings, len(todo)) if in_serving_cluster else 1.0
-            collect(build_dataset(plan.source, todo, plan.settings, share), report,
+            collect(build_dataset(plan.source, todo, plan.settings, in_serving_cluster=in_serving_cluster), report,
                     progress and (lambda r: progress(r, len(todo))))
         count = plan.gallery.versions.switch(plan.staged, reembed.catch_up(plan, report), log.info)
         report.seconds = time.perf_counter() - started

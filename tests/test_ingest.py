@@ -287,8 +287,8 @@ def test_the_embedding_pool_fits_the_cluster():
 
     settings = Settings()
     batch, ing = settings.model.batch_size, settings.ingest
-    assert embed_pool(settings, 10_000, gpus=0, free_cpus=2) == EmbedPool(2, 0.75, 0.0, 1)
     two = embed_pool(settings, 10_000, gpus=0, free_cpus=2)
+    assert two == EmbedPool(2, 0.75, 0.0, 1)
     assert ing.read_task_cpus + two.actors * two.cpus + WRITE_ACTOR_CPUS * ing.write_actors <= 2
     assert embed_pool(settings, 10_000, gpus=0, free_cpus=16) == EmbedPool(12, 1.0, 0.0, 1)
     assert embed_pool(settings, batch, gpus=0, free_cpus=16).actors == 1  # one batch: one model loaded

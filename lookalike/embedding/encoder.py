@@ -167,11 +167,9 @@ class ImageEncoder:
                                        precision=self._torch_precision())
 
     def _network_key(self) -> str:
-        from lookalike.embedding import descriptors
-
         pooling = (self.settings.pooling, f"p={self.settings.gem_p}") if self.spec.pooled else ()
         return network_key(self.spec.name, self.settings.weights, *pooling,
-                           code=(inspect.getsourcefile(self.spec.build), descriptors.__file__))
+                           code=(inspect.getsourcefile(self.spec.build), inspect.getsourcefile(pooled)))
 
     def _class_words(self):
         """The bundled classifier's rows as words' directions, kept beside the export."""

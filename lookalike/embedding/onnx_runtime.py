@@ -39,6 +39,7 @@ def exported(build: Callable[[], "torch.nn.Module"], name: str, key: str, input_
              cache_dir: str | os.PathLike) -> Path:
     """The ONNX file of this network (``key``: ``cache_keys.network_key``, made without building
     it), exported now from ``build()`` unless already cached."""
+    path = Path(cache_dir) / f"{name}-{key}-opset{OPSET}.onnx"
 
     def export(tmp: str) -> None:
         import torch
@@ -49,9 +50,9 @@ def exported(build: Callable[[], "torch.nn.Module"], name: str, key: str, input_
                               dynamo=False, opset_version=OPSET, input_names=["images"],
                               output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
-        log.info("exported %s to %s", name, cache_dir)
+        log.info("exported %s to %s", name, path)
 
-    return cached_file(Path(cache_dir) / f"{name}-{key}-opset{OPSET}.onnx", export)
+    return cached_file(path, export)
 
 
 def session(path: str | os.PathLike, *, device: str, threads: int, spin_wait: bool = False):
