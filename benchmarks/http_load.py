@@ -8,6 +8,9 @@
   no batching       lookalike with serve.batch_max_size = 1
   batch wait 20 ms  lookalike with serve.batch_wait_timeout_s = 0.02
   onnx threads spinning  lookalike with model.spin_wait = true
+  direct ingress    lookalike, the load sent to the Ingress replica's own port instead of Serve's
+                    proxy (throughput mode opens one on each ingress replica: what an external
+                    load balancer sends to), in the same cluster
   Serve default mode  lookalike in a Ray cluster without RAY_SERVE_THROUGHPUT_OPTIMIZED
   no Ray token auth   lookalike in a Ray cluster with RAY_AUTH_MODE=disabled (what the token
                     on every internal call costs)
@@ -25,7 +28,9 @@ images, top 5 (the original's K), to 127.0.0.1 only. Reports QPS, p50/p95/p99, e
 Embedder's mean batch size, where a request's time goes (the server's decode / embed / search,
 and everything else: HTTP, proxies, handle calls, queueing), and where the machine's CPU goes
 (CPU milliseconds per request by process: each deployment, the proxy, Milvus Lite, the load
-generator).
+generator), and how that compares with the work itself: the same uploads through the query
+path's own steps in one process (decode, the forward pass at batch 1, the same Milvus Lite search),
+one after another, measured in the same run.
 
     python -m benchmarks.http_load [--clients 1,8,32] [--seconds 20] [--targets "lookalike,no batching"]
     python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 --seconds 15 \
@@ -37,6 +42,9 @@ generator).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import itertools
 import json
 import os
 import shutil
@@ -44,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -60,7 +69,7 @@ from benchmarks import profile  # noqa: E402
 from benchmarks.common import REPO, Results, markdown_table, openclipart_set  # noqa: E402
 from harness.load import payloads, run_load  # noqa: E402
 from harness.processes import cpu_seconds_by_process, cpu_spent  # noqa: E402
-from harness.serve import deploy, serve_session, wait_healthy  # noqa: E402
+from harness.serve import deploy, direct_ingress_urls, serve_session, wait_healthy  # noqa: E402
 from harness.servers import HOST, free_port  # noqa: E402
 
 
@@ -164,6 +173,47 @@ def run_baseline(env: dict, bodies, clients, seconds) -> list[dict]:
             proc.kill()
 
 
+def measure_work(settings, bodies: list[dict], seconds: float) -> dict:
+    """The work a search must do, without the service: the same uploads through the query path's
+    own steps in this process (``lookalike.query.local``: base64 and image decoding, the forward
+    pass at batch 1 on the configured runtime and threads, the search in the same Milvus Lite
+    collection through the shared Lite server), one after another for ``seconds``. CPU ms per
+    search, of this process and of the Lite server; the steps' mean wall times."""
+    from lookalike import query
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.milvus.engines import gallery_catalog
+    from lookalike.storage.store import make_store
+
+    encoder = ImageEncoder(settings.model).load()
+    catalog = gallery_catalog(settings)
+    path = query.local(encoder, catalog, make_store(settings.store), settings.images)
+    wanted = query.Query(k=K)
+
+    async def searches(until: float) -> list[dict]:
+        timings = []
+        for n in itertools.count():
+            if time.perf_counter() >= until:
+                break
+            answer = await path.by_image(base64.b64decode(bodies[n % len(bodies)]["image"]), wanted)
+            timings.append(answer.timings)
+        return timings
+
+    asyncio.run(searches(time.perf_counter() + min(2.0, seconds)))  # warm-up
+    before = cpu_seconds_by_process()
+    timings = asyncio.run(searches(time.perf_counter() + seconds))
+    spent = cpu_spent(before, cpu_seconds_by_process(),
+                      lambda pid, cmdline: {"load generator": "in this process", "Milvus Lite": "Milvus Lite"}.get(
+                          process_role(pid, cmdline)))
+    catalog.close()
+    n = len(timings)
+    row = {"searches": n, **{k: round(sum(t[k] for t in timings) / n, 2) for k in ("decode_ms", "embed_ms",
+                                                                                   "search_ms")},
+           "cpu_ms": {role: round(sec * 1000 / n, 2) for role, sec in sorted(spent.items())}}
+    row["total_ms"] = round(sum(row["cpu_ms"].values()), 2)
+    print(f"the work in one process: {row['total_ms']} CPU ms a search ({n} searches)", flush=True)
+    return row
+
+
 def service_counters(base: str) -> dict:
     """From the status route: batches run by size, seconds in the model, searches and seconds in Milvus."""
     status = httpx.get(f"{base}/api/v1/status", timeout=30).json()
@@ -186,15 +236,18 @@ def run_lookalike(base: str, settings, bodies, clients, seconds, label: str) -> 
 
     deploy(settings, base)
     print(f"{label}:", flush=True)
-    rows = measure_lookalike(base, bodies, clients, seconds, label)
+    url = direct_ingress_urls()[0] if label == DIRECT else base
+    rows = measure_lookalike(url, bodies, clients, seconds, label)
     serve.delete("lookalike")
     return rows
 
 
 # Each target: its settings overrides, and its cluster's environment beyond `make run`'s.
 SERVE_DEFAULT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+DIRECT = "direct ingress"
 TARGETS = {
     "lookalike": ({}, {}),
+    DIRECT: ({}, {}),
     "no batching": ({"serve": {"batch_max_size": 1}}, {}),
     "batch wait 20 ms": ({"serve": {"batch_wait_timeout_s": 0.02}}, {}),
     "onnx threads spinning": ({"model": {"spin_wait": True}}, {}),
@@ -291,6 +344,7 @@ def main(argv: list[str] | None = None) -> Results:
     lite = LiteServer(settings.milvus.uri)
     rows: dict[str, list[dict]] = {}
     try:
+        results.add("work", measure_work(settings, bodies, args.seconds))
         print("original design (baseline_server.py):", flush=True)
         rows["original design"] = run_baseline(env, bodies, clients, args.seconds)
         results.add("rows", rows)
@@ -310,7 +364,7 @@ def main(argv: list[str] | None = None) -> Results:
     finally:
         lite.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report(results, rows)
+    report(results, rows, results.data["work"])
     results.write()
     if PROFILE is not None:
         profiles = {f"{target}, {row['clients']} clients": row["profile"]
@@ -320,7 +374,7 @@ def main(argv: list[str] | None = None) -> Results:
     return results
 
 
-def report(results: Results, rows: dict[str, list[dict]]) -> None:
+def report(results: Results, rows: dict[str, list[dict]], work: dict | None = None) -> None:
     table = []
     base = {r["clients"]: r for r in rows.get("original design", [])}
     for name, series in rows.items():
@@ -357,14 +411,30 @@ def report(results: Results, rows: dict[str, list[dict]]) -> None:
 
         return draw
 
-    cpu = [{"target": name, "clients": r["clients"], "cores": r.get("cpu_cores"),
-            **{role: r["cpu_ms"].get(role) for role in CPU_ROLES}, "total": round(sum(r["cpu_ms"].values()), 1)}
-           for name, series in rows.items() for r in series if "cpu_ms" in r]
+    cpu = []
+    for name, series in rows.items():
+        for r in series:
+            if "cpu_ms" in r:
+                service = sum(ms for role, ms in r["cpu_ms"].items() if role != "load generator")
+                cpu.append({"target": name, "clients": r["clients"], "cores": r.get("cpu_cores"),
+                            **{role: r["cpu_ms"].get(role) for role in CPU_ROLES},
+                            "total": round(sum(r["cpu_ms"].values()), 1),
+                            "to_work": round(service / work["total_ms"], 2) if work else None})
+    if work:
+        results.section(
+            "The work a search must do, in one process (the same uploads through the query path's steps: "
+            "decode, the forward pass at batch 1, the same Milvus Lite search; one after another, in this run)",
+            markdown_table([{**work, **work["cpu_ms"]}],
+                           ["searches", "decode_ms", "embed_ms", "search_ms", "in this process", "Milvus Lite",
+                            "total_ms"],
+                           ["searches", "decode ms", "forward ms", "search ms", "CPU ms, this process",
+                            "CPU ms, Milvus Lite", "CPU ms a search"]))
     results.section(
         "Where the CPU goes (CPU ms per answered request, by process; cores: the machine's CPUs busy during "
-        "the run). The original design is one process (original server).",
-        markdown_table(cpu, ["target", "clients", "cores", *CPU_ROLES, "total"],
-                       ["target", "clients", "cores busy", *CPU_ROLES, "total"]))
+        "the run; ÷ work: the CPU a search took, the load generator's left out, over the work above). "
+        "The original design is one process (original server).",
+        markdown_table(cpu, ["target", "clients", "cores", *CPU_ROLES, "total", "to_work"],
+                       ["target", "clients", "cores busy", *CPU_ROLES, "total", "÷ work"]))
     results.plot(f"{results.name}-qps.png",
                  by_clients("qps", "searches / s", "End-to-end HTTP search throughput", False))
     results.plot(f"{results.name}-p50.png",

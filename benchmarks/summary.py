@@ -13,12 +13,14 @@ from pathlib import Path
 
 from benchmarks.common import REPO, machine_line, markdown_table
 
-ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "http-load-words", "replica-kill", "quality", "duplicate-scan",
-         "scale", "ingest-throughput", "rebuild-load", "reembed-load"]
+ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "http-load-direct", "http-load-words",
+         "replica-kill", "quality", "duplicate-scan", "scale", "ingest-throughput", "rebuild-load", "reembed-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
             "words": "python -m benchmarks.words",
             "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load",
+            "http-load-direct": 'python -m benchmarks.http_load --targets "lookalike,direct ingress" '
+                                "--name http-load-direct",
             "http-load-words": 'python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 '
                                "--seconds 15 --name http-load-words",
             "replica-kill": "python -m benchmarks.replica_kill",
@@ -88,6 +90,23 @@ def headline_http(data: dict) -> list[dict]:
                          "original": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms, {b['errors']} errors",
                          "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms, {r['errors']} errors "
                                       f"(mean batch {r.get('mean_batch')})",
+                         "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"})
+    return rows
+
+
+def headline_direct(data: dict) -> list[dict]:
+    """Straight to the Ingress replica against through Serve's proxy, the same run."""
+    rows = []
+    rows_by = data.get("rows", {})
+    proxied = {r["clients"]: r for r in rows_by.get("lookalike", [])}
+    for r in rows_by.get("direct ingress", []):
+        b = proxied.get(r["clients"])
+        if b:
+            rows.append({"what": f"HTTP search, {r['clients']} client{'s' if r['clients'] > 1 else ''}: straight to "
+                                 "the Ingress replica, against through Serve's proxy (same run)",
+                         "original": "–",
+                         "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms against {b['qps']:.1f} QPS, "
+                                      f"p50 {b['p50_ms']:.0f} ms",
                          "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"})
     return rows
 
@@ -182,7 +201,8 @@ def before_and_after(data: dict) -> str:
 def headlines(found: dict[str, dict]) -> str:
     heads = []
     for name, fn in (("embedding", headline_embedding), ("vector-search", headline_search),
-                     ("http-load", headline_http), ("quality", headline_quality),
+                     ("http-load", headline_http), ("http-load-direct", headline_direct),
+                     ("quality", headline_quality),
                      ("duplicate-scan", headline_duplicate_scan), ("scale", headline_scale),
                      ("reembed-load", headline_reembed)):
         if name in found:

@@ -60,3 +60,25 @@ def deploy(settings, base: str | None = None, name: str = "lookalike", route_pre
     serve.run(build_from_settings(settings, options or serve_options()), name=name, route_prefix=route_prefix)
     if base:
         wait_healthy(f"{base}{route_prefix.rstrip('/')}/healthz")
+
+
+def direct_ingress_urls(app: str = "lookalike", timeout: float = 60.0) -> list[str]:
+    """Where the application's Ingress replicas answer HTTP themselves. In Serve's throughput mode
+    (``lookalike.ray_env``) each ingress replica also serves its ASGI app on a port of its own,
+    taken from RAY_SERVE_DIRECT_INGRESS_{MIN,MAX}_HTTP_PORT on the HTTP host of the Serve config
+    (127.0.0.1 here): what an external load balancer sends to, without the proxy's hop."""
+    import psutil
+
+    from .processes import replica_pids
+
+    low = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    high = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+
+    def listening() -> list[str]:
+        urls = [f"http://{HOST}:{c.laddr.port}" for pid in replica_pids(app, "Ingress")
+                for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.ip == HOST and low <= c.laddr.port < high]
+        return sorted(urls) if urls and all(httpx.get(f"{u}/healthz", timeout=2).status_code == 200 for u in urls) \
+            else []
+
+    return wait_until(listening, timeout, f"{app}'s Ingress replicas serving HTTP on their own ports")

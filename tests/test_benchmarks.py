@@ -15,6 +15,7 @@ from benchmarks.common import Results, markdown_table
 from harness import mixed_load
 from harness.load import latency_stats, payloads, require_loopback, run_load
 from harness.processes import server_pid
+from harness.serve import direct_ingress_urls
 from lookalike.quality.evaluation import PARTS, PLANTED
 from lookalike.settings import ImageLimits
 
@@ -178,16 +179,25 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
             assert row["server_embed_ms"] > 0 and row["server_search_ms"] > 0 and row["other_ms"] is not None
     assert all(r["mean_batch"] >= 1 and 0 < r["model_ms"] < r["server_embed_ms"] for r in rows["lookalike"])
     assert all(0 < r["milvus_ms"] < r["server_search_ms"] for r in rows["lookalike"])
+    # Straight to the Ingress replica's own port (Serve's direct ingress): the proxy does no work.
+    rows["direct ingress"] = http_load.measure_lookalike(direct_ingress_urls("main")[0], bodies, [1], 1.0)
+    direct, proxied = rows["direct ingress"][0], rows["lookalike"][0]
+    assert direct["errors"] == 0 and direct["ok"] > 0
+    assert direct["cpu_ms"].get("proxy", 0) < proxied["cpu_ms"]["proxy"] / 2, (direct["cpu_ms"], proxied["cpu_ms"])
+    work = http_load.measure_work(api.settings, bodies, 1.0)
+    assert work["searches"] > 0 and work["decode_ms"] > 0 and work["embed_ms"] > 0 and work["search_ms"] > 0
+    assert work["cpu_ms"]["in this process"] > 0 and work["cpu_ms"]["Milvus Lite"] > 0
     words = http_load.measure_lookalike(api.url, [{"text": w, "k": 5} for w in http_load.WORDS[:2]], [1], 1.0)
     assert words[0]["errors"] == 0 and words[0]["ok"] > 0 and words[0]["server_decode_ms"] is None  # nothing decoded
     assert words[0]["other_ms"] is not None
     rows["words"] = words
     results = Results("http-load", out)
     results.add("rows", rows)
-    http_load.report(results, rows)
+    http_load.report(results, rows, work)
     results.write()
     text = (out / "http-load.md").read_text()
-    assert "| original design | 1 |" in text and "| lookalike | 4 |" in text
+    assert "| original design | 1 |" in text and "| lookalike | 4 |" in text and "| direct ingress | 1 |" in text
+    assert "÷ work" in text
     assert (out / "http-load-qps.png").exists()
     # --profile: py-spy samples each process of the service during the load.
     monkeypatch.setattr(http_load, "PROFILE", tmp_path / "profile")
