@@ -79,36 +79,30 @@ def headline_search(data: dict) -> list[dict]:
     return rows
 
 
-def headline_http(data: dict) -> list[dict]:
-    rows = []
+def paired_http_rows(data: dict, target: str, against: str) -> list[tuple[str, dict, dict]]:
+    """(what, the target's row, the row it is set against) for each client count both measured."""
     rows_by = data.get("rows", {})
-    base = {r["clients"]: r for r in rows_by.get("original design", [])}
-    for r in rows_by.get("lookalike", []):
-        b = base.get(r["clients"])
-        if b and r["clients"] in (1, 8, 32):
-            rows.append({"what": f"HTTP search, {r['clients']} client{'s' if r['clients'] > 1 else ''}",
-                         "original": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms, {b['errors']} errors",
-                         "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms, {r['errors']} errors "
-                                      f"(mean batch {r.get('mean_batch')})",
-                         "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"})
-    return rows
+    base = {r["clients"]: r for r in rows_by.get(against, [])}
+    return [(f"HTTP search, {r['clients']} client{'s' if r['clients'] > 1 else ''}", r, base[r["clients"]])
+            for r in rows_by.get(target, []) if r["clients"] in base and r["clients"] in (1, 8, 32)]
+
+
+def headline_http(data: dict) -> list[dict]:
+    return [{"what": what, "original": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms, {b['errors']} errors",
+             "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms, {r['errors']} errors "
+                          f"(mean batch {r.get('mean_batch')})",
+             "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"}
+            for what, r, b in paired_http_rows(data, "lookalike", "original design")]
 
 
 def headline_direct(data: dict) -> list[dict]:
     """Straight to the Ingress replica against through Serve's proxy, the same run."""
-    rows = []
-    rows_by = data.get("rows", {})
-    proxied = {r["clients"]: r for r in rows_by.get("lookalike", [])}
-    for r in rows_by.get("direct ingress", []):
-        b = proxied.get(r["clients"])
-        if b:
-            rows.append({"what": f"HTTP search, {r['clients']} client{'s' if r['clients'] > 1 else ''}: straight to "
-                                 "the Ingress replica, against through Serve's proxy (same run)",
-                         "original": "–",
-                         "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms against {b['qps']:.1f} QPS, "
-                                      f"p50 {b['p50_ms']:.0f} ms",
-                         "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"})
-    return rows
+    return [{"what": f"{what}: straight to the Ingress replica, against through Serve's proxy (same run)",
+             "original": "–",
+             "lookalike": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms against {b['qps']:.1f} QPS, "
+                          f"p50 {b['p50_ms']:.0f} ms",
+             "ratio": f"{r['qps'] / b['qps']:.2f}× QPS"}
+            for what, r, b in paired_http_rows(data, "direct ingress", "lookalike")]
 
 
 def headline_quality(data: dict) -> list[dict]:
