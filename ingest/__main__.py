@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="JSON report path (default: ingest.report_dir/ingest-<time>.json)")
     parser.add_argument("--limit", type=int, help="only the first N files of the listing")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (model.batch_size)")
-    parser.add_argument("--embed-actors", type=int, help="embedding actors (default: one per GPU, else 1)")
-    parser.add_argument("--write-actors", type=int, help="upload + upsert actors")
+    parser.add_argument("--stages", choices=["auto", "fused", "separate"],
+                        help="read, embed and write in one actor pool or in three (ingest.stages; auto: "
+                             "fused without GPUs)")
+    parser.add_argument("--embed-actors", type=int,
+                        help="embedding actors (default: one per GPU; without GPUs one per free CPU, fused)")
+    parser.add_argument("--write-actors", type=int, help="upload + upsert actors (separate stages)")
     parser.add_argument("--include", help="comma-separated extensions to take, e.g. .jpg,.png")
     parser.add_argument("--exclude", help="comma-separated extensions to leave out")
     args = parser.parse_args(argv)
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict = {"model": {}, "ingest": {}}
     if args.batch_size:
         overrides["model"]["batch_size"] = args.batch_size
+    if args.stages:
+        overrides["ingest"]["stages"] = args.stages
     if args.embed_actors:
         overrides["ingest"]["embed_actors"] = args.embed_actors
     if args.write_actors:

@@ -1,5 +1,6 @@
 """The ingest job on Ray Data: list -> read + decode (tasks) -> embed (actor pool) ->
-upload + upsert (actor pool) -> flush and index -> JSON report. A re-embed under another model
+upload + upsert (actor pool) -> flush and index -> JSON report; without GPUs the three stages
+run fused in one actor pool (``ingest.stages``). A re-embed under another model
 (``run_reembed``) is the same job over the gallery's stored originals, into its next version.
 
 The stages are the indexing core's (``lookalike.indexing.stages``), the same code ``lookalike index``
@@ -68,31 +69,46 @@ CPU_EMBED_SHARE = 0.75
 
 @dataclass(frozen=True)
 class EmbedPool:
-    """The embedding stage's actors and what each asks for."""
+    """The embedding stage's actors and what each asks for; ``fused``: each actor also reads,
+    decodes and writes its files (one stage instead of three)."""
 
     actors: int
     cpus: float  # per actor
     gpus: float  # per actor
     threads: int  # model.num_threads in each actor (0: the CPUs it may use)
+    fused: bool = False
+
+    @property
+    def stage_cpus(self) -> float:
+        return self.actors * self.cpus
 
 
 def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float) -> EmbedPool:
-    """One actor per GPU. Without GPUs, one actor for every ~4/3 free CPUs (the ``ingest``
-    settings may name both), each on one inference thread: a thread uses its core best, and
-    the actors overlap each other's hand-offs (2,000 JPEGs on two cores: 72.7 img/s against 58.8
-    for one actor on both, docs/benchmarks.md's ingest-throughput); each asks for no more CPU than
-    leaves a read task and the writers room beside them; never more actors than the ``images``
-    fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free now (``cluster_pool``)."""
+    """One actor per GPU, beside read tasks and writers. Without GPUs (``ingest.stages`` auto):
+    the stages fused, one actor for every free CPU, each on one inference thread doing a file's
+    whole work: with no GPU to feed, handing blocks between three pools cost more than it
+    overlapped (2,000 JPEGs on two cores: 74.8 img/s against 66.9 for separate pools,
+    docs/benchmarks.md's ingest-throughput). Separate stages without GPUs: one actor for every
+    ~4/3 free CPUs, each on one thread, asking for no more CPU than leaves a read task and the
+    writers room. The ``ingest`` settings may name the actors and their CPUs; never more actors
+    than the ``images`` fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free
+    now (``cluster_pool``)."""
     ing = settings.ingest
     per_actor_gpus = ing.embed_actor_gpus
     if per_actor_gpus < 0:
         per_actor_gpus = 1.0 if gpus > 0 else 0.0
+    fused = ing.stages == "fused" or (ing.stages == "auto" and not per_actor_gpus)
     if per_actor_gpus:
         return EmbedPool(ing.embed_actors or max(1, int(gpus // per_actor_gpus)), ing.embed_actor_cpus,
-                         per_actor_gpus, settings.model.num_threads)
+                         per_actor_gpus, settings.model.num_threads, fused)
     if ing.embed_actors:
-        return EmbedPool(ing.embed_actors, ing.embed_actor_cpus, 0.0, settings.model.num_threads)
-    actors = max(1, min(int(free_cpus * CPU_EMBED_SHARE + 0.5), math.ceil(images / settings.model.batch_size)))
+        return EmbedPool(ing.embed_actors, ing.embed_actor_cpus, 0.0, settings.model.num_threads, fused)
+    batches = math.ceil(images / settings.model.batch_size)
+    if fused:
+        actors = max(1, min(int(free_cpus + 0.5), batches))
+        return EmbedPool(actors, max(min(ing.embed_actor_cpus, free_cpus / actors), ing.read_task_cpus), 0.0,
+                         settings.model.num_threads or 1, True)
+    actors = max(1, min(int(free_cpus * CPU_EMBED_SHARE + 0.5), batches))
     room = (free_cpus - ing.read_task_cpus - WRITE_ACTOR_CPUS * ing.write_actors) / actors
     return EmbedPool(actors, max(min(ing.embed_actor_cpus, room), ing.read_task_cpus), 0.0,
                      settings.model.num_threads or 1)
@@ -127,6 +143,20 @@ class WriteActor:
         return self.write(batch)
 
 
+class FusedActor:
+    """The three stages in one actor, one after the other on each batch of files: its reader,
+    model, Milvus client and store client, loaded once."""
+
+    def __init__(self, settings: Settings, source: Source):
+        catalog = gallery_catalog(settings)
+        self.read = ReadPrepare(settings, source.reader(settings), catalog)
+        self.embed = Embed(settings)
+        self.write = Write(settings, catalog, make_store(settings.store), in_store=source.in_store(settings))
+
+    def __call__(self, batch: dict) -> dict:
+        return self.write(self.embed(self.read(batch)))
+
+
 def beside_serving(settings: Settings, pool: EmbedPool) -> float:
     """For a job in a cluster that serves (a re-embed the API started): the share of the stages'
     usual CPU asks that fits in what the cluster has free, at most 1. Serve's replicas hold
@@ -135,7 +165,8 @@ def beside_serving(settings: Settings, pool: EmbedPool) -> float:
     CPUs that never free up; scaled down, its stages run beside the replicas on the cores they
     share, as the same job from the command line does."""
     ing = settings.ingest
-    wanted = ing.read_task_cpus + pool.cpus * pool.actors + WRITE_ACTOR_CPUS * ing.write_actors
+    wanted = pool.stage_cpus if pool.fused else (
+        ing.read_task_cpus + pool.stage_cpus + WRITE_ACTOR_CPUS * ing.write_actors)
     free = ray.available_resources().get("CPU", 0.0)
     return 1.0 if free >= wanted else max(free * 0.9, 0.01) / wanted
 
@@ -153,11 +184,20 @@ def build_dataset(source: Source, items: list[dict], settings: Settings, *,
     context.raise_original_map_exception = True
     # Work is spread over every embedding actor, not taken by the first one ready.
     context.wait_for_min_actors_s = math.ceil(ing.actors_ready_timeout_s)
+    log.info("stages %s: %d embedding actor(s), %.2g CPU and %.2g GPU each, %s inference thread(s)",
+             "fused" if pool.fused else "separate", pool.actors, pool.cpus * cpu_share, pool.gpus,
+             pool.threads or "all")
     ds = ray.data.from_items(items)
+    model_settings = settings.with_overrides(model={"num_threads": pool.threads})
+    if pool.fused:
+        return ds.map_batches(FusedActor, fn_constructor_args=(model_settings, source),
+                              batch_size=settings.model.batch_size,
+                              compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus * cpu_share,
+                              num_gpus=pool.gpus, batch_format="numpy")
     ds = ds.map_batches(read_prepare, fn_kwargs={"settings": settings, "source": source},
                         batch_size=ing.read_batch_size, num_cpus=ing.read_task_cpus * cpu_share,
                         batch_format="numpy")
-    ds = ds.map_batches(Embed, fn_constructor_args=(settings.with_overrides(model={"num_threads": pool.threads}),),
+    ds = ds.map_batches(Embed, fn_constructor_args=(model_settings,),
                         batch_size=settings.model.batch_size, compute=ray.data.ActorPoolStrategy(size=pool.actors),
                         num_cpus=pool.cpus * cpu_share, num_gpus=pool.gpus, batch_format="numpy")
     return ds.map_batches(WriteActor, fn_constructor_args=(settings, source), batch_size=ing.write_batch_size,

@@ -43,7 +43,9 @@ def main(gallery: str, work: str) -> dict:
     settings = load_settings(REPO / "config" / "lookalike.yaml", overrides={
         "milvus": {"uri": f"{work}/m.db"}, "store": {"local_dir": f"{work}/images"},
         # One embedding actor per node (2 of a node's 3 CPUs each); small read batches: many tasks.
-        "ingest": {"embed_actors": 2, "embed_actor_cpus": 2, "read_batch_size": 2, "write_batch_size": 8},
+        # The stages separate, as on GPU nodes: each pool spreads over both nodes on its own.
+        "ingest": {"stages": "separate", "embed_actors": 2, "embed_actor_cpus": 2, "read_batch_size": 2,
+                   "write_batch_size": 8},
         "model": {"batch_size": 4}})
     out: dict = {"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
     try:
