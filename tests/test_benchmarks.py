@@ -202,8 +202,12 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
     # --profile: py-spy samples each process of the service during the load.
     monkeypatch.setattr(http_load, "PROFILE", tmp_path / "profile")
     profiled = http_load.measure_lookalike(api.url, bodies, [2], 2.0)[0]["profile"]
-    assert {"Ingress", "Embedder", "Searcher", "proxy"} <= set(profiled), profiled
-    assert all(summary["samples"] > 0 and summary["self"] for summary in profiled.values())
+    roles = ("Ingress", "Embedder", "Searcher", "proxy")
+    assert set(roles) <= set(profiled), profiled
+    # Each process of the path was on the CPU in the samples. (Milvus Lite's Python threads may
+    # take none in 2 s on a busy machine: its server's work is mostly native.)
+    assert all(profiled[role]["samples"] > 0 and profiled[role]["self"] for role in roles), \
+        {role: summary["samples"] for role, summary in profiled.items()}
     assert any(layer["layer"] == "lookalike" for layer in profiled["Ingress"]["layers"])
     assert any(layer["layer"] == "onnxruntime" for layer in profiled["Embedder"]["layers"])
     assert (tmp_path / "profile" / "lookalike-2c-Ingress.txt").read_text().strip()
