@@ -29,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N files of the listing")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (model.batch_size)")
     parser.add_argument("--stages", choices=["auto", "fused", "separate"],
-                        help="read, embed and write in one actor pool or in three (ingest.stages; auto: "
-                             "fused without GPUs)")
+                        help="read, embed and write in one actor pool or in three (ingest.stages, default "
+                             "separate; auto: fused without GPUs)")
     parser.add_argument("--embed-actors", type=int,
-                        help="embedding actors (default: one per GPU; without GPUs one per free CPU, fused)")
+                        help="embedding actors (default: one per GPU; without GPUs about 3 for every 4 free CPUs, "
+                             "or one per free CPU fused)")
     parser.add_argument("--write-actors", type=int, help="upload + upsert actors (separate stages)")
     parser.add_argument("--include", help="comma-separated extensions to take, e.g. .jpg,.png")
     parser.add_argument("--exclude", help="comma-separated extensions to leave out")

@@ -1,6 +1,6 @@
 """The ingest job on Ray Data: list -> read + decode (tasks) -> embed (actor pool) ->
-upload + upsert (actor pool) -> flush and index -> JSON report; without GPUs the three stages
-run fused in one actor pool (``ingest.stages``). A re-embed under another model
+upload + upsert (actor pool) -> flush and index -> JSON report; or the three stages fused in
+one actor pool (``ingest.stages``: fused, or auto without GPUs). A re-embed under another model
 (``run_reembed``) is the same job over the gallery's stored originals, into its next version.
 
 The stages are the indexing core's (``lookalike.indexing.stages``), the same code ``lookalike index``
@@ -84,11 +84,11 @@ class EmbedPool:
 
 
 def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float) -> EmbedPool:
-    """One actor per GPU, beside read tasks and writers. Without GPUs (``ingest.stages`` auto):
-    the stages fused, one actor for every free CPU, each on one inference thread doing a file's
-    whole work: with no GPU to feed, handing blocks between three pools cost more than it
-    overlapped (2,000 JPEGs on two cores: 74.8 img/s against 66.9 for separate pools,
-    docs/benchmarks.md's ingest-throughput). Separate stages without GPUs: one actor for every
+    """One actor per GPU, beside read tasks and writers. The stages fused without GPUs
+    (``ingest.stages`` fused, or auto): one actor for every free CPU, each on one inference
+    thread doing a file's whole work: with no GPU to feed, handing blocks between three pools
+    cost more than it overlapped (2,000 JPEGs on two cores: 74.8 img/s against 66.9 for separate
+    pools, docs/benchmarks.md's ingest-throughput). Separate stages without GPUs: one actor for every
     ~4/3 free CPUs, each on one thread, asking for no more CPU than leaves a read task and the
     writers room. The ``ingest`` settings may name the actors and their CPUs; never more actors
     than the ``images`` fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free

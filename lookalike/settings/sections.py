@@ -328,10 +328,11 @@ class ServeSettings(_Section):
 class IngestSettings(_Section):
     """The Ray Data ingest job (python -m ingest)."""
 
-    # auto: fused without GPUs (each actor reads, decodes, embeds on one thread and writes its
-    # files: on CPUs alone the hand-offs between pools cost more than they overlap), separate
-    # stages with GPUs (decoding spread over the CPUs, the model on the GPUs); ingest/pipeline.py
-    stages: Literal["auto", "fused", "separate"] = "auto"
+    # separate: read + decode tasks, embedding actors, writers; fused: one actor pool doing all
+    # three (each actor reads, decodes, embeds on one thread and writes its files: on CPUs alone
+    # the hand-offs between pools cost more than they overlap); auto: fused without GPUs,
+    # separate with them. ingest/pipeline.py
+    stages: Literal["auto", "fused", "separate"] = "separate"
     read_batch_size: int = Field(default=32, ge=1)  # files per read+decode task call (separate stages)
     # Read tasks and embedding actors must differ in resources, or Ray Data fuses decoding into
     # the embedding actors and loses the parallel decode.
