@@ -16,8 +16,6 @@ from harness import mixed_load
 from harness.load import latency_stats, payloads, require_loopback, run_load
 from harness.processes import server_pid
 from harness.serve import direct_ingress_urls
-from harness.servers import wait_until
-from lookalike.errors import BackendUnavailable
 from lookalike.quality.evaluation import PARTS, PLANTED
 from lookalike.settings import ImageLimits
 
@@ -186,13 +184,7 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
     direct, proxied = rows["direct ingress"][0], rows["lookalike"][0]
     assert direct["errors"] == 0 and direct["ok"] > 0
     assert direct["cpu_ms"].get("proxy", 0) < proxied["cpu_ms"]["proxy"] / 2, (direct["cpu_ms"], proxied["cpu_ms"])
-    def measured():
-        try:
-            return http_load.measure_work(api.settings, bodies, 1.0)
-        except BackendUnavailable:  # a CI run here: the shared Lite server unreachable for a while; measure again
-            return None
-
-    work = wait_until(measured, 120, "the work, measured in one process")
+    work = http_load.measure_work(api.settings, bodies, 1.0)
     assert work["searches"] > 0 and work["decode_ms"] > 0 and work["embed_ms"] > 0 and work["search_ms"] > 0
     assert work["cpu_ms"]["in this process"] > 0 and work["cpu_ms"]["Milvus Lite"] > 0
     words = http_load.measure_lookalike(api.url, [{"text": w, "k": 5} for w in http_load.WORDS[:2]], [1], 1.0)

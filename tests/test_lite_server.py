@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from lookalike.milvus.catalog import Entry
+from lookalike.milvus.catalog import Catalog, Entry
 from lookalike.errors import BackendUnavailable
 from lookalike.milvus.engines import open_catalog
 from lookalike.milvus.lite_server import LiteServer
@@ -164,3 +164,25 @@ def test_server_that_cannot_start_is_a_clear_error(tmp_path):
         LiteServer(tmp_path / "held.db").start(timeout_s=30, idle_stop_s=0)
     assert "did not start" in info.value.message
     holder.close()
+
+
+def test_lite_channels_are_each_catalogs_own_and_send_no_pings_lite_refuses(tmp_path):
+    """Milvus Lite's gRPC server keeps gRPC's default ping policy (none between calls, none more
+    often than every 5 minutes) and answers two of pymilvus's 10-second idle pings with GOAWAY
+    ``too_many_pings``; a call sent then fails (seen in CI). So each catalog's channel is its
+    own — a failure's fresh client is a fresh channel — and to Lite it pings only as permitted."""
+    settings = MilvusSettings(uri=str(tmp_path / "pings.db"))
+    one, two = open_catalog(settings, 8), open_catalog(settings, 8)
+    try:
+        handlers = [c.connection.client._handler for c in (one, two)]  # pymilvus's per-channel object
+        assert handlers[0] is not handlers[1]
+        options = handlers[0]._grpc_options
+        assert options["grpc.keepalive_permit_without_calls"] == 0
+        assert options["grpc.keepalive_time_ms"] >= 300_000
+        one.connection.close()
+        assert one.connection.client._handler is not handlers[0]
+    finally:
+        one.close()
+        two.close()
+    server = Catalog(MilvusSettings(uri="http://127.0.0.1:1"), 8)  # a Milvus server permits pymilvus's pings
+    assert server.connection.grpc_options == {}

@@ -50,7 +50,7 @@ class Catalog:
         part's score counts than a whole image's. The catalog never starts a process itself."""
         self.settings, self.dim, self.embedded, self.descriptor = settings, dim, embedded, descriptor
         self.regions = list(regions)
-        self.connection = Connection(settings, uri, locate, write_lock)
+        self.connection = Connection(settings, uri, locate, write_lock, embedded)
         gallery, parts = schema.tables(settings.collection, len(self.regions))
         self.name, self.regions_name = gallery.alias, parts.alias
         self.router = Router(self.connection, [gallery] + ([parts] if self.regions else []), descriptor)

@@ -1,7 +1,15 @@
 """One connection to Milvus for the catalog's parts: a ``MilvusClient`` made at first use and
 again after a failure (``locate`` finds a supervised server anew), every call with the
 settings' deadline, writes under the machine's write lock (Milvus Lite takes one writer at a
-time), and a server that cannot be reached raised as ``BackendUnavailable("milvus")``."""
+time), and a server that cannot be reached raised as ``BackendUnavailable("milvus")``.
+
+The client's gRPC channel is its own (pymilvus otherwise shares one per address in a process,
+so closing a client after a failure would not give the next one a fresh channel, and the
+options below would not apply to a channel made first elsewhere). To Milvus Lite it sends no
+keepalive pings between calls: pymilvus pings every 10 s, and the gRPC server inside Lite
+keeps gRPC's default policy (no pings without a call, none more often than every 5 minutes),
+so after two idle pings it closes the connection with GOAWAY ``too_many_pings`` — and a call
+sent at that moment fails. (A Milvus server permits pymilvus's pings.)"""
 
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from lookalike.errors import BackendUnavailable
 from lookalike.settings import MilvusSettings
 
 _READS = frozenset({"search", "query", "get"})
+# gRPC's default server policy (what Milvus Lite's server keeps): min_recv_ping_interval 5 min.
+_LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 300_000}
 _WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
                      "create_alias", "alter_alias", "drop_alias", "drop_collection"})
 
@@ -35,8 +45,10 @@ def is_unavailable(exc: BaseException) -> bool:
 
 class Connection:
     def __init__(self, settings: MilvusSettings, uri: str | None = None, locate: Callable[[], str] | None = None,
-                 write_lock: Callable[[], ContextManager] | None = None):
+                 write_lock: Callable[[], ContextManager] | None = None, embedded: bool = False):
+        """``embedded``: the server is Milvus Lite (see the module's note on keepalive)."""
         self.settings = settings
+        self.grpc_options = dict(_LITE_GRPC_OPTIONS) if embedded else {}
         self.uri = uri or settings.uri
         self._locate = locate
         self.write_lock = write_lock or contextlib.nullcontext
@@ -54,7 +66,8 @@ class Connection:
                     if self._locate:
                         self.uri = self._locate()
                     self._client = MilvusClient(uri=self.uri, token=self.settings.token.get_secret_value(),
-                                                db_name=self.settings.db_name, timeout=self.settings.timeout_s)
+                                                db_name=self.settings.db_name, timeout=self.settings.timeout_s,
+                                                dedicated=True, grpc_options=self.grpc_options)
                 except Exception as exc:
                     raise self._unavailable(exc) from exc
             return self._client
