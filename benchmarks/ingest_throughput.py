@@ -6,9 +6,9 @@ the ratios, not the absolute numbers):
   sequential   written like the seed's scripts: per image decode -> embed one image -> store
                the original -> insert one row (Milvus Lite, in-process)
   ray-data     python -m ingest's pipeline, Ray already started: the stages fused in one actor
-               pool sized for the CPUs it finds (--stages fused), the stages separate (read/decode
-               tasks -> embedding actors -> writers; the default), and separate with one
-               embedding actor on every thread (the default before)
+               pool sized for the CPUs it finds (the default on CPUs alone), the stages separate
+               (--stages separate: read/decode tasks -> embedding actors -> writers), and
+               separate with one embedding actor on every thread (the default before those)
 
 Images: N (default 2000) from Debian's openclipart-png, either as they are (PNG) or converted
 once to ImageNet-like JPEGs (longest side 500 px, quality 90; the seed's data set is ImageNet).
@@ -111,11 +111,11 @@ def ray_data(folder: Path, settings, work: Path) -> dict:
             "stage_seconds": dict(report.stage_seconds)}
 
 
-# The pools compared (ingest/pipeline.py: embed_pool): the stages fused (--stages fused, or auto
-# without GPUs); separate pools sized for the CPUs (the default); separate, one embedding actor on
-# every CPU's thread (the default before).
-POOLS = {"fused": {"ingest": {"stages": "fused"}}, "separate pools": {},
-         "one actor, all threads": {"ingest": {"embed_actors": 1}}}
+# The pools compared (ingest/pipeline.py: embed_pool): the stages fused (the default, auto, on
+# CPUs alone); separate pools sized for the CPUs; separate, one embedding actor on every CPU's
+# thread (the default before those).
+POOLS = {"fused": {"ingest": {"stages": "fused"}}, "separate pools": {"ingest": {"stages": "separate"}},
+         "one actor, all threads": {"ingest": {"stages": "separate", "embed_actors": 1}}}
 
 
 def measure(folder: Path, settings, files: list[Path], rounds: int) -> list[dict]:

@@ -279,14 +279,14 @@ def test_without_ray_address_the_job_starts_its_own_cluster(monkeypatch):
 
 
 def test_the_embedding_pool_fits_the_cluster():
-    """One actor per GPU, the stages separate; on CPUs alone the stages fused, one actor for
-    every free CPU, each on one inference thread; separate on CPUs alone, about three for every
+    """By default one actor per GPU, the stages separate; on CPUs alone the stages fused, one
+    actor for every free CPU, each on one inference thread; separate on CPUs alone, about three for every
     four free CPUs, asking no more than leaves a read task and a writer room; never more actors
     than the images fill batches for; what the settings name, as named."""
     from ingest.pipeline import WRITE_ACTOR_CPUS, EmbedPool, embed_pool
     from lookalike.settings import Settings
 
-    settings = Settings().with_overrides(ingest={"stages": "auto"})
+    settings = Settings()  # the default: auto
     batch, ing = settings.model.batch_size, settings.ingest
     assert embed_pool(settings, 10_000, gpus=0, free_cpus=2) == EmbedPool(2, 1.0, 0.0, 1, fused=True)
     assert embed_pool(settings, 10_000, gpus=0, free_cpus=16) == EmbedPool(16, 1.0, 0.0, 1, fused=True)
@@ -295,7 +295,7 @@ def test_the_embedding_pool_fits_the_cluster():
     assert embed_pool(settings, 10_000, gpus=4, free_cpus=16) == EmbedPool(4, ing.embed_actor_cpus, 1.0, 0)
     named = settings.with_overrides(ingest={"embed_actors": 3, "embed_actor_cpus": 0.5}, model={"num_threads": 2})
     assert embed_pool(named, 10, gpus=0, free_cpus=16) == EmbedPool(3, 0.5, 0.0, 2, fused=True)
-    separate = Settings()  # the default
+    separate = settings.with_overrides(ingest={"stages": "separate"})
     two = embed_pool(separate, 10_000, gpus=0, free_cpus=2)
     assert two == EmbedPool(2, 0.75, 0.0, 1)
     assert ing.read_task_cpus + two.stage_cpus + WRITE_ACTOR_CPUS * ing.write_actors <= 2
@@ -304,16 +304,16 @@ def test_the_embedding_pool_fits_the_cluster():
     assert embed_pool(fused, 10_000, gpus=4, free_cpus=16) == EmbedPool(4, ing.embed_actor_cpus, 1.0, 0, fused=True)
 
 
-def test_on_cpus_alone_the_stages_run_fused_in_one_pool_when_asked(ray_cluster):
-    """The plan Ray Data runs: the three stages apart by default; with ``ingest.stages`` auto on
-    a cluster without GPUs (the suite's), one actor pool that reads, embeds and writes."""
+def test_on_cpus_alone_the_stages_run_fused_in_one_pool(ray_cluster):
+    """The plan Ray Data runs: by default (``ingest.stages`` auto) on a cluster without GPUs (the
+    suite's), one actor pool that reads, embeds and writes; the three stages apart when asked."""
     from ingest.pipeline import build_dataset
     from lookalike.indexing.sources import Source
     from lookalike.settings import Settings
 
     items, source = [{"path": "a.jpg", "label": "x"}] * 100, Source.parse(str(REPO))
-    fused = repr(build_dataset(source, items, Settings().with_overrides(ingest={"stages": "auto"})))
+    fused = repr(build_dataset(source, items, Settings()))
     assert "MapBatches(FusedActor)" in fused and "Embed" not in fused and "read_prepare" not in fused, fused
-    separate = repr(build_dataset(source, items, Settings()))
+    separate = repr(build_dataset(source, items, Settings().with_overrides(ingest={"stages": "separate"})))
     assert all(f"MapBatches({stage})" in separate for stage in ("read_prepare", "Embed", "WriteActor")), separate
     assert "FusedActor" not in separate

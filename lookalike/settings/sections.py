@@ -332,7 +332,7 @@ class IngestSettings(_Section):
     # three (each actor reads, decodes, embeds on one thread and writes its files: on CPUs alone
     # the hand-offs between pools cost more than they overlap); auto: fused without GPUs,
     # separate with them. ingest/pipeline.py
-    stages: Literal["auto", "fused", "separate"] = "separate"
+    stages: Literal["auto", "fused", "separate"] = "auto"
     read_batch_size: int = Field(default=32, ge=1)  # files per read+decode task call (separate stages)
     # Read tasks and embedding actors must differ in resources, or Ray Data fuses decoding into
     # the embedding actors and loses the parallel decode.
