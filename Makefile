@@ -90,6 +90,7 @@ bench: install bench-data
 	$(BIN)/python -m benchmarks.words --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.vector_search --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.http_load --out $(BENCH_OUT)
+	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.handle_hop --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.replica_kill --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.quality --out $(BENCH_OUT)
 	PATH="$(TEST_PATH)" $(BIN)/python -m benchmarks.reembed_load --out $(BENCH_OUT)

@@ -14,11 +14,13 @@ from pathlib import Path
 from benchmarks.common import REPO, machine_line, markdown_table
 
 ORDER = ["embedding", "clip-towers", "words", "vector-search", "http-load", "http-load-direct", "http-load-words",
+         "handle-hop",
          "replica-kill", "quality", "duplicate-scan", "scale", "ingest-throughput", "rebuild-load", "reembed-load"]
 COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "python -m benchmarks.clip_towers",
             "words": "python -m benchmarks.words",
             "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load",
+            "handle-hop": "python -m benchmarks.handle_hop",
             "http-load-direct": 'python -m benchmarks.http_load --targets "lookalike,direct ingress" '
                                 "--name http-load-direct",
             "http-load-words": 'python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 '

@@ -341,3 +341,22 @@ def test_summary_page_is_built_from_the_results(out, tmp_path):
     # The plots are linked where they are.
     for link in [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
         assert (page.parent / link).exists(), link
+
+
+def test_handle_hop_benchmark_on_the_suites_app(out, api, gallery):
+    """benchmarks.handle_hop against the suite's app: the Searcher's hop, Milvus alone, and an
+    empty round trip deployed beside it (and deleted after)."""
+    from ray import serve
+
+    from benchmarks import handle_hop
+
+    bodies = payloads([p.read_bytes() for p in gallery["circles"][:3]], k=5)
+    row = handle_hop.measure(api.settings, api.url, bodies, 20, 1.0)
+    assert row["searches"] == 20 and row["empty_calls"] == 20
+    assert 0 < row["milvus_mean_ms"] < row["search_mean_ms"] and row["hop_mean_ms"] > 0
+    assert row["alone_mean_ms"] > 0 and row["empty_p50_ms"] > 0
+    assert "empty-hop" not in serve.status().applications
+    results = Results("handle-hop", out)
+    handle_hop.report(results, row)
+    results.write()
+    assert "| 20 |" in (out / "handle-hop.md").read_text()
