@@ -77,12 +77,17 @@ def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
-    """The processes of a deployment's replicas, by the title Ray Serve gives them."""
-    pids = sorted(pid for pid, (title, _) in cpu_seconds_by_process().items()
-                  if title.startswith(f"ray::ServeReplica:{app}:{deployment}"))
+    """The processes of a deployment's replicas, by the title Ray Serve gives them, in the Ray
+    cluster this process started (its descendants): another run on the same machine may serve an
+    app of the same name, and its replicas are not this run's to kill or to read."""
+    title, pids = f"ray::ServeReplica:{app}:{deployment}", []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if " ".join(proc.cmdline()).startswith(title):
+                pids.append(proc.pid)
     if not pids:
-        raise LookupError(f"no {deployment} replica of {app}")
-    return pids
+        raise LookupError(f"no {deployment} replica of {app} in this process's Ray cluster")
+    return sorted(pids)
 
 
 def supervisor_pid(service) -> int | None:

@@ -217,6 +217,31 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
     assert bad["ok"] == 0 and bad["errors"] > 0 and set(bad["statuses"]) == {"415"}
 
 
+def test_replica_processes_are_this_runs_own(api):
+    """A process titled as a replica of an app of the same name that this run's cluster did not
+    start (another run's on the same machine: two suites at once) is never taken for one of ours:
+    the harness kills replicas and reads their sockets by these pids."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    from harness.processes import replica_pids
+    from harness.servers import wait_until
+
+    title = "ray::ServeReplica:main:Embedder"
+    subprocess.run(["bash", "-c", f'(exec -a "{title}" sleep 120) &'], check=True)  # orphaned: not ours
+    strangers = wait_until(lambda: [p.pid for p in psutil.process_iter(["cmdline"])
+                                    if (p.info["cmdline"] or []) == [title, "120"]], 10, "the stranger process")
+    try:
+        ours = replica_pids("main", "Embedder")
+        assert ours and not set(strangers) & set(ours), (strangers, ours)
+    finally:
+        for pid in strangers:
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_eval_through_the_service_and_exactly(tmp_path, out, api, api_env, gallery_root):
     """`lookalike eval` as the README runs it, against the test app's service and Milvus."""
     import os
