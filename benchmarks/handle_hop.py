@@ -31,7 +31,6 @@ from ray import serve  # noqa: E402
 
 from benchmarks import http_load  # noqa: E402
 from benchmarks.common import Results, markdown_table, openclipart_set  # noqa: E402
-from harness.load import payloads  # noqa: E402
 from harness.serve import deploy, serve_session  # noqa: E402
 
 K = 10
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> Results:
                        "LOOKALIKE_STORE__LOCAL_DIR": str(work / "images")})  # the replicas read the same
     settings = load_settings()
     gallery = openclipart_set()
-    files = sorted(gallery.glob("*/*"))
-    bodies = payloads([f.read_bytes() for f in files[:: max(1, len(files) // 64)][:64]], k=K)
+    bodies = http_load.sample_bodies(gallery, 64, K)
     http_load.prepare_gallery(settings, gallery)
     try:
         with serve_session() as base:

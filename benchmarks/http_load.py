@@ -77,6 +77,13 @@ K = 5
 PROFILE: Path | None = None  # --profile: py-spy each process of the service during each load, into here
 
 
+def sample_bodies(gallery: Path, queries: int, k: int) -> list[dict]:
+    """What the clients send: ``queries`` of the gallery's images, spread over its classes, each
+    asking for ``k`` results."""
+    files = sorted(gallery.glob("*/*"))
+    return payloads([f.read_bytes() for f in files[:: max(1, len(files) // queries)][:queries]], k=k)
+
+
 def prepare_gallery(settings, gallery: Path) -> None:
     """Index the gallery once into the benchmark's own Milvus Lite directory (shared server)."""
     from lookalike.embedding.encoder import ImageEncoder
@@ -332,8 +339,7 @@ def main(argv: list[str] | None = None) -> Results:
     os.environ.update(env)  # the Serve replicas read the same settings
     settings = load_settings()
     gallery = Path(args.gallery) if args.gallery else openclipart_set()
-    files = sorted(gallery.glob("*/*"))
-    bodies = payloads([f.read_bytes() for f in files[:: max(1, len(files) // args.queries)][: args.queries]], k=K)
+    bodies = sample_bodies(gallery, args.queries, K)
     if args.rows_to:  # a child started below, on the parent's gallery and Lite server
         rows = measure_targets(settings, targets, bodies, clients, args.seconds)
         Path(args.rows_to).write_text(json.dumps(rows))

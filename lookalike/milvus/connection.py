@@ -21,10 +21,10 @@ from lookalike.errors import BackendUnavailable
 from lookalike.settings import MilvusSettings
 
 _READS = frozenset({"search", "query", "get"})
-# gRPC's default server policy (what Milvus Lite's server keeps): min_recv_ping_interval 5 min.
-_LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 300_000}
 _WRITES = frozenset({"create_collection", "create_index", "insert", "upsert", "delete", "flush", "load_collection",
                      "create_alias", "alter_alias", "drop_alias", "drop_collection"})
+# gRPC's default server policy (what Milvus Lite's server keeps): min_recv_ping_interval 5 min.
+_LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 300_000}
 
 
 def is_unavailable(exc: BaseException) -> bool:
