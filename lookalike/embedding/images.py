@@ -141,7 +141,7 @@ def open_image(data: bytes, limits: ImageLimits, *, draft: int | None = None) ->
         if draft and fmt in ("JPEG", "MPO"):
             img.draft("RGB", (draft, draft))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # (else a copy of the whole image, turned or not)
     except Image.DecompressionBombError:  # Pillow's own bound, far past ours; its words are not ours
         raise TooLarge(f"the image has too many pixels; the limit is {max_pixels} pixels") from None
     except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, ValueError, ...
@@ -158,9 +158,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # (convert copies even to its own mode)
         canvas = Image.new("RGB", rgba.size, BACKGROUND)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        canvas.paste(rgba, mask=rgba)  # the mask is its alpha band
         return canvas
     return img.convert("RGB") if img.mode != "RGB" else img
 
