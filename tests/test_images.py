@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from lookalike import errors
-from lookalike.embedding.images import Box, content_id, open_image, prepare
+from lookalike.embedding.images import Box, content_id, draft_size, fit_square, open_image, prepare
 from lookalike.settings import ImageLimits
 
 from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
@@ -86,6 +86,27 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result():
     full = np.asarray(open_image(data, LIMITS)[0].convert("RGB").resize((224, 224), Image.BICUBIC))
     assert np.abs(whole.astype(int) - full.astype(int)).mean() < 4  # the model sees the same picture
 
+
+
+@pytest.mark.parametrize("fit, decoded", [("pad", (250, 188)), ("crop", (500, 375)), ("stretch", (500, 375))])
+def test_a_photo_is_decoded_at_the_least_scale_its_fit_needs(fit, decoded):
+    """ImageNet's 500x375 JPEGs: pad scales the longest side to 224, so half the size covers
+    it; crop needs the shortest side at 224 or more (stretch both): no reduction."""
+    data = encode(draw("circle", (200, 30, 30), seed=5, size=400).resize((500, 375)), "JPEG", quality=90)
+    limits = LIMITS.model_copy(update={"fit": fit})
+    assert open_image(data, limits, draft=224)[0].size == decoded
+    reduced = prepare(data, 224, limits).pixels
+    full = np.asarray(fit_square(open_image(data, limits)[0].convert("RGB"), 224, fit))
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 2  # the model sees the same picture
+
+
+@pytest.mark.parametrize("size, want", [((500, 375), {"pad": (224, 168), "crop": (299, 224)}),
+                                        ((375, 500), {"pad": (168, 224), "crop": (224, 299)}),
+                                        ((3, 1000), {"pad": (1, 224), "crop": (224, 74667)})])
+def test_draft_size_covers_what_each_fit_resizes_to(size, want):
+    for fit, covered in want.items():
+        assert draft_size(*size, 224, fit) == covered
+    assert draft_size(*size, 224, "stretch") == (224, 224)
 
 def test_pillows_bomb_guard_answers_in_our_words():
     """Past Pillow's own limit (2 x 89 Mpx) its error speaks of a 'DOS attack'; the answer names our limit."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -107,8 +108,9 @@ def content_id(data: bytes) -> int:
 def open_image(data: bytes, limits: ImageLimits, *, draft: int | None = None) -> tuple[Image.Image, str]:
     """Decode and validate; returns a fully loaded, EXIF-oriented image (any mode) and its format.
 
-    ``draft``: the smallest side the caller needs; JPEGs are then decoded at a reduced scale
-    (DCT scaling) that still covers it, which makes large photos several times cheaper.
+    ``draft``: the side of the square the caller fits the image to (``limits.fit``); JPEGs are
+    then decoded at a reduced scale (DCT scaling) that still covers what the fit needs, which
+    makes photos two or more times the model's input several times cheaper to decode.
     ``limits.max_aspect_ratio``: the longest side over the shortest (0: no limit); a strip of a
     few bytes (a 100000x8 PNG) is refused from its header, before it is decoded.
     """
@@ -139,7 +141,7 @@ def open_image(data: bytes, limits: ImageLimits, *, draft: int | None = None) ->
     fmt = img.format
     try:
         if draft and fmt in ("JPEG", "MPO"):
-            img.draft("RGB", (draft, draft))
+            img.draft("RGB", draft_size(width, height, draft, limits.fit))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # (else a copy of the whole image, turned or not)
     except Image.DecompressionBombError:  # Pillow's own bound, far past ours; its words are not ours
@@ -147,6 +149,16 @@ def open_image(data: bytes, limits: ImageLimits, *, draft: int | None = None) ->
     except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, ValueError, ...
         raise InvalidImage(f"cannot decode the image: {exc}") from None
     return img, fmt
+
+
+def draft_size(width: int, height: int, size: int, fit: str) -> tuple[int, int]:
+    """The least a width x height image may be decoded to and still cover what ``fit`` (FITS)
+    resizes to a ``size`` square: pad scales its longest side to it, crop its shortest,
+    stretch both sides. (ImageNet's 500x375 photos: half size for pad, full for crop.)"""
+    if fit == "stretch":
+        return size, size
+    side = max(width, height) if fit == "pad" else min(width, height)
+    return math.ceil(width * size / side), math.ceil(height * size / side)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
