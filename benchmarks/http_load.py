@@ -68,7 +68,7 @@ use_local_ray_env()
 from benchmarks import profile  # noqa: E402
 from benchmarks.common import REPO, Results, markdown_table, openclipart_set  # noqa: E402
 from harness.load import payloads, run_load  # noqa: E402
-from harness.processes import cpu_seconds_by_process, cpu_spent  # noqa: E402
+from harness.processes import cpu_seconds_by_process, cpu_spent, own_processes  # noqa: E402
 from harness.serve import deploy, direct_ingress_urls, serve_session, wait_healthy  # noqa: E402
 from harness.servers import HOST, free_port  # noqa: E402
 
@@ -116,6 +116,17 @@ def process_role(pid: int, cmdline: str) -> str:
     return "rest"
 
 
+def run_processes(milvus=None) -> set[int]:
+    """This run's processes (``own_processes``), with the Milvus Lite server it searches: that
+    of ``milvus`` (MilvusSettings), else of the environment's settings (the benchmark's own
+    directory, or the test app's)."""
+    from lookalike.milvus.engines import local_service
+    from lookalike.settings import Settings
+
+    service = local_service(milvus or Settings().milvus)
+    return own_processes(*([service] if service else []))
+
+
 CPU_ROLES = ["original server", "Ingress", "Embedder", "Searcher", "proxy", "Milvus Lite", "load generator", "rest"]
 
 
@@ -128,7 +139,7 @@ def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float
     rows = []
     for c in clients:
         before = counters() if counters else None
-        cpu_before = cpu_seconds_by_process()
+        cpu_before = cpu_seconds_by_process(run_processes())
         recording = None
         if PROFILE is not None:
             roles: dict[str, list[int]] = {}
@@ -141,7 +152,7 @@ def load_series(url: str, bodies: list[dict], clients: list[int], seconds: float
         row = run_load(url, bodies, c, seconds)
         if recording is not None:
             row["profile"] = {role: profile.summarize(stacks) for role, stacks in recording.finish().items()}
-        spent = cpu_spent(cpu_before, cpu_seconds_by_process(), process_role)
+        spent = cpu_spent(cpu_before, cpu_seconds_by_process(run_processes()), process_role)
         row["cpu_ms"] = {role: round(sec * 1000 / max(row["ok"], 1), 2) for role, sec in sorted(spent.items())}
         row["cpu_cores"] = round(sum(spent.values()) / seconds, 2)
         if counters:
@@ -206,9 +217,10 @@ def measure_work(settings, bodies: list[dict], seconds: float) -> dict:
         return timings
 
     asyncio.run(searches(time.perf_counter() + min(2.0, seconds)))  # warm-up
-    before = cpu_seconds_by_process()
+    ours = run_processes(settings.milvus)
+    before = cpu_seconds_by_process(ours)
     timings = asyncio.run(searches(time.perf_counter() + seconds))
-    spent = cpu_spent(before, cpu_seconds_by_process(),
+    spent = cpu_spent(before, cpu_seconds_by_process(ours),
                       lambda pid, cmdline: {"load generator": "in this process", "Milvus Lite": "Milvus Lite"}.get(
                           process_role(pid, cmdline)))
     catalog.close()
@@ -436,7 +448,7 @@ def report(results: Results, rows: dict[str, list[dict]], work: dict | None = No
                            ["searches", "decode ms", "forward ms", "search ms", "CPU ms, this process",
                             "CPU ms, Milvus Lite", "CPU ms a search"]))
     results.section(
-        "Where the CPU goes (CPU ms per answered request, by process; cores: the machine's CPUs busy during "
+        "Where the CPU goes (CPU ms per answered request, by process of this run; cores: the CPUs they kept busy during "
         "the run; ÷ work: the CPU a search took, the load generator's left out, over the work above). "
         "The original design is one process (original server).",
         markdown_table(cpu, ["target", "clients", "cores", *CPU_ROLES, "total", "to_work"],

@@ -54,12 +54,29 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
-def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
-    """Every process's command line and CPU seconds (user + system) so far."""
+def own_processes(*services) -> set[int]:
+    """This run's processes: this one, its descendants (a Ray cluster it started, the servers it
+    launched) and each local service's (``LiteServer``, ``MilvusServer``: a supervisor and its
+    server, detached from whoever started them). Another run on the same machine serves an app of
+    the same name, with processes of the same titles: they are not this run's to count."""
+    pids = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        pids |= {p.pid for p in psutil.Process().children(recursive=True)}
+    for service in services:
+        supervisor = supervisor_pid(service)
+        with contextlib.suppress(psutil.Error):
+            pids |= {supervisor, *(p.pid for p in psutil.Process(supervisor).children(recursive=True))} \
+                if supervisor else set()
+    return pids
+
+
+def cpu_seconds_by_process(pids: set[int] | None = None) -> dict[int, tuple[str, float]]:
+    """The command line and CPU seconds (user + system) so far of each process of ``pids``
+    (``own_processes``; None: every process on the machine)."""
     found = {}
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
         times = proc.info["cpu_times"]
-        if times is None:
+        if times is None or (pids is not None and proc.pid not in pids):
             continue
         found[proc.pid] = (" ".join(proc.info["cmdline"] or []), times.user + times.system)
     return found

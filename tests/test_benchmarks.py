@@ -220,15 +220,17 @@ def test_http_benchmark_against_the_service_and_the_original_design(out, api, ap
 def test_replica_processes_are_this_runs_own(api):
     """A process titled as a replica of an app of the same name that this run's cluster did not
     start (another run's on the same machine: two suites at once) is never taken for one of ours:
-    the harness kills replicas and reads their sockets by these pids."""
+    the harness kills replicas and reads their sockets by these pids, and the HTTP benchmark
+    counts where the CPU went by them."""
     import os
     import signal
     import subprocess
 
     import psutil
 
-    from harness.processes import replica_pids
+    from harness.processes import cpu_seconds_by_process, replica_pids
     from harness.servers import wait_until
+    from lookalike.milvus.engines import local_service
 
     title = "ray::ServeReplica:main:Embedder"
     subprocess.run(["bash", "-c", f'(exec -a "{title}" sleep 120) &'], check=True)  # orphaned: not ours
@@ -237,6 +239,10 @@ def test_replica_processes_are_this_runs_own(api):
     try:
         ours = replica_pids("main", "Embedder")
         assert ours and not set(strangers) & set(ours), (strangers, ours)
+        counted = http_load.run_processes(api.settings.milvus)
+        lite = server_pid(local_service(api.settings.milvus))
+        assert lite and {*ours, lite, os.getpid()} <= counted and not set(strangers) & counted
+        assert set(cpu_seconds_by_process(counted)) <= counted
     finally:
         for pid in strangers:
             os.kill(pid, signal.SIGKILL)
