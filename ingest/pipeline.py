@@ -88,7 +88,8 @@ def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float
     (``ingest.stages`` fused, or auto): one actor for every free CPU, each on one inference
     thread doing a file's whole work: with no GPU to feed, handing blocks between three pools
     cost more than it overlapped (2,000 JPEGs on two cores: 74.8 img/s against 66.9 for separate
-    pools, docs/benchmarks.md's ingest-throughput). Separate stages without GPUs: one actor for every
+    pools, and 131 against 109 on a faster machine: docs/benchmarks.md's ingest-throughput).
+    Separate stages without GPUs: one actor for every
     ~4/3 free CPUs, each on one thread, asking for no more CPU than leaves a read task and the
     writers room. The ``ingest`` settings may name the actors and their CPUs; never more actors
     than the ``images`` fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free
