@@ -89,11 +89,10 @@ def embed_pool(settings: Settings, images: int, *, gpus: float, free_cpus: float
     thread doing a file's whole work: with no GPU to feed, handing blocks between three pools
     cost more than it overlapped (2,000 JPEGs on two cores: 74.8 img/s against 66.9 for separate
     pools, and 131 against 109 on a faster machine: docs/benchmarks.md's ingest-throughput).
-    Separate stages without GPUs: one actor for every
-    ~4/3 free CPUs, each on one thread, asking for no more CPU than leaves a read task and the
-    writers room. The ``ingest`` settings may name the actors and their CPUs; never more actors
-    than the ``images`` fill batches for. ``gpus``: the cluster's; ``free_cpus``: its CPUs free
-    now (``cluster_pool``)."""
+    Separate stages without GPUs: one actor for every ~4/3 free CPUs, each on one thread,
+    asking for no more CPU than leaves a read task and the writers room. The ``ingest`` settings
+    may name the actors and their CPUs; never more actors than the ``images`` fill batches for.
+    ``gpus``: the cluster's; ``free_cpus``: its CPUs free now (``cluster_pool``)."""
     ing = settings.ingest
     per_actor_gpus = ing.embed_actor_gpus
     if per_actor_gpus < 0:
