@@ -13,7 +13,9 @@ its four forms; ``access.py`` decides who may write and which origins may read;
 """
 
 import asyncio
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 import numpy as np
@@ -65,6 +67,8 @@ class Ingress:
                               encode_text=self._embed_text)
         self.stage_histogram = metrics.stage_seconds()  # each search's steps, for Prometheus
         self.searching = 0  # searches in flight in this replica
+        self.decoders = ThreadPoolExecutor(settings.serve.decode_threads or len(os.sched_getaffinity(0)),
+                                           thread_name_prefix="decode")
         m.configure(settings.api)  # the settings' bounds on parameters
         # For the dependencies and the original routes: the settings, the write rule, the service.
         app.state.settings, app.state.write_policy, app.state.service = settings, self.writes, self
@@ -103,8 +107,8 @@ class Ingress:
         Embedder's batches, as any image)."""
         if not self.region_boxes:
             return None
-        parts = await asyncio.to_thread(prepare_regions, data, self.model.input_size, self.settings.images,
-                                        self.region_boxes)
+        parts = await self._decoded(prepare_regions, data, self.model.input_size, self.settings.images,
+                                    self.region_boxes)
         return np.stack([tagged.vector for tagged in await asyncio.gather(*(self._embed(p) for p in parts))])
 
     async def _search(self, vector: Tagged, limit: int, label: str | None) -> list[dict]:
@@ -135,15 +139,19 @@ class Ingress:
     def _prepare(self, data: bytes, box: Box | None = None) -> PreparedImage:
         return prepare(data, self.model.input_size, self.settings.images, box)
 
+    async def _decoded(self, fn, *args):
+        """``fn(*args)`` (decoding) in the decode threads (``serve.decode_threads``)."""
+        return await asyncio.get_running_loop().run_in_executor(self.decoders, fn, *args)
+
     async def _prepare_search(self, data: bytes, box: Box | None) -> PreparedImage:
         """A search's upload decoded: the only search in flight here decodes on this thread (a
         worker thread's hand-offs took more than 1 ms of CPU and 2.5 ms of a 1-client search's
-        23, measured); beside others, in a worker thread, so that theirs go on meanwhile
+        23, measured); beside others, in a decode thread, so that theirs go on meanwhile
         (Pillow lets go of the GIL as it decodes and resizes: decoding inline cost 9 % of the
         8-client throughput)."""
         if self.searching <= 1:
             return self._prepare(data, box)
-        return await asyncio.to_thread(self._prepare, data, box)
+        return await self._decoded(self._prepare, data, box)
 
     def query(self, k: int | None, label: str | None = None, min_score: float | None = None,
               box: Box | None = None) -> SearchQuery:
@@ -168,7 +176,7 @@ class Ingress:
     async def store_image(self, source: m.ImageSource, label: str | None) -> tuple[dict, bool]:
         """Add an image (writers are operators: its entry whole); (the entry, created)."""
         data = await self._image_bytes(source, {})
-        prepared = await asyncio.to_thread(self._prepare, data)
+        prepared = await self._decoded(self._prepare, data)
         if await self._remote("searcher", self.searcher.exists.remote(prepared.id)):  # known: no embedding needed
             return self.public(await self._remote("searcher", self.searcher.get.remote(prepared.id)), True), False
         vector, regions = await asyncio.gather(self._embed(prepared.pixels), self._embed_regions(data))
