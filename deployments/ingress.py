@@ -47,6 +47,9 @@ from .web_app import VERSION, app, log
 ImageId = Annotated[int, Path(ge=0, lt=2**63, description="the image's id (a decimal 63-bit integer)",
                               examples=["4306154112467219081"])]
 SEARCH_BODY = m.body(m.ImageJson)
+# A lone search's upload of up to this many bytes is decoded on the event loop's thread
+# (the sample gallery's images: 14 KB at the median, a few ms each): Ingress._prepare_search.
+INLINE_DECODE_BYTES = 512 * 1024
 ADD_BODY = m.body(m.AddJson)
 
 
@@ -148,8 +151,9 @@ class Ingress:
         worker thread's hand-offs took more than 1 ms of CPU and 2.5 ms of a 1-client search's
         23, measured); beside others, in a decode thread, so that theirs go on meanwhile
         (Pillow lets go of the GIL as it decodes and resizes: decoding inline cost 9 % of the
-        8-client throughput)."""
-        if self.searching <= 1:
+        8-client throughput). A large upload (a photo: tens of ms) goes to a thread even alone,
+        so that the loop stays free for the requests that arrive meanwhile."""
+        if self.searching <= 1 and len(data) <= INLINE_DECODE_BYTES:
             return self._prepare(data, box)
         return await self._decoded(self._prepare, data, box)
 
