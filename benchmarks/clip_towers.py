@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> Results:
     import torch
 
     from lookalike.embedding.clip_export import load_open_clip, write_layout
-    from lookalike.embedding.encoder import ImageEncoder, available_cpus
+    from lookalike.embedding.encoder import ImageEncoder
+    from lookalike.machine import available_cpus
     from lookalike.settings import load_settings
 
     batches = [int(b) for b in args.batches.split(",")]

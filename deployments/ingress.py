@@ -13,7 +13,6 @@ its four forms; ``access.py`` decides who may write and which origins may read;
 """
 
 import asyncio
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
@@ -31,6 +30,7 @@ from lookalike.embedding.regions import boxes
 from lookalike.errors import (BackendUnavailable, ConfigurationError, InvalidParameter, LookalikeError, NotFound,
                               TextSearchUnavailable)
 from lookalike.indexing.writer import NewImage
+from lookalike.machine import available_cpus
 from lookalike.query import Query as SearchQuery
 from lookalike.query import QueryPath, ms_since
 from lookalike.settings import Settings
@@ -70,7 +70,7 @@ class Ingress:
                               encode_text=self._embed_text)
         self.stage_histogram = metrics.stage_seconds()  # each search's steps, for Prometheus
         self.searching = 0  # searches in flight in this replica
-        self.decoders = ThreadPoolExecutor(settings.serve.decode_threads or len(os.sched_getaffinity(0)),
+        self.decoders = ThreadPoolExecutor(settings.serve.decode_threads or available_cpus(),
                                            thread_name_prefix="decode")
         m.configure(settings.api)  # the settings' bounds on parameters
         # For the dependencies and the original routes: the settings, the write rule, the service.

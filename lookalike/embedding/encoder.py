@@ -19,7 +19,6 @@ import contextlib
 import glob
 import inspect
 import logging
-import os
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from lookalike.embedding.cache_keys import cached_array, network_key
 from lookalike.embedding.descriptors import pooled
 from lookalike.embedding.models import ModelSpec, get_model
 from lookalike.embedding.open_clip_source import PREFIX as OPEN_CLIP
+from lookalike.machine import available_cpus
 from lookalike.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,6 @@ def cuda_visible() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class ImageEncoder:
