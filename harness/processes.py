@@ -64,9 +64,10 @@ def own_processes(*services) -> set[int]:
         pids |= {p.pid for p in psutil.Process().children(recursive=True)}
     for service in services:
         supervisor = supervisor_pid(service)
-        with contextlib.suppress(psutil.Error):
-            pids |= {supervisor, *(p.pid for p in psutil.Process(supervisor).children(recursive=True))} \
-                if supervisor else set()
+        if supervisor:
+            pids.add(supervisor)
+            with contextlib.suppress(psutil.Error):
+                pids |= {p.pid for p in psutil.Process(supervisor).children(recursive=True)}
     return pids
 
 
@@ -97,14 +98,12 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     """The processes of a deployment's replicas, by the title Ray Serve gives them, in the Ray
     cluster this process started (its descendants): another run on the same machine may serve an
     app of the same name, and its replicas are not this run's to kill or to read."""
-    title, pids = f"ray::ServeReplica:{app}:{deployment}", []
-    for proc in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if " ".join(proc.cmdline()).startswith(title):
-                pids.append(proc.pid)
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    pids = sorted(pid for pid, (cmdline, _) in cpu_seconds_by_process(own_processes()).items()
+                  if cmdline.startswith(title))
     if not pids:
         raise LookupError(f"no {deployment} replica of {app} in this process's Ray cluster")
-    return sorted(pids)
+    return pids
 
 
 def supervisor_pid(service) -> int | None:
