@@ -18,7 +18,7 @@ from harness.servers import wait_until
 from lookalike import machine
 from lookalike.embedding.images import content_id
 
-from .support.images import collage, draw, encode, png_with_size, truncated_jpeg
+from harness.images import collage, draw, encode, png_with_size, truncated_jpeg
 
 
 STRIP = encode(Image.new("L", (100_000, 8), 0), "PNG")  # a few KB; 100000x8 pixels

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import REPO
+from harness.fixtures import REPO
 
 
 def test_ingest_and_serve_spread_over_two_nodes(tmp_path, gallery_root):

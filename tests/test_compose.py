@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import REPO
+from harness.fixtures import REPO
 
 SECRETS = {"LOOKALIKE_API_KEY": "k" * 32, "MINIO_ROOT_USER": "lookalike", "MINIO_ROOT_PASSWORD": "p" * 32}
 

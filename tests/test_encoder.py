@@ -7,7 +7,7 @@ from lookalike.settings import ImageLimits
 from lookalike.embedding.images import prepare
 from lookalike.settings import ModelSettings
 
-from .support.images import CLASSES, draw, encode
+from harness.images import CLASSES, draw, encode
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=10_000_000)
 

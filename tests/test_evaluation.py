@@ -11,7 +11,7 @@ from PIL import Image
 from lookalike.quality.evaluation import (EDITS, PARTS, copy_recall, distinct, edited_copies, exact_top_k, parts_of, pick,
                                   retrieval_metrics)
 
-from .support.images import draw, encode
+from harness.images import draw, encode
 
 
 def test_precision_and_average_precision_on_known_rankings():

@@ -23,8 +23,8 @@ from lookalike.indexing.sources import iter_folder
 from lookalike.storage.store import LocalStore, make_store
 from lookalike.indexing.writer import GalleryWriter, NewImage
 
-from .conftest import make_settings
-from .support.images import draw, encode
+from harness.fixtures import make_settings
+from harness.images import draw, encode
 from harness.servers import LiteServerProcess
 
 

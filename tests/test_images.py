@@ -7,7 +7,7 @@ from lookalike import errors
 from lookalike.embedding.images import Box, content_id, draft_size, fit_square, open_image, prepare
 from lookalike.settings import ImageLimits
 
-from .support.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
+from harness.images import draw, encode, jpeg_with_orientation, png_with_size, truncated_jpeg
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=10_000_000, min_side=8, max_aspect_ratio=0)
 

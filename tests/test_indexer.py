@@ -12,8 +12,8 @@ from lookalike.milvus.engines import open_catalog
 from lookalike.indexing.sources import iter_folder
 from lookalike.storage.store import make_store
 
-from .conftest import REPO, make_settings
-from .support.images import collage, messy_source
+from harness.fixtures import REPO, make_settings
+from harness.images import collage, messy_source
 
 
 def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root, encoder):

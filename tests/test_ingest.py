@@ -23,8 +23,8 @@ from lookalike.settings import S3Settings
 from lookalike.storage.store import S3Store, make_store
 from lookalike.indexing.writer import GalleryWriter
 
-from .conftest import REPO, make_settings
-from .support.images import CLASSES, draw, encode, make_gallery, messy_source
+from harness.fixtures import REPO, make_settings
+from harness.images import CLASSES, draw, encode, make_gallery, messy_source
 from harness.servers import HOST, free_ports, wait_until
 
 

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from .conftest import REPO
+from harness.fixtures import REPO
 
 SHARED = REPO.parent / "shared" / "k8s-schemas"
 OVERLAYS = ["cpu", "gpu"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .conftest import REPO
+from harness.fixtures import REPO
 
 PACKAGES = ("lookalike", "deployments", "ingest")
 # The base modules of the core: they import only each other (lookalike/__init__.py).
@@ -123,21 +123,18 @@ def _top_level_imports(folder: str) -> dict[str, set[str]]:
 
 
 def test_the_harness_is_shared_one_way():
-    """harness/ serves the tests and the benchmarks and imports neither; the benchmarks do not
-    import the tests."""
+    """harness/ serves the tests and the benchmarks and imports neither; the benchmarks (their
+    smoke runs included) do not import the tests, and no test imports the benchmarks: what a
+    test and a benchmark share lives in harness/."""
     harness = _top_level_imports("harness")
-    assert "harness/load.py" in harness
+    assert {"harness/load.py", "harness/fixtures.py"} <= set(harness)
     assert {f: n & {"tests", "benchmarks"} for f, n in harness.items() if n & {"tests", "benchmarks"}} == {}
     benchmarks = _top_level_imports("benchmarks")
+    assert "harness" in benchmarks["benchmarks/test_smoke.py"]
     assert {f for f, n in benchmarks.items() if "tests" in n} == set()
-
-
-def test_tests_drive_load_through_the_harness_not_the_benchmarks():
-    """What a test and a benchmark share lives in harness/; only tests/test_benchmarks.py, whose
-    job is to smoke-run the benchmarks, imports them."""
     tests = _top_level_imports("tests")
     assert "tests/test_load.py" in tests and "harness" in tests["tests/test_load.py"]
-    assert {f for f, n in tests.items() if "benchmarks" in n} == {"tests/test_benchmarks.py"}
+    assert {f for f, n in tests.items() if "benchmarks" in n} == set()
 
 
 def test_no_benchmark_imports_another_ones_private_names():

@@ -12,7 +12,7 @@ from harness import mixed_load
 from harness.load import kill_under_load
 from harness.load import payloads, run_load
 
-from .conftest import deploy, suite_options
+from harness.fixtures import deploy, suite_options
 
 MIXED_SECONDS = float(os.environ.get("LOOKALIKE_MIXED_LOAD_S", "12"))  # 60 for the full run
 

@@ -23,7 +23,7 @@ from lookalike.milvus.server import MilvusServer
 from lookalike.settings import MilvusSettings
 from lookalike.milvus.supervisor import pid_alive
 
-from .conftest import make_settings
+from harness.fixtures import make_settings
 from harness.processes import server_pid, supervisor_pid
 from harness.servers import wait_until
 

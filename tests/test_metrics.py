@@ -11,7 +11,7 @@ import httpx
 
 from harness.servers import wait_until
 
-from .conftest import REPO
+from harness.fixtures import REPO
 from .test_k8s import render
 
 DASHBOARD = REPO / "k8s" / "monitoring" / "lookalike-dashboard.json"

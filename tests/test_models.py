@@ -21,7 +21,7 @@ from lookalike.errors import ConfigurationError, InvalidParameter, TextSearchUna
 from lookalike.settings import ImageLimits, ModelSettings
 
 from .support.clip_export import SIZE, write_immich_clip
-from .support.images import CLASSES, draw, encode
+from harness.images import CLASSES, draw, encode
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from lookalike.milvus.lite_server import LiteServer
 from lookalike.ray_env import LOCAL_RAY_ENV
 from lookalike.milvus.supervisor import pid_alive
 
-from .conftest import REPO
+from harness.fixtures import REPO
 from harness.processes import server_pid, supervisor_pid
 from harness.servers import free_port, wait_until
 

@@ -32,8 +32,8 @@ from lookalike.milvus.engines import gallery_catalog
 from lookalike.retry import wait_until
 from lookalike.storage.store import make_store
 
-from .conftest import REPO, App, deploy
-from .support.images import draw, encode
+from harness.fixtures import REPO, App, deploy
+from harness.images import draw, encode
 
 SELF = 0.999  # an image's cosine with its own vector: ~1 under one model, well below across two
 

@@ -10,7 +10,7 @@ from lookalike.embedding.descriptors import descriptor_name, taken_as_unrecorded
 from lookalike.embedding.images import prepare, prepare_regions
 from lookalike.settings import ImageLimits, ModelSettings, RegionSettings
 
-from .support.images import draw, encode, jpeg_with_orientation
+from harness.images import draw, encode, jpeg_with_orientation
 
 
 def test_the_layout_spreads_each_side_fraction_from_edge_to_edge():

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from lookalike.settings import defaults, load_settings
 
-from .conftest import CONFIG
+from harness.fixtures import CONFIG
 
 
 def test_yaml_defaults_load_and_paths_resolve(monkeypatch, tmp_path):

@@ -12,9 +12,9 @@ import pytest
 
 from lookalike.embedding.images import content_id, prepare
 
-from .conftest import App, deploy
+from harness.fixtures import App, deploy
 from .support.clip_export import SIZE, write_immich_clip
-from .support.images import CLASSES, draw, encode
+from harness.images import CLASSES, draw, encode
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from harness.servers import wait_until
 from lookalike.embedding.images import content_id
 
-from .support.images import collage, draw, encode
+from harness.images import collage, draw, encode
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Smoke runs of every benchmark on tiny sizes, so that none of them can rot. They run the real
 parts (the model, Milvus Lite and the Milvus server, the Serve application, the baseline server)
-and check what each writes; the figures themselves come from the long runs (docs/benchmarks.md)."""
+and check what each writes; the figures themselves come from the long runs (docs/benchmarks.md).
+The benchmarks' own checks, beside them: `make test` runs them first, on the fixtures the tests
+share (harness/fixtures.py); no test under tests/ imports a benchmark."""
 
 from __future__ import annotations
 
@@ -323,7 +325,7 @@ def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from harness.fixtures import REPO
 
     n = 3 * sum(1 for _ in gallery_root.glob("*/*"))  # originals, mirrors and crops
     # Its rebuild under load is benchmarks.rebuild_load's, smoke-run on the suite's app below.
