@@ -133,9 +133,11 @@ def create(connection, name: str, table: Table, dim: int, descriptor: str) -> No
                     properties={DESCRIPTOR_PROPERTY: descriptor} if descriptor else None)
 
 
-def create_index(connection, collection: str, *, exist_ok: bool = False) -> None:
+def create_index(connection, collection: str, *, exist_ok: bool = False, has_rows: bool = False) -> None:
     """The configured index on ``collection``'s vectors (``exist_ok``: one made meanwhile by
-    another process is taken)."""
+    another process is taken). On a new collection (``has_rows`` False) there is nothing to
+    build: the call returns once Milvus has the index (pymilvus's ``sync=False``) instead of
+    polling its state, first after 0.5 s; a collection with rows waits for it to be built."""
     from pymilvus.exceptions import MilvusException
 
     settings = connection.settings
@@ -144,7 +146,7 @@ def create_index(connection, collection: str, *, exist_ok: bool = False) -> None
     params.add_index(field_name="embedding", index_name="embedding", index_type=settings.index.type,
                      metric_type=settings.metric, params={"params": settings.index.build_params})
     try:
-        connection.call("create_index", collection, params, timeout=settings.index.build_timeout_s)
+        connection.call("create_index", collection, params, timeout=settings.index.build_timeout_s, sync=has_rows)
     except MilvusException as exc:
         if not (exist_ok and "already exist" in str(exc.message)):
             raise

@@ -73,7 +73,7 @@ class Versions:
                 schema.check(self.connection, table._replace(alias=name), self.dim, self.descriptor,
                              self.rows.gallery.alias)
                 if not self._call("list_indexes", name):  # one made before indexes were: made here
-                    schema.create_index(self.connection, name, exist_ok=True)
+                    schema.create_index(self.connection, name, exist_ok=True, has_rows=True)
                 self._call("load_collection", name, timeout=self.settings.index.build_timeout_s)
             self._ready_at = generation
 
