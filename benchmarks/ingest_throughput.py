@@ -4,7 +4,8 @@ the ratios, not the absolute numbers):
   model-only   the same model on pre-decoded tensors, one process, batches of model.batch_size:
                the upper bound of any ingest on this machine
   sequential   written like the seed's scripts: per image decode -> embed one image -> store
-               the original -> insert one row (Milvus Lite, in-process)
+               the original -> insert one row (Milvus Lite); timed as the job is, from loading
+               the model to an indexed gallery
   ray-data     python -m ingest's pipeline, Ray already started: the stages fused in one actor
                pool sized for the CPUs it finds (the default on CPUs alone), the stages separate
                (--stages separate: read/decode tasks -> embedding actors -> writers), and
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import Results, markdown_table, random_weights
-from lookalike.milvus.catalog import Catalog, Entry
+from lookalike.milvus.catalog import Entry
 from lookalike.embedding.encoder import ImageEncoder
 from lookalike.quality.gallery import OPENCLIPART, SAMPLE_MAX_PIXELS, usable_image
 from lookalike.embedding.images import prepare
@@ -76,25 +77,31 @@ def model_only(files: list[Path], settings) -> dict:
 
 
 def sequential(files: list[Path], settings, work: Path) -> dict:
-    """Like the seed: one image at a time through decode, the model, the store and Milvus."""
-    encoder = ImageEncoder(settings.model).load()
-    catalog = Catalog(settings.milvus.model_copy(update={"uri": str(work / "seq.db")}), encoder.dim,
-                      uri=str(work / "seq.db"))
-    catalog.ensure_ready()
-    store = LocalStore(work / "seq-images")
-    encoder.encode(np.zeros((1, encoder.input_size, encoder.input_size, 3), np.uint8))  # warm-up
+    """Like the seed: one image at a time through decode, the model, the store and Milvus.
+    Timed as the job is, from nothing loaded to a searchable gallery: the model loaded, the
+    Milvus Lite server started (the job's own, ``serving``: stopped at the end, so that it writes
+    nothing after its folder is removed), each image, the flush and the index."""
+    from lookalike.milvus.engines import gallery_catalog, serving
+
+    settings = settings.with_overrides(milvus={"uri": str(work / "seq.db")})
     started = time.perf_counter()
-    for path in files:
-        data = path.read_bytes()
-        prepared = prepare(data, encoder.input_size, settings.images)
-        vector = encoder.encode(prepared.pixels[None])[0]
-        key = object_key(prepared.id, prepared.extension)
-        store.put(key, data, prepared.content_type)
-        catalog.upsert([Entry(prepared.id, key, path.parent.name, str(path), vector)])
-    catalog.flush()
-    seconds = time.perf_counter() - started
-    count = catalog.count()
-    catalog.close()
+    encoder = ImageEncoder(settings.model).load()
+    with serving(settings.milvus):
+        catalog = gallery_catalog(settings)
+        catalog.ensure_ready()
+        store = LocalStore(work / "seq-images")
+        for path in files:
+            data = path.read_bytes()
+            prepared = prepare(data, encoder.input_size, settings.images)
+            vector = encoder.encode(prepared.pixels[None])[0]
+            key = object_key(prepared.id, prepared.extension)
+            store.put(key, data, prepared.content_type)
+            catalog.upsert([Entry(prepared.id, key, path.parent.name, str(path), vector)])
+        catalog.flush()
+        catalog.versions.wait_for_index(settings.ingest.index_wait_s)
+        seconds = time.perf_counter() - started
+        count = catalog.count()
+        catalog.close()
     return {"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds, "entities": count}
 
 
