@@ -186,3 +186,31 @@ def test_lite_channels_are_each_catalogs_own_and_send_no_pings_lite_refuses(tmp_
         two.close()
     server = Catalog(MilvusSettings(uri="http://127.0.0.1:1"), 8)  # a Milvus server permits pymilvus's pings
     assert server.connection.grpc_options == {}
+
+
+def test_a_stopped_process_that_nobody_reaps_yet_counts_as_stopped():
+    """`stop()` (and every service stop) returns once the process has exited, not when whoever
+    reaps it does: a detached supervisor's zombie waited 1.2 s here for init, and a container
+    whose first process never reaps would keep the stop waiting past its whole timeout."""
+    from lookalike.milvus.supervisor import stop_process
+
+    # A child that dies on SIGTERM, under a parent that never waits for it: it stays a zombie.
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, sys, time
+        child = os.fork()
+        if child == 0:
+            time.sleep(120)
+            os._exit(0)
+        print(child, flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        started = time.monotonic()
+        stop_process(child, timeout_s=60.0)
+        took = time.monotonic() - started
+        assert not pid_alive(child)  # exited (a zombie counts as gone)
+        assert took < 30, f"stop_process waited {took:.1f}s for a zombie to be reaped"
+    finally:
+        parent.kill()
+        parent.wait()

@@ -61,17 +61,27 @@ def _stamp(pid: int) -> str | None:
     return None if proc is None else repr(proc.create_time())
 
 
+def _ended(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: it has exited, though whoever reaps it (init, detached processes'
+    parent) may not have yet; that took 1.2 s here, and a container whose first process never
+    reaps would keep it for good."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def stop_process(pid: int, timeout_s: float) -> None:
-    """SIGTERM (a clean shutdown), then SIGKILL after ``timeout_s``."""
+    """SIGTERM (a clean shutdown), then SIGKILL after ``timeout_s``; done once it has exited."""
     proc = _process(pid)
     if proc is None:
         return
-    with contextlib.suppress(psutil.Error):
-        proc.terminate()
-        _, alive = psutil.wait_procs([proc], timeout=timeout_s)
-        for late in alive:
-            late.kill()
-        psutil.wait_procs(alive, timeout=5)
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)  # psutil checks the pid still names this process
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: _ended(proc), wait_s, f"process {pid} to exit", interval_s=0.02, retry_on=())
+            return
 
 
 class LocalService:
