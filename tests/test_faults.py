@@ -81,6 +81,7 @@ def test_a_write_cut_by_milvus_leaves_no_orphan_once_retried(tmp_path):
     milvus = LiteServerProcess(tmp_path / "w.db").start()
     catalog = Catalog(MilvusSettings(uri=milvus.uri, timeout_s=3), 8)
     store = LocalStore(tmp_path / "images")
+    restarted = None
     try:
         catalog.ensure_ready()
         milvus.stop()
@@ -88,12 +89,14 @@ def test_a_write_cut_by_milvus_leaves_no_orphan_once_retried(tmp_path):
         with pytest.raises(BackendUnavailable):  # stored, then Milvus refused the entry
             GalleryWriter(catalog, store).write([image])
         assert list(store.keys()) == [image.store_key]
-        _restart_later(milvus, 1.0)
+        restarted = _restart_later(milvus, 1.0)
         GalleryWriter(catalog, store, retry=Retry(6, 0.5)).write([image])  # tried again through the outage
         assert catalog.existing_ids([image.id]) == {image.id}
         assert list(store.keys()) == [image.store_key]  # the same object, now referenced
     finally:
         catalog.close()
+        if restarted:  # its start may still be checking the port the write already reached
+            restarted.join(timeout=120)
         milvus.stop()
 
 
