@@ -42,13 +42,23 @@ log = logging.getLogger(__name__)
 SHUTDOWN_S = 60.0
 
 
+def _ended(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: it has exited, though whoever reaps it (init, detached processes'
+    parent) may not have yet; that took 1.2 s here, and a container whose first process never
+    reaps would keep it for good."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def _process(pid: int) -> psutil.Process | None:
-    """The running process ``pid`` (a zombie counts as gone), else None."""
+    """The running process ``pid`` (a zombie counts as gone: ``_ended``), else None."""
     try:
         proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
     except psutil.Error:
         return None
+    return None if _ended(proc) else proc
 
 
 def pid_alive(pid: int) -> bool:
@@ -59,16 +69,6 @@ def _stamp(pid: int) -> str | None:
     """What names one process even after its pid is reused: its start time."""
     proc = _process(pid)
     return None if proc is None else repr(proc.create_time())
-
-
-def _ended(proc: psutil.Process) -> bool:
-    """Gone, or a zombie: it has exited, though whoever reaps it (init, detached processes'
-    parent) may not have yet; that took 1.2 s here, and a container whose first process never
-    reaps would keep it for good."""
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
 
 
 def stop_process(pid: int, timeout_s: float) -> None:
