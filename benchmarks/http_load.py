@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +228,7 @@ def measure_work(settings, bodies: list[dict], seconds: float) -> dict:
     n = len(timings)
     row = {"searches": n, **{k: round(sum(t[k] for t in timings) / n, 2) for k in ("decode_ms", "embed_ms",
                                                                                    "search_ms")},
+           "search_p50_ms": round(statistics.median(t["search_ms"] for t in timings), 2),
            "cpu_ms": {role: round(sec * 1000 / n, 2) for role, sec in sorted(spent.items())}}
     row["total_ms"] = round(sum(row["cpu_ms"].values()), 2)
     print(f"the work in one process: {row['total_ms']} CPU ms a search ({n} searches)", flush=True)

@@ -169,7 +169,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
     then rebuild its index under search load), delete it."""
     from ray import serve
 
-    from benchmarks.http_load import measure_lookalike
+    from benchmarks.http_load import measure_lookalike, measure_work
     from harness.serve import deploy
     from benchmarks.rebuild_load import rebuild_under_load
     from lookalike.milvus.engines import engine, local_service
@@ -192,6 +192,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
         rss = rss_by_role()
         rebuilt = rebuild_under_load(base, settings, bodies, clients[-1], seconds) if rebuild else None
         serve.delete("lookalike")
+        alone = measure_work(settings, bodies, seconds)  # the same searches, same collection, the service gone
         service = local_service(settings.milvus)
         if service is not None:  # the next gallery's figures count only its own processes
             service.stop()
@@ -199,7 +200,7 @@ def serve_and_measure(base: str, env: dict, bodies: list[dict], clients: list[in
         os.environ.clear()
         os.environ.update(saved)
     return {"count": status.get("count"), "index": status.get("index"), "engine": engine(settings.milvus),
-            "rows": rows, "rss_mib": rss, "rebuild": rebuilt}
+            "rows": rows, "rss_mib": rss, "rebuild": rebuilt, "alone": alone}
 
 
 def copy_to_lite(source_env: dict, lite_work: Path, n: int) -> dict:
@@ -331,7 +332,7 @@ def _row(name: str, g: dict, clients: list[int]) -> dict:
     one, many = by[clients[0]], by[clients[-1]]
     return {"gallery": name, "count": g["count"], "engine": g["engine"], "index": (g.get("index") or {}).get("type"),
             "search_p50": one.get("server_search_p50_ms"), "search_p99": one.get("server_search_p99_ms"),
-            "milvus": one.get("milvus_ms"),
+            "milvus": one.get("milvus_ms"), "alone_p50": (g.get("alone") or {}).get("search_p50_ms"),
             "e2e_p50": one["p50_ms"], "e2e_p95": one.get("p95_ms"), "qps1": one["qps"], "qps8": many["qps"],
             "errors": sum(r["errors"] for r in g["rows"]), "rss": sum(g["rss_mib"].values())}
 
@@ -343,9 +344,10 @@ def report(results: Results) -> None:
     rows = [_row(name, g, clients) for name, g in galleries.items()]
     if rows:
         results.section("Through the service (one run)", markdown_table(
-            rows, ["gallery", "count", "engine", "index", "search_p50", "search_p99", "milvus", "e2e_p50", "e2e_p95",
-                   "qps1", "qps8", "errors", "rss"],
-            ["gallery", "images", "Milvus", "index", "search_ms p50", "search_ms p99", "in Milvus, mean ms", f"e2e p50 ms ({clients[0]} client)",
+            rows, ["gallery", "count", "engine", "index", "search_p50", "search_p99", "milvus", "alone_p50", "e2e_p50",
+                   "e2e_p95", "qps1", "qps8", "errors", "rss"],
+            ["gallery", "images", "Milvus", "index", "search_ms p50", "search_ms p99", "in Milvus, mean ms",
+             "Milvus alone, p50 ms", f"e2e p50 ms ({clients[0]} client)",
              "e2e p95 ms", f"QPS {clients[0]}", f"QPS {clients[-1]}", "errors", "RSS MiB (all)"]))
         base = rows[0]
         ratios = [{"gallery": r["gallery"], "e2e": round(r["e2e_p50"] / base["e2e_p50"], 2),

@@ -342,6 +342,7 @@ def test_scale_benchmark_smoke_run(tmp_path, out, gallery_root):
     assert gallery["engine"] == "local_server" and gallery["count"] == data["ingest"]["indexed"]
     assert [r["clients"] for r in gallery["rows"]] == [2] and all(r["errors"] == 0 for r in gallery["rows"])
     assert gallery["rss_mib"]["Milvus server"] > 100  # the server's memory is in the table
+    assert gallery["alone"]["searches"] > 0 and gallery["alone"]["search_p50_ms"] > 0  # Milvus alone, same run
     assert "| the large gallery |" in (out / "scale.md").read_text()
 
 
