@@ -51,6 +51,28 @@ def test_index_folder_with_bad_files_duplicates_and_rerun(tmp_path, gallery_root
     catalog.close()
 
 
+def test_the_lookup_of_stored_ids_does_not_wait_for_its_own_writes(tmp_path, gallery_root, encoder):
+    """The look-up and the writes share one Milvus client here (as in the fused ingest actor). At
+    the default level, Session, a client's read right after its own write waits for the server's
+    next time tick (~200 ms a batch: a third of a 200,000-image ingest into the local server);
+    the look-up asks for Bounded, what earlier runs stored, in every query it sends."""
+    settings = make_settings(tmp_path, milvus={"lite_server": False}, model={"batch_size": 8})
+    catalog = open_catalog(settings.milvus, encoder.dim).ensure_ready()
+    client, levels = catalog.connection.client, []
+    query = client.query
+
+    def recorded(*args, **kwargs):
+        levels.append(kwargs.get("consistency_level"))
+        return query(*args, **kwargs)
+
+    client.query = recorded  # the pymilvus client's own method, called with what the catalog sends
+    report = index_items(iter_folder(gallery_root), settings, encoder=encoder, catalog=catalog,
+                         store=make_store(settings.store))
+    assert len(levels) >= 4 and set(levels) == {"Bounded"}, levels  # a look-up a batch, each after a write
+    assert report.indexed == 30 and catalog.count() == 30
+    catalog.close()
+
+
 def test_cli_index_search_status(tmp_path, gallery_root):
     env_settings = {"LOOKALIKE_MILVUS__URI": str(tmp_path / "cli.db"),
                     "LOOKALIKE_STORE__LOCAL_DIR": str(tmp_path / "images")}
