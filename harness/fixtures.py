@@ -34,8 +34,9 @@ API_KEY = "test-key-0123456789"
 
 
 def make_settings(base: Path, **sections) -> Settings:
-    """The repo's settings with data under ``base`` and the given overrides."""
-    overrides = {"milvus": {"uri": str(base / "milvus.db")}, "store": {"local_dir": str(base / "images")}}
+    """The repo's settings with data (and the jobs' reports) under ``base`` and the given overrides."""
+    overrides = {"milvus": {"uri": str(base / "milvus.db")}, "store": {"local_dir": str(base / "images")},
+                 "ingest": {"report_dir": str(base / "reports")}}
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}
     return load_settings(CONFIG, overrides=overrides)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -201,6 +202,8 @@ def test_an_operator_reembeds_through_the_index_route(before):
 
         state = wait_until(finished, 600, "the re-embed started through the API", interval_s=1)
         assert state["state"] == "done" and state["count"] == len(files), state
+        report = Path(state["report"])  # with the app's data, never in the repo (data/reports by default)
+        assert report.is_absolute() and report.is_file() and not report.is_relative_to(REPO), report
         # The avg service notices the move at its next check of the routes (milvus.route_check_s):
         # a status read at once may still come from the check made just before the switch.
         def moved():
