@@ -21,11 +21,13 @@ from lookalike.embedding.encoder import ImageEncoder
 from lookalike.settings import Settings
 
 from . import metrics
+from .replica_rpc import listen_on_node_address
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=64)
 class Embedder:
     def __init__(self, settings: Settings):
+        listen_on_node_address()
         self.encoder = ImageEncoder(settings.model).load()
         # What its vectors are, sent with each: a rolling update to another model may pair this
         # replica with a Searcher of the other one for a while (milvus/routing.py).

@@ -42,6 +42,7 @@ from . import api_responses as r
 from . import metrics
 from .access import WritePolicy, parse_networks, writer
 from .disclosure import public_source, public_status
+from .replica_rpc import listen_on_node_address
 from .web_app import VERSION, app, log
 
 ImageId = Annotated[int, Path(ge=0, lt=2**63, description="the image's id (a decimal 63-bit integer)",
@@ -57,6 +58,7 @@ ADD_BODY = m.body(m.AddJson)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, searcher: DeploymentHandle, settings: Settings):
+        listen_on_node_address()
         self.settings = settings
         self.embedder = embedder
         self.searcher = searcher

@@ -26,6 +26,7 @@ from lookalike.storage.store import make_store
 from lookalike.indexing.writer import GalleryWriter, NewImage
 
 from . import metrics
+from .replica_rpc import listen_on_node_address
 
 log = logging.getLogger("ray.serve")
 
@@ -37,6 +38,7 @@ def _entry_dict(entry: Entry) -> dict:
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class Searcher:
     def __init__(self, settings: Settings):
+        listen_on_node_address()
         self.catalog = gallery_catalog(settings)
         self.writer = GalleryWriter(self.catalog, make_store(settings.store),
                                     delete_foreign_originals=settings.store.delete_foreign_originals)

@@ -6,12 +6,11 @@ without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray listens on the machine's address
 replicas, the ingress replica serving HTTP itself) cut a search's latency by a fifth and raised
 QPS by a quarter on the 2-CPU benchmark machine (benchmarks/http_load.py, "Serve default mode").
 
-Token authentication is on: every Serve replica starts its inter-deployment gRPC server on
-``[::]`` (all interfaces; hard-coded in ray/serve/_private/replica.py, with or without the
-throughput mode) and that server unpickles what it is sent. With RAY_AUTH_MODE=token Ray
-refuses every call that lacks the cluster's token (UNAUTHENTICATED), there and on Ray's other
-servers. The token is made once, at the first start, in a file only this user can read
-(``token_path()``); drivers, ``ray job submit`` and ``serve`` started from this environment
+Token authentication is on: every Serve replica starts an inter-deployment gRPC server that
+unpickles what it is sent (on the node's address: deployments/replica_rpc.py). With
+RAY_AUTH_MODE=token Ray refuses every call that lacks the cluster's token (UNAUTHENTICATED), there
+and on Ray's other servers. The token is made once, at the first start, in a file only this user
+can read (``token_path()``); drivers, ``ray job submit`` and ``serve`` started from this environment
 read it through RAY_AUTH_TOKEN_PATH. Joining a cluster (RAY_ADDRESS set) leaves its auth alone.
 """
 

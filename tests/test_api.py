@@ -534,22 +534,41 @@ def test_searches_keep_answering_while_the_index_is_rebuilt(api, client, anon):
 
 
 # -- what listens beyond this machine ----------------------------------------------------------
-def test_replicas_internal_rpc_refuses_callers_without_the_cluster_token(api):
-    """Every Serve replica runs an inter-deployment gRPC server on [::] (hard-coded in Ray) that
-    unpickles what it is sent; Ray's token auth (lookalike/ray_env.py) must refuse a caller
-    without the token. The call goes to 127.0.0.1 only."""
+def test_nothing_the_service_started_listens_beyond_loopback(api):
+    """Every process of this run (Ray, the Serve replicas, the Lite server, S3) listens on loopback
+    only. Serve binds each replica's inter-deployment gRPC server to [::] unless told
+    (deployments/replica_rpc.py); that server unpickles what it is sent, so Ray's token auth
+    (lookalike/ray_env.py) must still refuse a caller without the token. Calls go to 127.0.0.1."""
+    import ipaddress
+
     import grpc
     import psutil
 
-    wildcard = [(c.laddr.port, c.pid) for c in psutil.net_connections("inet")
-                if c.status == psutil.CONN_LISTEN and c.laddr.ip in ("::", "0.0.0.0") and c.pid]
-    replicas = [(port, pid) for port, pid in wildcard if "ServeReplica" in psutil.Process(pid).name()]
-    assert replicas, f"no replica listens beyond loopback any more: {wildcard}; update this test"
-    for port, pid in replicas:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError) as err:
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    beyond = [(c.laddr, psutil.Process(c.pid).name()) for c in listening if not loopback(c.laddr.ip)]
+    assert not beyond, beyond
+    replicas, refusing, answered = set(), set(), []
+    for c in listening:
+        name = psutil.Process(c.pid).name()
+        if "ServeReplica" not in name:
+            continue
+        replicas.add(name)
+        with grpc.insecure_channel(f"127.0.0.1:{c.laddr.port}") as channel:
+            try:
                 channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (psutil.Process(pid).name(), err.value)
+                answered.append((name, c.laddr.port))
+            except grpc.RpcError as err:  # Serve's server: UNAUTHENTICATED; Ray's own: UNIMPLEMENTED
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    refusing.add(name)
+    assert not answered, answered
+    assert refusing == replicas >= {f"ray::ServeReplica:main:{d}" for d in ("Ingress", "Embedder", "Searcher")}, \
+        (refusing, replicas)
 
 
 def test_replicas_run_at_the_priority_of_everything_else(api):
