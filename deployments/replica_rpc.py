@@ -18,6 +18,8 @@ log = logging.getLogger("ray.serve")
 
 
 def listen_on_node_address() -> None:
+    if not ray.is_initialized():  # not a replica: no server to bind, no node to ask
+        return
     from ray.serve._private import replica
 
     bind = replica.__dict__.get("add_port_to_grpc_server")
