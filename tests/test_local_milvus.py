@@ -6,6 +6,7 @@ moved to it without re-embedding."""
 import contextlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from lookalike.milvus.catalog import Entry
 from lookalike.errors import BackendUnavailable
 from lookalike.milvus.engines import choose_for_ingest, engine, gallery_catalog, open_catalog
 from lookalike.milvus.migrate import _compare, migrate
-from lookalike.milvus.server import MilvusServer
+from lookalike.milvus.server import SEAL_PROPORTION, MilvusServer
 from lookalike.settings import MilvusSettings
 from lookalike.milvus.supervisor import pid_alive
 
@@ -70,6 +71,9 @@ def test_the_local_server_listens_on_no_host_interface_and_heals(tmp_path):
         catalog.upsert(_entries(300))
         assert catalog.uri == f"unix:{settings.local_server_path / 'milvus.sock'}"
         assert stat.S_IMODE(os.stat(settings.local_server_path / "milvus.sock").st_mode) == 0o600
+        # Segments big enough that compaction never merges them and indexes them again (server.py).
+        config = (settings.local_server_path / "milvus" / "configs" / "milvus.yaml").read_text()
+        assert re.search(rf"^    sealProportion: {SEAL_PROPORTION}$", config, re.M), "the seal proportion"
         processes = _tree(supervisor_pid(server))
         assert len(processes) >= 4  # supervisor, unshare, relay, the Milvus binary
         # Nothing of it listens in this machine's network: Milvus binds ~10 ports on every interface,
