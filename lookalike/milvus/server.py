@@ -43,12 +43,12 @@ SOCKET_PATH_MAX = 107  # sun_path, less the terminating NUL
 # default, 30 s, rides that out; a restart after a crash waits for it.
 SESSION_TTL_S = 30
 # Segments seal at this share of Milvus's largest segment (512 MB: ~91,000 rows of 1280-d) instead
-# of its 0.23 (~21,000 rows). Its compaction merges segments under half that size and indexes what
-# it merged again: 200,000 rows sealed at 0.23 were indexed once, then again for minutes after the
-# index said done (4 segments, still merging; a search 8.0 ms p50 meanwhile); sealed at 0.9, 1,123
-# CPU-s in all, nothing merged afterwards, 3 segments, 4.7 ms. At 0.6 (~55,000 rows) no segment is
-# small either, and the last one, which an ingest's flush seals and the job waits to see indexed,
-# holds at most ~55,000 rows (at 0.9, ~82,000).
+# of its 0.23 (~21,000 rows). Its compaction merges segments under half the largest and builds
+# their index again: 200,000 rows sealed at 0.23 kept two cores busy merging and re-indexing for
+# minutes after the index said done, and a 200,000-image ingest took 1,413 s against 1,251 s at
+# 0.6, run one after the other (benchmarks.scale's files; README, Scale). At 0.6 (~55,000 rows)
+# no segment is small, and the last one, which an ingest's flush seals and the job waits to see
+# indexed, stays at most ~55,000 rows (44 s of index wait there, 16 s at 0.23).
 SEAL_PROPORTION = 0.6
 # A clean stop is given this long before SIGKILL (inserts are in its WAL once acknowledged; a
 # killed server comes back with every row). Milvus's own shutdown took over 10 s here.
