@@ -33,7 +33,9 @@ def listen_on_node_address() -> None:
     node = f"[{host}]" if ":" in host else host
 
     def on_node_address(server, address: str):
-        return bind(server, address.replace("[::]:", f"{node}:", 1) if address.startswith("[::]:") else address)
+        if address.startswith("[::]:"):
+            address = f"{node}:{address.removeprefix('[::]:')}"
+        return bind(server, address)
 
     on_node_address.on_node_address = True
     replica.add_port_to_grpc_server = on_node_address
