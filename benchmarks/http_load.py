@@ -16,6 +16,12 @@
                     on every internal call costs)
   before issue 11   the query path as it was before the speed work, in that same cluster:
                     torch (bf16 autocast on this CPU), a 10 ms batch wait
+  before issue 26   the code as it was before the work on the machine's limit (commit 2034679:
+                    its own app, harness and load generator, exported with `git archive`), on
+                    the same gallery and Lite server, in a cluster of its own. Its replicas bind
+                    every interface (deployments/replica_rpc.py came later), so this target runs
+                    only where loopback is the sole interface: in a namespace of its own,
+                    `unshare -rn sh -c 'ip link set lo up && exec python -m benchmarks.http_load ...'`
   words             lookalike searched by words instead of images (`text`, the bundled model's
                     class words: no upload to decode, no forward pass)
   CLIP words        lookalike on a CLIP ViT-B/32 (random weights: speed does not depend on them;
@@ -37,6 +43,9 @@ one after another, measured in the same run.
         --name http-load-words      # search by words against by image, kept beside the full run
     python -m benchmarks.http_load --targets lookalike --clients 8 --profile DIR
                                     # and where each process's CPU goes (py-spy: benchmarks/profile.py)
+    unshare -rn sh -c 'ip link set lo up && exec python -m benchmarks.http_load \
+        --targets "lookalike,direct ingress,before issue 26" --name http-load-direct'
+                                    # now against the code before issue 26, side by side
 """
 
 from __future__ import annotations
@@ -44,14 +53,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import itertools
 import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -275,9 +287,12 @@ TARGETS = {
     "Serve default mode": ({}, SERVE_DEFAULT_MODE),
     "before issue 11": ({"model": {"runtime": "torch"}, "serve": {"batch_wait_timeout_s": 0.01}}, SERVE_DEFAULT_MODE),
     "no Ray token auth": ({}, {"RAY_AUTH_MODE": "disabled"}),
+    "before issue 26": ({}, {}),  # an earlier commit's code (EARLIER), run by its own benchmark
     "words": ({}, {}),  # lookalike searched by words (the bundled model's class words) instead of images
     "CLIP words": ({}, {}),  # lookalike on a CLIP export searched by captions (clip_overrides)
 }
+# Targets that run an earlier commit's code: its own benchmark, as a child on this run's data.
+EARLIER = {"before issue 26": "2034679"}
 # What the "words" target's clients send: words the bundled model knows (benchmarks/words.py).
 WORDS = ["bird", "insect", "car", "musical instrument", "fruit", "boat", "computer", "drink"]
 CLIP_ARCH = "ViT-B-32"
@@ -311,6 +326,62 @@ def target_load(settings, target: str, bodies: list[dict]) -> tuple:
     return settings.with_overrides(**TARGETS[target][0]), sent
 
 
+def earlier_code_refusal(targets: list[str]) -> str | None:
+    """Why the earlier-code targets among ``targets`` cannot run here, if they cannot: their
+    replicas bind every interface, so loopback must be this network namespace's only one; and
+    their commit must be in this clone."""
+    wanted = [t for t in targets if t in EARLIER]
+    if not wanted:
+        return None
+    others = sorted(name for _, name in socket.if_nameindex() if name != "lo")
+    if others:
+        return (f"{', '.join(wanted)} runs code whose Serve replicas bind every interface, and this network "
+                f"namespace has {', '.join(others)} beside loopback: run it in one of its own, "
+                "unshare -rn sh -c 'ip link set lo up && exec python -m benchmarks.http_load ...'")
+    for target in wanted:
+        commit = EARLIER[target]
+        if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+                          capture_output=True).returncode:
+            return f"{target} needs commit {commit}, which this clone lacks (a shallow clone? git fetch --unshallow)"
+    return None
+
+
+def export_commit(commit: str, folder: Path) -> Path:
+    """``commit``'s tracked files in ``folder`` (``git archive``), with this checkout's model
+    files (data/models, not tracked) linked file by file: what that code writes stays in ``folder``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    models = folder / "data" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for file in (REPO / "data" / "models").glob("*"):
+        (models / file.name).symlink_to(file)
+    return folder
+
+
+def measure_earlier(target: str, env: dict, args, gallery: Path, work: Path) -> list[dict]:
+    """``target``'s rows, measured by the code of commit ``EARLIER[target]``: its own benchmark,
+    started as this one's children are (``--rows-to``: its app deployed in a Ray cluster of its
+    own, on this run's gallery, Lite server and uploads), its Lookalike target as it was then."""
+    code = export_commit(EARLIER[target], work / "earlier")
+    out = work / "rows.json"
+    child_env = {**env, "PYTHONPATH": str(code)}  # Ray's workers inherit it: the replicas run that code too
+    print(f"{target} (commit {EARLIER[target]}, in {code}):", flush=True)
+    try:
+        found = subprocess.run([sys.executable, "-c", "import importlib.util; "
+                                "print(importlib.util.find_spec('deployments').origin)"],
+                               env=child_env, cwd=code, capture_output=True, text=True, check=True).stdout.strip()
+        if not Path(found).is_relative_to(code):
+            raise RuntimeError(f"{target}: the child would import this checkout's code ({found}), not {code}'s")
+        subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", "lookalike", "--clients",
+                        args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery), "--queries",
+                        str(args.queries), "--rows-to", str(out)], env=child_env, cwd=code, check=True)
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+    return json.loads(out.read_text())["lookalike"]
+
+
 def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> dict[str, list[dict]]:
     """Each target in turn, in one Ray cluster."""
     rows = {}
@@ -323,7 +394,8 @@ def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> d
 
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default=",".join(TARGETS), help="which Lookalike targets (comma-separated)")
+    parser.add_argument("--targets", default=",".join(t for t in TARGETS if t not in EARLIER),
+                        help="which Lookalike targets (comma-separated; the earlier code's only when named)")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--gallery", default=None, help="a labelled folder (default: the openclipart sample)")
@@ -341,6 +413,9 @@ def main(argv: list[str] | None = None) -> Results:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
+    refusal = earlier_code_refusal(targets)
+    if refusal:
+        parser.error(refusal)
     results = Results(args.name, args.out, **{k: v for k, v in vars(args).items() if k not in ("out", "name")})
 
     from lookalike.milvus.lite_server import LiteServer
@@ -368,8 +443,8 @@ def main(argv: list[str] | None = None) -> Results:
         print("original design (baseline_server.py):", flush=True)
         rows["original design"] = run_baseline(env, bodies, clients, args.seconds)
         results.add("rows", rows)
-        rows.update(measure_targets(settings, [t for t in targets if not TARGETS[t][1]], bodies, clients,
-                                    args.seconds))
+        rows.update(measure_targets(settings, [t for t in targets if not TARGETS[t][1] and t not in EARLIER],
+                                    bodies, clients, args.seconds))
         results.add("rows", rows)
         for cluster_env in {json.dumps(TARGETS[t][1], sort_keys=True) for t in targets if TARGETS[t][1]}:
             there = [t for t in targets if json.dumps(TARGETS[t][1], sort_keys=True) == cluster_env]
@@ -380,6 +455,9 @@ def main(argv: list[str] | None = None) -> Results:
                             *(["--profile", str(PROFILE)] if PROFILE else [])],
                            env={**env, **json.loads(cluster_env)}, cwd=REPO, check=True)
             rows.update(json.loads(out.read_text()))
+            results.add("rows", rows)
+        for target in (t for t in targets if t in EARLIER):
+            rows[target] = measure_earlier(target, env, args, gallery, work)
             results.add("rows", rows)
     finally:
         lite.stop()

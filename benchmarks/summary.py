@@ -21,8 +21,8 @@ COMMANDS = {"embedding": "python -m benchmarks.embedding", "clip-towers": "pytho
             "vector-search": "python -m benchmarks.vector_search",
             "http-load": "python -m benchmarks.http_load",
             "handle-hop": "python -m benchmarks.handle_hop",
-            "http-load-direct": 'python -m benchmarks.http_load --targets "lookalike,direct ingress" '
-                                "--name http-load-direct",
+            "http-load-direct": "unshare -rn sh -c 'ip link set lo up && exec python -m benchmarks.http_load "
+                                "--targets \"lookalike,direct ingress,before issue 26\" --name http-load-direct'",
             "http-load-words": 'python -m benchmarks.http_load --targets "lookalike,words,CLIP words" --clients 1,8 '
                                "--seconds 15 --name http-load-words",
             "replica-kill": "python -m benchmarks.replica_kill",
@@ -176,22 +176,29 @@ README_START = "<!-- benchmarks:start (python -m benchmarks.summary writes this 
 README_END = "<!-- benchmarks:end -->"
 
 
+# Targets of benchmarks.http_load that measure the query path as it was, and what they stand for.
+BEFORE = {"before issue 11": "before the speed work (torch bf16, 10 ms batch wait, Serve's default mode)",
+          "before issue 26": "before the work on the machine's limit (the code of the commit before it, through "
+                             "Serve's proxy as now)"}
+
+
 def before_and_after(data: dict) -> str:
-    """The query path before the speed work (issue 11) and now, measured in the same run."""
+    """The query path as it was (``BEFORE``) and now, measured in the same run."""
     rows_by = data.get("rows", {})
-    before = {r["clients"]: r for r in rows_by.get("before issue 11", [])}
-    rows = []
-    for r in rows_by.get("lookalike", []):
-        b = before.get(r["clients"])
-        if b and b["qps"]:
-            rows.append({"clients": r["clients"], "before": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms",
-                         "now": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms",
-                         "ratio": f"{r['qps'] / b['qps']:.2f}× QPS, {b['p50_ms'] / r['p50_ms']:.2f}× faster p50"})
-    if not rows:
-        return ""
-    return ("\n\nThe query path before the speed work (torch bf16, 10 ms batch wait, Serve's default mode) and "
-            "now, same run:\n\n" + markdown_table(rows, ["clients", "before", "now", "ratio"],
-                                                     ["HTTP clients", "before", "now", ""]))
+    text = ""
+    for target, what in BEFORE.items():
+        before = {r["clients"]: r for r in rows_by.get(target, [])}
+        rows = []
+        for r in rows_by.get("lookalike", []):
+            b = before.get(r["clients"])
+            if b and b["qps"]:
+                rows.append({"clients": r["clients"], "before": f"{b['qps']:.1f} QPS, p50 {b['p50_ms']:.0f} ms",
+                             "now": f"{r['qps']:.1f} QPS, p50 {r['p50_ms']:.0f} ms",
+                             "ratio": f"{r['qps'] / b['qps']:.2f}× QPS, {b['p50_ms'] / r['p50_ms']:.2f}× faster p50"})
+        if rows:
+            text += (f"\n\nThe query path {what} and now, same run:\n\n"
+                     + markdown_table(rows, ["clients", "before", "now", "ratio"], ["HTTP clients", "before", "now", ""]))
+    return text
 
 
 def headlines(found: dict[str, dict]) -> str:
@@ -204,7 +211,7 @@ def headlines(found: dict[str, dict]) -> str:
         if name in found:
             heads += fn(found[name])
     machines = "; ".join(sorted({machine_line(d["machine"]) for d in found.values()}))
-    speed = before_and_after(found["http-load"]) if "http-load" in found else ""
+    speed = "".join(before_and_after(found[name]) for name in ("http-load", "http-load-direct") if name in found)
     return (markdown_table(heads, ["what", "original", "lookalike", "ratio"], ["", "original design", "Lookalike", ""])
             + speed + f"\n\nMeasured on: {machines}.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -45,6 +46,32 @@ def test_load_is_only_ever_sent_to_loopback():
             run_load(url, [{}], clients=1, seconds=0.1)
         with pytest.raises(ValueError):
             mixed_load.run(url, [b""], clients=1, seconds=0.1)
+
+
+def test_earlier_code_runs_only_alone_on_loopback_and_from_its_own_commit(monkeypatch, tmp_path):
+    """The earlier code's targets run a past commit, whose replicas bind every interface: refused
+    where any interface but loopback exists (checked before anything starts), and where the
+    commit is missing. The commit's files are exported as they were."""
+    head = subprocess.run(["git", "-C", str(http_load.REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    monkeypatch.setattr(http_load, "EARLIER", {"before issue 26": head})
+    monkeypatch.setattr(http_load.socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
+    refusal = http_load.earlier_code_refusal(["lookalike", "before issue 26"])
+    assert "eth0" in refusal and "unshare -rn" in refusal
+    with pytest.raises(SystemExit):
+        http_load.main(["--targets", "before issue 26", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(http_load.socket, "if_nameindex", lambda: [(1, "lo")])
+    assert http_load.earlier_code_refusal(["lookalike", "before issue 26"]) is None
+    assert http_load.earlier_code_refusal(["lookalike"]) is None
+    monkeypatch.setattr(http_load, "EARLIER", {"before issue 26": "0" * 40})
+    assert "lacks" in http_load.earlier_code_refusal(["before issue 26"])
+    code = http_load.export_commit(head, tmp_path / "earlier")
+    shown = subprocess.run(["git", "-C", str(http_load.REPO), "show", f"{head}:benchmarks/http_load.py"],
+                           capture_output=True, text=True, check=True).stdout
+    assert (code / "benchmarks" / "http_load.py").read_text() == shown
+    models = sorted((http_load.REPO / "data" / "models").glob("*"))
+    assert [p.resolve() for p in sorted((code / "data" / "models").iterdir())] == [p.resolve() for p in models]
 
 
 def test_embedding_benchmark(out, gallery_root):
