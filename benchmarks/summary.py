@@ -255,6 +255,8 @@ def build(results: Path, out: Path) -> str:
         body = re.sub(r"\]\((?!https?://)", f"]({rel}/", md.read_text())  # plots sit beside the results
         body = body.replace(f"## {name}\n", f"## {name}: `{COMMANDS[name]}`\n", 1)
         parts += [body, ""]
+        if (results / f"{name}-profile.md").exists():  # the same loads sampled with --profile
+            parts += [f"Where each process's CPU went, sampled (py-spy): [{name}-profile.md]({rel}/{name}-profile.md)", ""]
     text = "\n".join(parts)
     out.write_text(text)
     print(f"wrote {out}")
