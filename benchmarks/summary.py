@@ -197,7 +197,8 @@ def before_and_after(data: dict) -> str:
                              "ratio": f"{r['qps'] / b['qps']:.2f}× QPS, {b['p50_ms'] / r['p50_ms']:.2f}× faster p50"})
         if rows:
             text += (f"\n\nThe query path {what} and now, same run:\n\n"
-                     + markdown_table(rows, ["clients", "before", "now", "ratio"], ["HTTP clients", "before", "now", ""]))
+                     + markdown_table(rows, ["clients", "before", "now", "ratio"],
+                                      ["HTTP clients", "before", "now", ""]))
     return text
 
 
@@ -256,7 +257,8 @@ def build(results: Path, out: Path) -> str:
         body = body.replace(f"## {name}\n", f"## {name}: `{COMMANDS[name]}`\n", 1)
         parts += [body, ""]
         if (results / f"{name}-profile.md").exists():  # the same loads sampled with --profile
-            parts += [f"Where each process's CPU went, sampled (py-spy): [{name}-profile.md]({rel}/{name}-profile.md)", ""]
+            parts += [f"Where each process's CPU went, sampled (py-spy): "
+                      f"[{name}-profile.md]({rel}/{name}-profile.md)", ""]
     text = "\n".join(parts)
     out.write_text(text)
     print(f"wrote {out}")
