@@ -156,6 +156,7 @@ def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtur
     assert lite.pid() == 0  # the Lite server it started is gone
     for run in runs:
         for index_type, entry in run["index"].items():
+            assert entry["built"] == index_type, (run["backend"], entry["built"])  # measured what it names
             assert entry["rss_mib"] > 0 and entry["build_s"] >= 0
             assert [q["clients"] for q in entry["qps"]] == [1, 2] and all(q["qps"] > 0 for q in entry["qps"])
             best = max(p["recall_at_10"] for p in entry["sweep"])

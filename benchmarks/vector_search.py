@@ -206,27 +206,29 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
            "rss_after_insert_mib": rss_data // 2**20, "index": {}}
     print(f"  {backend} {n}x{mix.dim}: inserted in {insert_s:.1f}s", flush=True)
     for index_type in args.index_types:
-        catalog.settings = milvus_settings(uri, collection, index_type)
+        # As an operator changes the index: a catalog on the new settings rebuilds it.
+        indexed = open_catalog(milvus_settings(uri, collection, index_type), mix.dim, shared=True)
         t = time.perf_counter()
-        catalog.versions.build_index()
-        catalog.versions.wait_for_index(3600)
+        indexed.versions.build_index()
+        built = indexed.versions.wait_for_index(3600)
         build_s = time.perf_counter() - t
         gc.collect()
         time.sleep(1)
         rss = rss_bytes(pid_of())
-        entry = {"build_s": round(build_s, 1), "rss_mib": rss // 2**20,
+        entry = {"built": built.get("type"), "build_s": round(build_s, 1), "rss_mib": rss // 2**20,
                  "bytes_per_vector": round((rss - rss_empty) / n) if rss > rss_empty else None, "sweep": []}
         name, values = SWEEPS[index_type]
         qn = queries[: args.flat_queries] if index_type == "FLAT" else queries
         for value in values:
             params = {name: value} if name else {}
-            times, found = single_queries(catalog, qn, params)
+            times, found = single_queries(indexed, qn, params)
             point = {"param": name, "value": value, **latency_stats(times),
                      "recall_at_10": round(recall_at_k(found, truth.ids[: len(qn)]), 4)}
             entry["sweep"].append(point)
             print(f"  {backend} {n}x{mix.dim} {index_type} {name}={value}: p50 {point['p50_ms']} ms, "
                   f"recall@10 {point['recall_at_10']}", flush=True)
-        entry["qps"] = [throughput(catalog, queries, c, args.qps_seconds) for c in args.clients]
+        entry["qps"] = [throughput(indexed, queries, c, args.qps_seconds) for c in args.clients]
+        indexed.close()
         print(f"  {backend} {index_type} QPS: " + ", ".join(f"{q['clients']}c {q['qps']}" for q in entry["qps"]),
               flush=True)
         out["index"][index_type] = entry

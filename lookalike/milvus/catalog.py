@@ -48,7 +48,7 @@ class Catalog:
         of each image whose vectors are kept too (``regions.boxes``), in a second collection
         named ``<collection>_regions``; none by default. ``region_margin``: how much lower a
         part's score counts than a whole image's. The catalog never starts a process itself."""
-        self.settings, self.dim, self.embedded, self.descriptor = settings, dim, embedded, descriptor
+        self.dim, self.embedded, self.descriptor = dim, embedded, descriptor
         self.regions = list(regions)
         self.connection = Connection(settings, uri, locate, write_lock, embedded)
         gallery, parts = schema.tables(settings.collection, len(self.regions))
@@ -62,6 +62,11 @@ class Catalog:
     @property
     def uri(self) -> str:
         return self.connection.uri
+
+    @property
+    def settings(self) -> MilvusSettings:
+        """The connection's, which every part reads; read-only: other settings are another catalog."""
+        return self.connection.settings
 
     def ensure_ready(self) -> "Catalog":
         """Create the collections and their indexes if missing, check them, load them (once)."""
