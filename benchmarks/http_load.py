@@ -374,12 +374,20 @@ def measure_earlier(target: str, env: dict, args, gallery: Path, work: Path) -> 
                                env=child_env, cwd=code, capture_output=True, text=True, check=True).stdout.strip()
         if not Path(found).is_relative_to(code):
             raise RuntimeError(f"{target}: the child would import this checkout's code ({found}), not {code}'s")
-        subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", "lookalike", "--clients",
-                        args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery), "--queries",
-                        str(args.queries), "--rows-to", str(out)], env=child_env, cwd=code, check=True)
+        return measure_in_child(["lookalike"], args, gallery, out, child_env, code)["lookalike"]
     finally:
         shutil.rmtree(code, ignore_errors=True)
-    return json.loads(out.read_text())["lookalike"]
+
+
+def measure_in_child(targets: list[str], args, gallery: Path, out: Path, env: dict, cwd: Path,
+                     *extra: str) -> dict[str, list[dict]]:
+    """``targets`` measured by ``python -m benchmarks.http_load --rows-to`` run in ``cwd`` with
+    ``env`` (a cluster environment of its own, or an earlier commit's code), on this run's
+    gallery, Lite server and uploads; their rows."""
+    subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", ",".join(targets), "--clients",
+                    args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery), "--queries",
+                    str(args.queries), "--rows-to", str(out), *extra], env=env, cwd=cwd, check=True)
+    return json.loads(out.read_text())
 
 
 def measure_targets(settings, targets: list[str], bodies, clients, seconds) -> dict[str, list[dict]]:
@@ -448,13 +456,8 @@ def main(argv: list[str] | None = None) -> Results:
         results.add("rows", rows)
         for cluster_env in {json.dumps(TARGETS[t][1], sort_keys=True) for t in targets if TARGETS[t][1]}:
             there = [t for t in targets if json.dumps(TARGETS[t][1], sort_keys=True) == cluster_env]
-            out = work / "rows.json"
-            subprocess.run([sys.executable, "-m", "benchmarks.http_load", "--targets", ",".join(there),
-                            "--clients", args.clients, "--seconds", str(args.seconds), "--gallery", str(gallery),
-                            "--queries", str(args.queries), "--rows-to", str(out),
-                            *(["--profile", str(PROFILE)] if PROFILE else [])],
-                           env={**env, **json.loads(cluster_env)}, cwd=REPO, check=True)
-            rows.update(json.loads(out.read_text()))
+            rows.update(measure_in_child(there, args, gallery, work / "rows.json", {**env, **json.loads(cluster_env)},
+                                         REPO, *(["--profile", str(PROFILE)] if PROFILE else [])))
             results.add("rows", rows)
         for target in (t for t in targets if t in EARLIER):
             rows[target] = measure_earlier(target, env, args, gallery, work)
