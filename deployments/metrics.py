@@ -1,6 +1,6 @@
 """What the service counts for Prometheus, through Ray's metrics: each replica's, served by every
 node's metrics port (KubeRay: 8080) with the ``ray_`` prefix. One place for Lookalike's names;
-the dashboard (``k8s/grafana/lookalike.json``) reads these and Serve's own, and its test holds
+the dashboard (``k8s/monitoring/lookalike-dashboard.json``) reads these and Serve's own, and its test holds
 every name it reads to what a running service exports.
 
 - ``lookalike_stage_seconds{stage}``: the Ingress's time per step of a search: ``fetch`` (a URL
