@@ -162,3 +162,35 @@ def test_the_layer_rule_catches_an_import_against_the_direction():
     assert "lookalike.milvus" not in declared("lookalike.embedding")
     assert "lookalike.embedding" not in declared("lookalike.settings")
     assert "deployments" not in declared("ingest") and "lookalike.cli" not in declared("deployments")
+
+
+# A repository path as code and docs name it: a top-level folder of ours, then a file with an
+# extension (``deployments/metrics.py``, ``k8s/monitoring/lookalike-dashboard.json``).
+NAMED_PATH = re.compile(r"(?<![\w./-])((?:lookalike|deployments|ingest|harness|benchmarks|tests|config|k8s|docs)"
+                        r"/[\w./-]*\w\.(?:py|ya?ml|md|html|js|css|json|json\.gz|toml))(?![\w.])")
+
+
+def missing_paths(text: str, where) -> set[str]:
+    """The paths ``text`` names that exist neither from the repository's root nor from ``where``
+    (the folder of the file that names them: a Markdown link is relative to it)."""
+    return {p for p in NAMED_PATH.findall(text) if not (REPO / p).exists() and not (where / p).exists()}
+
+
+def test_missing_paths_finds_a_moved_file(tmp_path):
+    text = "the dashboard (``k8s/grafana/lookalike.json``); the words in lookalike/embedding/imagenet_words.json.gz"
+    assert missing_paths(text, tmp_path) == {"k8s/grafana/lookalike.json"}
+    assert missing_paths("see [it](benchmarks/quality.md)", REPO / "docs") == set()  # relative to docs/
+
+
+def test_every_path_the_code_and_docs_name_exists():
+    """A file moved or renamed leaves no docstring, comment or page pointing at its old place."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.yaml", "*.yml", "*.toml", "Makefile", "Dockerfile"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert "README.md" in tracked and "lookalike/milvus/catalog.py" in tracked
+    scanned = [name for name in tracked  # this file's examples name moved files on purpose
+               if (REPO / name).is_file() and name != "tests/test_layout.py"]
+    missing = {f"{name}: {p}" for name in scanned
+               for p in missing_paths((REPO / name).read_text(errors="replace"), (REPO / name).parent)}
+    assert missing == set()
