@@ -148,16 +148,18 @@ def test_vector_search_benchmark_on_the_server_and_on_lite(tmp_path, out, mixtur
     queries = mixtures.queries(12)
     # Each index type once (a build on the server costs seconds of flushing and loading).
     runs = [vector_search.run_backend("milvus-server", milvus_server.uri, mixtures, 3000, queries,
-                                      _tiny(["HNSW"]), lambda: server_pid(milvus_server.service) or 0)]
+                                      _tiny(["HNSW"]), lambda: server_pid(milvus_server.service) or 0,
+                                      milvus_server.service.data_dir)]
     lite = vector_search.LiteDir(tmp_path)
     with lite as uri:
         runs.append(vector_search.run_backend("milvus-lite", uri, mixtures, 3000, queries, _tiny(["FLAT", "HNSW"]),
-                                              lite.pid))
+                                              lite.pid, lite.server.data_dir))
     assert lite.pid() == 0  # the Lite server it started is gone
     for run in runs:
         for index_type, entry in run["index"].items():
             assert entry["built"] == index_type, (run["backend"], entry["built"])  # measured what it names
             assert entry["rss_mib"] > 0 and entry["build_s"] >= 0
+            assert entry["disk_mib"] > 0 and run["disk_after_insert_mib"] > 0  # the data dir is measured
             assert [q["clients"] for q in entry["qps"]] == [1, 2] and all(q["qps"] > 0 for q in entry["qps"])
             best = max(p["recall_at_10"] for p in entry["sweep"])
             assert best >= (1.0 if index_type == "FLAT" else 0.9), (run["backend"], index_type)

@@ -22,8 +22,10 @@ benchmark re-runs itself inside a loopback-only network namespace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
+import os
 import shutil
 import tempfile
 import threading
@@ -178,8 +180,20 @@ def throughput(catalog, queries: np.ndarray, clients: int, seconds: float) -> di
             **latency_stats([x for xs in lat for x in xs])}
 
 
-def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarray, args, pid_of) -> dict:
-    """Insert ``n`` vectors, then build, sweep and load-test each index type."""
+def dir_mib(path: Path) -> float:
+    """The bytes of every file under ``path``, in MiB (what a server's data takes on disk)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return round(total / 2**20, 1)
+
+
+def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarray, args, pid_of,
+                data_dir: Path) -> dict:
+    """Insert ``n`` vectors, then build, sweep and load-test each index type; ``data_dir``: where
+    the server keeps its data, measured on disk after the insert and after each build."""
     from lookalike.milvus.catalog import Entry
     from lookalike.milvus.engines import open_catalog
 
@@ -203,7 +217,7 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
     rss_data = rss_bytes(pid_of())
     out = {"backend": backend, "n": n, "dim": mix.dim, "insert_s": round(insert_s, 1),
            "insert_per_s": round(n / insert_s), "rss_empty_mib": rss_empty // 2**20,
-           "rss_after_insert_mib": rss_data // 2**20, "index": {}}
+           "rss_after_insert_mib": rss_data // 2**20, "disk_after_insert_mib": dir_mib(data_dir), "index": {}}
     print(f"  {backend} {n}x{mix.dim}: inserted in {insert_s:.1f}s", flush=True)
     for index_type in args.index_types:
         # As an operator changes the index: a catalog on the new settings rebuilds it.
@@ -215,7 +229,10 @@ def run_backend(backend: str, uri: str, mix: Mixtures, n: int, queries: np.ndarr
         gc.collect()
         time.sleep(1)
         rss = rss_bytes(pid_of())
+        # On disk: every version built so far, until Milvus's garbage collection removes a dropped
+        # one's files (dataCoord.gc.dropTolerance: 3 hours), and the write-ahead log of each copy.
         entry = {"built": built.get("type"), "build_s": round(build_s, 1), "rss_mib": rss // 2**20,
+                 "disk_mib": dir_mib(data_dir),
                  "bytes_per_vector": round((rss - rss_empty) / n) if rss > rss_empty else None, "sweep": []}
         name, values = SWEEPS[index_type]
         qn = queries[: args.flat_queries] if index_type == "FLAT" else queries
@@ -283,20 +300,22 @@ def report(results: Results, runs: list[dict]) -> None:
                 rows.append({"backend": run["backend"], "size": f"{run['n']:,}×{run['dim']}", "index": index_type,
                              "param": f"{point['param']}={point['value']}" if point["param"] else "–",
                              "p50": point["p50_ms"], "p99": point["p99_ms"], "recall": point["recall_at_10"],
-                             "build": entry["build_s"], "rss": entry["rss_mib"],
+                             "build": entry["build_s"], "rss": entry["rss_mib"], "disk": entry.get("disk_mib"),
                              "bpv": entry["bytes_per_vector"]})
             qps_rows.append({"backend": run["backend"], "size": f"{run['n']:,}×{run['dim']}", "index": index_type,
                              **{f"qps{q['clients']}": q["qps"] for q in entry["qps"]},
                              **{f"p50_{q['clients']}": q["p50_ms"] for q in entry["qps"]}})
     results.section("Inserts", markdown_table(
         [{"backend": r["backend"], "size": f"{r['n']:,}×{r['dim']}", "insert_s": r["insert_s"],
-          "per_s": r["insert_per_s"], "rss": r["rss_after_insert_mib"]} for r in runs],
-        ["backend", "size", "insert_s", "per_s", "rss"],
-        ["backend", "vectors", "insert + flush (s)", "vectors/s", "server RSS after insert (MiB)"]))
+          "per_s": r["insert_per_s"], "rss": r["rss_after_insert_mib"], "disk": r.get("disk_after_insert_mib")}
+         for r in runs],
+        ["backend", "size", "insert_s", "per_s", "rss", "disk"],
+        ["backend", "vectors", "insert + flush (s)", "vectors/s", "server RSS after insert (MiB)",
+         "data on disk (MiB)"]))
     results.section("Single queries: latency and recall@10 against exact search", markdown_table(
-        rows, ["backend", "size", "index", "param", "p50", "p99", "recall", "build", "rss", "bpv"],
+        rows, ["backend", "size", "index", "param", "p50", "p99", "recall", "build", "rss", "bpv", "disk"],
         ["backend", "vectors", "index", "search param", "p50 ms", "p99 ms", "recall@10", "build s",
-         "server RSS MiB", "bytes/vector"]))
+         "server RSS MiB", "bytes/vector", "data on disk MiB"]))
     clients = sorted({q["clients"] for run in runs for e in run["index"].values() for q in e["qps"]})
     results.section("Throughput at the configured search parameters (nprobe 16, ef 64)", markdown_table(
         qps_rows, ["backend", "size", "index", *[f"qps{c}" for c in clients], *[f"p50_{c}" for c in clients]],
@@ -360,21 +379,24 @@ def main(argv: list[str] | None = None) -> Results:
     runs: list[dict] = []
     base = Path(tempfile.mkdtemp(prefix="lookalike-vs-"))
     try:
-        server_sizes = parse_sizes(args.sizes)
-        if server_sizes:
-            server = MilvusServer(base / "server")
+        for n, dim in parse_sizes(args.sizes):
+            # A server of its own for each set, its data removed after: a set's dropped versions
+            # stay on disk for hours (Milvus's garbage collection), and the 1M set's rebuilds ran out
+            # of 72 GB free after both 200k sets on one server.
+            server = MilvusServer(base / f"server-{n}x{dim}")
             with server as uri:
-                for n, dim in server_sizes:
-                    mix = Mixtures(real, dim)
-                    runs.append(run_backend("milvus-server", uri, mix, n, mix.queries(args.queries), args,
-                                            server.pid))
-                    results.add("runs", runs)
+                mix = Mixtures(real, dim)
+                runs.append(run_backend("milvus-server", uri, mix, n, mix.queries(args.queries), args,
+                                        server.pid, server.server.data_dir))
+            shutil.rmtree(server.server.data_dir, ignore_errors=True)
+            results.add("runs", runs)
         lite_args = argparse.Namespace(**{**vars(args), "index_types": args.lite_index_types.split(",")})
         for n in [int(x) for x in args.lite_sizes.split(",") if x]:
             mix = Mixtures(real, real.shape[1])
             lite = LiteDir(base / f"lite-{n}")
             with lite as uri:
-                runs.append(run_backend("milvus-lite", uri, mix, n, mix.queries(args.queries), lite_args, lite.pid))
+                runs.append(run_backend("milvus-lite", uri, mix, n, mix.queries(args.queries), lite_args, lite.pid,
+                                        lite.server.data_dir))
             results.add("runs", runs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
