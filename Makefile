@@ -83,8 +83,8 @@ test: install test-deps
 
 # The benchmarks (docs/benchmarks.md): each writes JSON, a Markdown table and PNG plots to
 # BENCH_OUT. Well over 2 hours on a 2-vCPU machine (each step's last run: quality 21 minutes, HTTP
-# load 11, vector search 16 and 22 for its 200k sets and about an hour at 1M vectors, the rest
-# under 4 each). Vector search rebuilds each index type as the service does, by a copy into the
+# load 11, vector search 17 and 24 for its 200k sets and more for 1M vectors, the rest under 4
+# each). Vector search rebuilds each index type as the service does, by a copy into the
 # next version, and Milvus keeps a dropped version's files for 3 hours: a run here ran out of
 # its 72 GB free in the 1M set's first rebuild, with both 200k sets' files still on the same
 # server (each set now has a server of its own, removed after it). With less disk, leave 1M
