@@ -182,7 +182,8 @@ def test_a_box_searches_by_that_part_of_the_oriented_image():
     assert (bottom[..., 0] > 200).all() and (bottom[..., 2] < 60).all()
     assert (prepare(data, 32, LIMITS, Box.parse("0.0,0.5,1.0,0.5")).pixels == bottom).all()  # up to the edge
     # Past the right or bottom edge (never clipped to another part than the one asked for); too small.
-    for outside in ("60,0,10,10", "0,120,10,10", "0,60,600,600", "0,60,61,60", "50,0,11,10", "0,0,4,60"):
+    for outside in ("60,0,10,10", "0,120,10,10", "0,60,600,600", "0,60,61,60", "50,0,11,10", "0,0,4,60",
+                    "0,0,99999999999999999999,1"):  # past int64: refused as outside, not a crash
         with pytest.raises(errors.InvalidImage) as err:
             prepare(data, 32, LIMITS, Box.parse(outside))
         assert err.value.code == "invalid_box" and "60x120" in err.value.message

@@ -63,7 +63,9 @@ class Box:
         except ValueError:
             raise ValueError("a box is x,y,w,h: integers in pixels, or fractions (0.25) of the image") from None
         x, y, w, h = values
-        if not all(np.isfinite(values)) or x < 0 or y < 0 or w <= 0 or h <= 0:
+        # Only fractions can be nan or inf; pixels are Python integers of any size (one past int64
+        # made numpy's isfinite raise: a 500), which ``pixels`` refuses as outside the image.
+        if (relative and not all(map(math.isfinite, values))) or x < 0 or y < 0 or w <= 0 or h <= 0:
             raise ValueError("a box needs x, y >= 0 and a positive width and height")
         if relative and (x + w > 1.0 + 1e-6 or y + h > 1.0 + 1e-6):
             raise ValueError("a relative box must lie within the image (x + w <= 1, y + h <= 1)")
