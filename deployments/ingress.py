@@ -356,7 +356,6 @@ class Ingress:
     async def status(self, request: Request) -> dict:
         return await self.describe(self.is_operator(request))
 
-    @app.head("/images/{key:path}", include_in_schema=False, tags=["library"])
     @app.get("/images/{key:path}", tags=["library"], summary="A stored image (local store), or a redirect to it",
              response_class=Response, responses={200: {"content": {"image/*": {}}}, **r.errors(404)})
     async def image_file(self, key: str) -> Response:

@@ -421,6 +421,18 @@ def test_request_ids_and_security_headers(anon):
     assert len({r.headers["x-request-id"] for r in made}) == 3
 
 
+def test_head_answers_every_get_route_without_its_body(anon, client):
+    for path in ("/", "/healthz", "/api/v1/status", "/api/v1/images?limit=1", "/openapi.json"):
+        get, head = anon.get(path), anon.head(path)
+        assert head.status_code == get.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers["content-security-policy"] and head.headers["x-request-id"]
+    key = client.get("/api/v1/images?limit=1").json()["items"][0]["key"]
+    image = anon.head(f"/images/{key}")
+    assert image.status_code == 200 and image.content == b"" and int(image.headers["content-length"]) > 0
+    assert anon.head("/api/v1/search").status_code == 405  # a POST route: no GET, no HEAD
+
+
 def test_oversized_upload_is_refused_before_reading_it(api, anon):
     too_big = b"\0" * (api.settings.images.max_bytes * 2)
     r = anon.post("/api/v1/search", content=too_big, headers={"content-type": "image/png"})
